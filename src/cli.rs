@@ -1,0 +1,145 @@
+//! The command line (clap). Every common option also reads an `AMBASSADOR_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A master-less service mesh for ad-hoc LANs: the Docker ambassador pattern over mDNS
+/// discovery and mutually authenticated QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "ambassador", version, about, long_about = None)]
+#[command(after_help = "Quick start:\n  host B:  ambassador announce redis:6379\n  host A:  ambassador connect redis    # then: redis-cli -p 6379\nCopy the mesh key between hosts first: `ambassador mesh show` on one, a key file on the other.")]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub common: Common,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Common {
+    /// This node's name [default: host name plus a random suffix]
+    #[arg(long, global = true, env = "AMBASSADOR_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+    /// The mesh key (prefer --mesh-key-file or the variable: argv is visible in `ps`)
+    #[arg(long, global = true, env = "AMBASSADOR_MESH_KEY", hide_env_values = true, value_name = "KEY")]
+    pub mesh_key: Option<String>,
+    /// File holding the mesh key [default: $XDG_CONFIG_HOME/ambassador/mesh.key, created on first use]
+    #[arg(long, global = true, env = "AMBASSADOR_MESH_KEY_FILE", value_name = "FILE")]
+    pub mesh_key_file: Option<PathBuf>,
+    /// Accept key files that group or others can read
+    #[arg(long, global = true, env = "AMBASSADOR_INSECURE_KEY_PERMISSIONS")]
+    pub insecure_key_permissions: bool,
+    /// UDP address of the QUIC endpoint [default: 0.0.0.0:0, an ephemeral port on all addresses]
+    #[arg(long, global = true, env = "AMBASSADOR_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Network interface(s) for mDNS, comma-separated or repeated [default: all]
+    #[arg(long = "interface", global = true, env = "AMBASSADOR_INTERFACE", value_delimiter = ',', value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Log format
+    #[arg(long, global = true, env = "AMBASSADOR_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Announce local services and serve tunnel streams for them
+    Announce(AnnounceArgs),
+    /// Listen locally for announced services and carry connections to them
+    Connect(ConnectArgs),
+    /// Announce and connect from a TOML file
+    Run(RunArgs),
+    /// Browse the mesh: services, nodes, addresses
+    Ls(LsArgs),
+    /// Make or print the shared mesh key
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+/// `announce` options.
+#[derive(Debug, Args)]
+pub struct AnnounceArgs {
+    /// NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345
+    #[arg(required = true, value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// Balancing weight published with each service (1-10000)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub weight: u32,
+}
+
+/// `connect` options.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379
+    #[arg(required = true, value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// How long a client connection waits for a first instance to appear
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+    /// Use these ambassador peers (HOST:QUIC_PORT) instead of discovery (one SPEC only)
+    #[arg(long = "backend", value_name = "HOST:PORT")]
+    pub backends: Vec<String>,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML configuration file
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `ls` options.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// How long to browse
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// `mesh` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Print a fresh random mesh key (with --out, write it to a new 0600 file instead)
+    New {
+        /// Write the key to this new file (mode 0600) instead of printing it
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the mesh key in use and its public mesh id
+    Show,
+}
+
+/// Parses `500ms`, `5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 5s or 2m: {e}"))
+}

@@ -1,0 +1,279 @@
+//! One validated configuration from flags, environment and an optional TOML file. Everything
+//! is checked here, before any socket is bound.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
+
+use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat};
+use crate::discovery::DEFAULT_WAIT;
+use crate::error::Failure;
+use crate::identity::{MeshKey, MeshKeySource, load_or_create_default};
+use crate::names::{NodeName, ServiceName};
+use crate::spec::{AnnounceSpec, ConnectSpec};
+use crate::transport::TransportSettings;
+
+/// A service to reach, with where its instances come from.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// The listener and service.
+    pub spec: ConnectSpec,
+    /// Fixed ambassador peers; empty means discovery.
+    pub backends: Vec<SocketAddr>,
+    /// How long a client connection waits for a first instance.
+    pub wait: Duration,
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name.
+    pub node: NodeName,
+    /// The mesh key.
+    pub key: MeshKey,
+    /// Where the key came from (for logs).
+    pub key_source: MeshKeySource,
+    /// UDP address of the QUIC endpoint.
+    pub bind: SocketAddr,
+    /// mDNS interfaces (empty: all).
+    pub interfaces: Vec<String>,
+    /// Services to announce.
+    pub announce: Vec<AnnounceSpec>,
+    /// Weight published for announced services.
+    pub weight: u32,
+    /// Services to reach.
+    pub connect: Vec<ConnectConfig>,
+    /// QUIC tunables.
+    pub transport: TransportSettings,
+}
+
+/// The TOML file of `ambassador run -c FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node name.
+    pub node: Option<String>,
+    /// Mesh key file.
+    pub mesh_key_file: Option<PathBuf>,
+    /// QUIC bind address.
+    pub bind: Option<SocketAddr>,
+    /// mDNS interfaces.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// `[announce.NAME]` sections.
+    #[serde(default)]
+    pub announce: BTreeMap<String, FileAnnounce>,
+    /// `[connect.NAME]` sections.
+    #[serde(default)]
+    pub connect: BTreeMap<String, FileConnect>,
+}
+
+/// One `[announce.NAME]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAnnounce {
+    /// Advertised port (default: the target's port).
+    pub port: Option<u16>,
+    /// Target address (default: 127.0.0.1:PORT).
+    pub target: Option<String>,
+    /// Balancing weight.
+    pub weight: Option<u32>,
+}
+
+/// One `[connect.NAME]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnect {
+    /// Listen port (default: the advertised port).
+    pub port: Option<u16>,
+    /// Listen address: an IP, or IP:PORT.
+    pub listen: Option<String>,
+    /// Wait bound for a first instance, e.g. "5s".
+    pub wait: Option<String>,
+    /// Fixed ambassador peers (HOST:QUIC_PORT).
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses a file; errors name the file and the problem.
+    pub fn load(path: &Path) -> Result<Self, Failure> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().to_string();
+            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            match line {
+                Some(l) => Failure::usage(format!("{}:{l}: {msg}", path.display())),
+                None => Failure::usage(format!("{}: {msg}", path.display())),
+            }
+        })
+    }
+}
+
+/// The mesh key from flags/env, or the default file (created on first use).
+pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
+    match (&common.mesh_key, &common.mesh_key_file) {
+        (Some(_), Some(_)) => Err(Failure::usage("give either --mesh-key or --mesh-key-file, not both")),
+        (Some(text), None) => Ok((MeshKey::parse(text).map_err(Failure::usage)?, MeshKeySource::Inline)),
+        (None, Some(path)) => Ok((
+            MeshKey::read_file(path, common.insecure_key_permissions).map_err(Failure::usage)?,
+            MeshKeySource::File(path.clone()),
+        )),
+        (None, None) => {
+            let (key, path, created) = load_or_create_default(common.insecure_key_permissions).map_err(Failure::usage)?;
+            if created {
+                tracing::info!(path = %path.display(), "created a new mesh key; copy it to the other hosts of this mesh (`ambassador mesh show`)");
+            }
+            Ok((key, MeshKeySource::Default(path)))
+        }
+    }
+}
+
+fn node_name(given: Option<&str>) -> Result<NodeName, Failure> {
+    match given {
+        Some(n) => NodeName::parse(n).map_err(|e| Failure::usage(format!("{e} (--node)"))),
+        None => {
+            let mut suffix = [0u8; 3];
+            SystemRandom::new().fill(&mut suffix).map_err(|_| Failure::usage("the system random source failed"))?;
+            Ok(NodeName::default_for_host(&hex::encode(suffix)))
+        }
+    }
+}
+
+fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
+    list.iter()
+        .map(|b| {
+            use std::net::ToSocketAddrs;
+            b.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| Failure::usage(format!("bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint")))
+        })
+        .collect()
+}
+
+impl NodeConfig {
+    fn base(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
+        let mut common = common.clone();
+        if common.mesh_key.is_none() && common.mesh_key_file.is_none() {
+            common.mesh_key_file = file.mesh_key_file.clone();
+        }
+        let (key, key_source) = mesh_key(&common)?;
+        let interfaces = if common.interfaces.is_empty() { file.interfaces.clone() } else { common.interfaces.clone() };
+        Ok(Self {
+            node: node_name(common.node.as_deref().or(file.node.as_deref()))?,
+            key,
+            key_source,
+            bind: common.bind.or(file.bind).unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+            interfaces,
+            announce: Vec::new(),
+            weight: 1,
+            connect: Vec::new(),
+            transport: TransportSettings::default(),
+        })
+    }
+
+    /// From `ambassador announce`.
+    pub fn from_announce(common: &Common, args: &AnnounceArgs) -> Result<Self, Failure> {
+        let announce = args.specs.iter().map(|s| AnnounceSpec::parse(s).map_err(Failure::usage)).collect::<Result<Vec<_>, _>>()?;
+        check_unique(announce.iter().map(|a| &a.service))?;
+        let mut cfg = Self::base(common, &FileConfig::default())?;
+        cfg.announce = announce;
+        cfg.weight = args.weight;
+        Ok(cfg)
+    }
+
+    /// From `ambassador connect`.
+    pub fn from_connect(common: &Common, args: &ConnectArgs) -> Result<Self, Failure> {
+        let specs = args.specs.iter().map(|s| ConnectSpec::parse(s).map_err(Failure::usage)).collect::<Result<Vec<_>, _>>()?;
+        check_unique(specs.iter().map(|c| &c.service))?;
+        let backends = parse_backends(&args.backends)?;
+        if !backends.is_empty() && specs.len() != 1 {
+            return Err(Failure::usage("--backend applies to exactly one SPEC; use `ambassador run -c FILE` for several"));
+        }
+        let mut cfg = Self::base(common, &FileConfig::default())?;
+        cfg.connect = specs.into_iter().map(|spec| ConnectConfig { spec, backends: backends.clone(), wait: args.wait }).collect();
+        Ok(cfg)
+    }
+
+    /// From `ambassador run -c FILE`; flags given on the command line win over the file.
+    pub fn from_file(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
+        let mut cfg = Self::base(common, file)?;
+        for (name, a) in &file.announce {
+            let mut spec = name.clone();
+            if let Some(p) = a.port {
+                spec.push_str(&format!(":{p}"));
+            }
+            if let Some(t) = &a.target {
+                spec.push_str(&format!("={t}"));
+            }
+            cfg.announce.push(AnnounceSpec::parse(&spec).map_err(|e| Failure::usage(format!("[announce.{name}]: {e}")))?);
+            if let Some(w) = a.weight {
+                if !(1..=10_000).contains(&w) {
+                    return Err(Failure::usage(format!("[announce.{name}]: weight must be 1-10000")));
+                }
+                cfg.weight = w;
+            }
+        }
+        for (name, c) in &file.connect {
+            let mut spec = name.clone();
+            if let Some(p) = c.port {
+                spec.push_str(&format!(":{p}"));
+            }
+            if let Some(l) = &c.listen {
+                spec.push_str(&format!("={l}"));
+            }
+            let spec = ConnectSpec::parse(&spec).map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?;
+            let wait = match &c.wait {
+                Some(w) => crate::cli::parse_duration(w).map_err(|e| Failure::usage(format!("[connect.{name}] wait: {e}")))?,
+                None => DEFAULT_WAIT,
+            };
+            cfg.connect.push(ConnectConfig { spec, backends: parse_backends(&c.backends)?, wait });
+        }
+        if cfg.announce.is_empty() && cfg.connect.is_empty() {
+            return Err(Failure::usage("the config file has no [announce.NAME] or [connect.NAME] section: nothing to do"));
+        }
+        Ok(cfg)
+    }
+}
+
+fn check_unique<'a>(names: impl Iterator<Item = &'a ServiceName>) -> Result<(), Failure> {
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(Failure::usage(format!("service {n} is given twice")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_config_parses_and_rejects_typos() {
+        let f: FileConfig = toml::from_str(
+            r#"
+            node = "node-a"
+            [announce.redis]
+            port = 6379
+            target = "127.0.0.1:12345"
+            [connect.web]
+            port = 8080
+            wait = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.announce["redis"].port, Some(6379));
+        assert!(toml::from_str::<FileConfig>("nod = \"x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[announce.redis]\nprot = 1").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! mDNS/DNS-SD through `mdns-sd`: announcing this node's services and browsing the mesh's.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo, UnregisterStatus};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord};
+use crate::names::NodeName;
+
+/// Errors of the mDNS layer.
+#[derive(Debug, thiserror::Error)]
+#[error("mDNS: {0}")]
+pub struct MdnsError(#[from] mdns_sd::Error);
+
+/// One mDNS responder/querier for this process.
+pub struct Mdns {
+    daemon: ServiceDaemon,
+    registered: Mutex<Vec<String>>,
+}
+
+impl Mdns {
+    /// Starts the daemon; with `interfaces` non-empty, only those interfaces are used.
+    pub fn new(interfaces: &[String]) -> Result<Self, MdnsError> {
+        let daemon = ServiceDaemon::new()?;
+        if !interfaces.is_empty() {
+            daemon.disable_interface(IfKind::All)?;
+            for name in interfaces {
+                daemon.enable_interface(IfKind::Name(name.clone()))?;
+            }
+        }
+        Ok(Self { daemon, registered: Mutex::new(Vec::new()) })
+    }
+
+    /// Announces one service of this node; returns the instance's full name.
+    pub fn announce(&self, node: &NodeName, quic_port: u16, txt: &TxtRecord) -> Result<String, MdnsError> {
+        let instance = format!("{}@{}", txt.service, node);
+        let host = format!("{node}.local.");
+        let mut info = ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", quic_port, txt.to_properties())?
+            .enable_addr_auto();
+        // The instance name embeds the node name, unique by construction: probing for
+        // conflicts would only delay the first announcement by ~1 s.
+        info.set_requires_probe(false);
+        let fullname = info.get_fullname().to_string();
+        self.daemon.register(info)?;
+        self.registered.lock().unwrap_or_else(|e| e.into_inner()).push(fullname.clone());
+        Ok(fullname)
+    }
+
+    /// Withdraws one announcement (mDNS goodbye) and waits until it is sent.
+    pub async fn withdraw(&self, fullname: &str) {
+        self.registered.lock().unwrap_or_else(|e| e.into_inner()).retain(|f| f != fullname);
+        match self.daemon.unregister(fullname) {
+            Ok(rx) => match tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
+                Ok(Ok(UnregisterStatus::OK)) => debug!(%fullname, "withdrawn"),
+                other => warn!(%fullname, ?other, "withdrawal not confirmed"),
+            },
+            Err(e) => warn!(%fullname, error = %e, "cannot withdraw"),
+        }
+    }
+
+    /// Withdraws every announcement of this process.
+    pub async fn withdraw_all(&self) {
+        let all = std::mem::take(&mut *self.registered.lock().unwrap_or_else(|e| e.into_inner()));
+        for fullname in all {
+            self.withdraw(&fullname).await;
+        }
+    }
+
+    /// Browses the mesh's service type.
+    pub fn browse(&self) -> Result<mdns_sd::Receiver<ServiceEvent>, MdnsError> {
+        Ok(self.daemon.browse(SERVICE_TYPE)?)
+    }
+
+    /// Asks the daemon to re-check an instance; if nobody answers, it is removed.
+    pub fn verify(&self, fullname: &str, timeout: Duration) {
+        if let Err(e) = self.daemon.verify(fullname.to_string(), timeout) {
+            debug!(%fullname, error = %e, "verify failed");
+        }
+    }
+
+    /// Stops the daemon (after withdrawing everything).
+    pub async fn shutdown(&self) {
+        self.withdraw_all().await;
+        if let Ok(rx) = self.daemon.shutdown() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv_async()).await;
+        }
+    }
+}
+
+/// Turns a resolved record into an instance (strict parse of the TXT keys).
+pub fn instance_from_resolved(rs: &ResolvedService) -> Result<Instance, RecordError> {
+    let props = rs.get_properties();
+    let txt = TxtRecord::parse(|k| props.get_property_val_str(k).map(str::to_string))?;
+    Instance::new(&rs.fullname, rs.port, rs.addresses.iter().map(|a| a.to_ip_addr()), txt)
+}
+
+/// Which records a browser keeps.
+#[derive(Debug, Clone)]
+pub struct BrowseFilter {
+    /// Only records of this mesh id.
+    pub mesh_id: String,
+    /// Records of this node (our own) are skipped.
+    pub own_node: NodeName,
+}
+
+/// Feeds `registry` from mDNS events until `cancel` fires.
+pub async fn run_browser(
+    rx: mdns_sd::Receiver<ServiceEvent>,
+    registry: &Registry,
+    filter: BrowseFilter,
+    cancel: CancellationToken,
+) {
+    let mut ignored: HashSet<String> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            ev = rx.recv_async() => match ev {
+                Ok(ev) => ev,
+                Err(_) => return,
+            },
+        };
+        match event {
+            ServiceEvent::ServiceResolved(rs) => match instance_from_resolved(&rs) {
+                Ok(inst) if inst.node == filter.own_node => {}
+                Ok(inst) if inst.mesh != filter.mesh_id => {
+                    if ignored.insert(inst.fullname.clone()) {
+                        info!(instance = %inst.fullname, mesh = %inst.mesh, "ignoring a record of another mesh");
+                    }
+                }
+                Ok(inst) => {
+                    let name = inst.fullname.clone();
+                    let addrs = inst.addrs.clone();
+                    if registry.upsert(inst) {
+                        info!(instance = %name, ?addrs, "discovered");
+                    }
+                }
+                Err(e) => {
+                    if ignored.insert(rs.fullname.clone()) {
+                        warn!(instance = %rs.fullname, error = %e, "ignoring a malformed record");
+                    }
+                }
+            },
+            ServiceEvent::ServiceRemoved(_, fullname) => {
+                ignored.remove(&fullname);
+                if registry.remove(&fullname).is_some() {
+                    info!(instance = %fullname, "withdrawn by its node");
+                }
+            }
+            _ => {}
+        }
+    }
+}

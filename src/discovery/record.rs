@@ -1,0 +1,200 @@
+//! The TXT record of an announced service: encoding, and the strict parser that turns a
+//! resolved DNS-SD record into an [`Instance`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::names::{NodeName, ServiceName};
+
+/// The DNS-SD service type of every ambassador record.
+pub const SERVICE_TYPE: &str = "_ambassador._udp.local.";
+
+/// Record format version published as TXT `v`.
+pub const RECORD_VERSION: &str = "1";
+
+/// Why a record was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A required key is missing.
+    #[error("TXT key {0:?} is missing")]
+    Missing(&'static str),
+    /// A key has a malformed value.
+    #[error("TXT key {0:?} is malformed")]
+    Malformed(&'static str),
+    /// A record version this build does not read.
+    #[error("record version {0:?} is not supported")]
+    Version(String),
+    /// The record carries no usable address.
+    #[error("record has no usable address")]
+    NoAddress,
+}
+
+/// The TXT keys of a record (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxtRecord {
+    /// Service name (`svc`).
+    pub service: ServiceName,
+    /// Advertised port (`port`).
+    pub port: u16,
+    /// Node name (`node`).
+    pub node: NodeName,
+    /// Mesh id (`mesh`).
+    pub mesh: String,
+    /// Leaf certificate fingerprint (`id`).
+    pub fingerprint: String,
+    /// Balancing weight (`w`).
+    pub weight: u32,
+}
+
+impl TxtRecord {
+    /// The key/value pairs to publish.
+    pub fn to_properties(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("v".to_string(), RECORD_VERSION.to_string()),
+            ("svc".to_string(), self.service.to_string()),
+            ("port".to_string(), self.port.to_string()),
+            ("node".to_string(), self.node.to_string()),
+            ("mesh".to_string(), self.mesh.clone()),
+            ("id".to_string(), self.fingerprint.clone()),
+            ("w".to_string(), self.weight.to_string()),
+        ])
+    }
+
+    /// Parses TXT properties given as a lookup function. Strict: every key must be present and
+    /// well-formed, or the record is ignored.
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Self, RecordError> {
+        let need = |k: &'static str| get(k).ok_or(RecordError::Missing(k));
+        let v = need("v")?;
+        if v != RECORD_VERSION {
+            return Err(RecordError::Version(v));
+        }
+        let service = ServiceName::parse(&need("svc")?).map_err(|_| RecordError::Malformed("svc"))?;
+        let port = need("port")?.parse::<u16>().ok().filter(|p| *p != 0).ok_or(RecordError::Malformed("port"))?;
+        let node = NodeName::parse(&need("node")?).map_err(|_| RecordError::Malformed("node"))?;
+        let mesh = need("mesh")?;
+        if mesh.len() != 16 || !mesh.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RecordError::Malformed("mesh"));
+        }
+        let fingerprint = need("id")?;
+        if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RecordError::Malformed("id"));
+        }
+        let weight = match get("w") {
+            None => 1,
+            Some(w) => w.parse::<u32>().ok().filter(|w| (1..=10_000).contains(w)).ok_or(RecordError::Malformed("w"))?,
+        };
+        Ok(Self { service, port, node, mesh: mesh.to_ascii_lowercase(), fingerprint: fingerprint.to_ascii_lowercase(), weight })
+    }
+}
+
+/// One announced instance of a service, as discovery knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Instance {
+    /// DNS-SD full name, e.g. `redis@node-b._ambassador._udp.local.`.
+    pub fullname: String,
+    /// The service.
+    pub service: ServiceName,
+    /// The node that announces it.
+    pub node: NodeName,
+    /// The node's certificate fingerprint.
+    pub fingerprint: String,
+    /// The mesh id the record claims.
+    pub mesh: String,
+    /// The advertised (consumer-side) port.
+    pub port: u16,
+    /// The node's QUIC port.
+    pub quic_port: u16,
+    /// The node's addresses, best first.
+    pub addrs: Vec<IpAddr>,
+    /// Balancing weight.
+    pub weight: u32,
+}
+
+impl Instance {
+    /// Builds an instance from a record's parts.
+    pub fn new(fullname: &str, quic_port: u16, addrs: impl IntoIterator<Item = IpAddr>, txt: TxtRecord) -> Result<Self, RecordError> {
+        let mut addrs: Vec<IpAddr> = addrs.into_iter().filter(usable).collect();
+        if addrs.is_empty() || quic_port == 0 {
+            return Err(RecordError::NoAddress);
+        }
+        sort_addrs(&mut addrs);
+        Ok(Self {
+            fullname: fullname.to_string(),
+            service: txt.service,
+            node: txt.node,
+            fingerprint: txt.fingerprint,
+            mesh: txt.mesh,
+            port: txt.port,
+            quic_port,
+            addrs,
+            weight: txt.weight,
+        })
+    }
+
+    /// The QUIC socket addresses to dial, best first, of the families `local` can reach.
+    pub fn socket_addrs(&self, local: SocketAddr) -> Vec<SocketAddr> {
+        self.addrs
+            .iter()
+            .filter(|ip| local.is_ipv6() || ip.is_ipv4())
+            .map(|ip| SocketAddr::new(*ip, self.quic_port))
+            .collect()
+    }
+}
+
+/// Unspecified, multicast and IPv6 link-local addresses (which need a scope) are not dialled.
+fn usable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
+/// Orders addresses best first: IPv4 before IPv6, loopback last.
+pub(crate) fn sort_addrs(addrs: &mut [IpAddr]) {
+    addrs.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6(), *ip));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txt() -> TxtRecord {
+        TxtRecord {
+            service: ServiceName::parse("redis").unwrap(),
+            port: 6379,
+            node: NodeName::parse("node-b").unwrap(),
+            mesh: "0123456789abcdef".into(),
+            fingerprint: "ab".repeat(32),
+            weight: 3,
+        }
+    }
+
+    #[test]
+    fn txt_round_trip() {
+        let props = txt().to_properties();
+        let parsed = TxtRecord::parse(|k| props.get(k).cloned()).unwrap();
+        assert_eq!(parsed, txt());
+    }
+
+    #[test]
+    fn txt_strict() {
+        for (key, bad) in [("v", "2"), ("svc", "a b"), ("port", "0"), ("port", "x"), ("node", "_"), ("mesh", "xyz"), ("id", "00"), ("w", "0")] {
+            let mut props = txt().to_properties();
+            props.insert(key.into(), bad.into());
+            assert!(TxtRecord::parse(|k| props.get(k).cloned()).is_err(), "{key}={bad}");
+        }
+        let mut props = txt().to_properties();
+        props.remove("id");
+        assert_eq!(TxtRecord::parse(|k| props.get(k).cloned()), Err(RecordError::Missing("id")));
+    }
+
+    #[test]
+    fn addresses_ordered_and_filtered() {
+        let ips: Vec<IpAddr> = ["127.0.0.1", "fe80::1", "10.0.0.2", "2001:db8::1", "0.0.0.0"].iter().map(|s| s.parse().unwrap()).collect();
+        let inst = Instance::new("redis@node-b._ambassador._udp.local.", 4433, ips, txt()).unwrap();
+        assert_eq!(inst.addrs, ["10.0.0.2", "2001:db8::1", "127.0.0.1"].map(|s| s.parse::<IpAddr>().unwrap()));
+        let v4: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert_eq!(inst.socket_addrs(v4).len(), 2);
+        assert!(Instance::new("x", 4433, vec![], txt()).is_err());
+    }
+}

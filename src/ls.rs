@@ -1,0 +1,96 @@
+//! `ambassador ls`: browse the mesh like `avahi-browse` does, and print what is announced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mdns_sd::ServiceEvent;
+use serde::Serialize;
+
+use crate::cli::{Common, LsArgs};
+use crate::discovery::Instance;
+use crate::discovery::mdns::{Mdns, instance_from_resolved};
+use crate::error::Failure;
+use crate::identity::{MeshKey, MeshRoot, default_key_path};
+
+/// One row of the listing.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// The instance as discovery saw it.
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// Whether its mesh id is ours (`None` when this host has no mesh key).
+    pub mesh_match: Option<bool>,
+}
+
+/// This host's mesh id, if a key is configured or the default key exists. Never creates a key.
+fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
+    let key = match (&common.mesh_key, &common.mesh_key_file) {
+        (Some(k), _) => Some(MeshKey::parse(k).map_err(Failure::usage)?),
+        (None, Some(p)) => Some(MeshKey::read_file(p, common.insecure_key_permissions).map_err(Failure::usage)?),
+        (None, None) => default_key_path().ok().and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok()),
+    };
+    match key {
+        Some(k) => Ok(Some(MeshRoot::derive(&k).map_err(|e| Failure::Runtime(e.into()))?.mesh_id().to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Browses for `timeout` and returns every instance seen (and not withdrawn meanwhile).
+pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Instance>, Failure> {
+    let mdns = Mdns::new(interfaces).map_err(|e| Failure::Runtime(e.into()))?;
+    let rx = mdns.browse().map_err(|e| Failure::Runtime(e.into()))?;
+    let mut seen: BTreeMap<String, Instance> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, rx.recv_async()).await {
+        match ev {
+            ServiceEvent::ServiceResolved(rs) => {
+                if let Ok(mut inst) = instance_from_resolved(&rs) {
+                    if let Some(old) = seen.get(&inst.fullname) {
+                        for a in &old.addrs {
+                            if !inst.addrs.contains(a) {
+                                inst.addrs.push(*a);
+                            }
+                        }
+                    }
+                    seen.insert(inst.fullname.clone(), inst);
+                }
+            }
+            ServiceEvent::ServiceRemoved(_, fullname) => {
+                seen.remove(&fullname);
+            }
+            _ => {}
+        }
+    }
+    mdns.shutdown().await;
+    Ok(seen.into_values().collect())
+}
+
+/// Runs `ambassador ls`.
+pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
+    let mesh = own_mesh_id(common)?;
+    let rows: Vec<Row> = browse(&common.interfaces, args.timeout)
+        .await?
+        .into_iter()
+        .map(|instance| Row { mesh_match: mesh.as_ref().map(|m| *m == instance.mesh), instance })
+        .collect();
+    if args.json {
+        let text = serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("{:<16} {:<24} {:>6} {:>6}  {:<10} ADDRESSES", "SERVICE", "NODE", "PORT", "QUIC", "MESH");
+    for r in &rows {
+        let i = &r.instance;
+        let mesh = match r.mesh_match {
+            Some(true) => "ours".to_string(),
+            Some(false) => format!("other:{}", &i.mesh[..6]),
+            None => i.mesh[..6].to_string(),
+        };
+        let addrs = i.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        println!("{:<16} {:<24} {:>6} {:>6}  {:<10} {addrs}", i.service.as_str(), i.node.as_str(), i.port, i.quic_port, mesh);
+    }
+    if rows.is_empty() {
+        eprintln!("no ambassador service found within {:?}", args.timeout);
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The provider side: accepts QUIC connections from mesh members, and for each stream reads the
+//! request header, connects to the service's target and splices.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::splice::{SpliceEnd, splice};
+use crate::names::ServiceName;
+use crate::transport::peer_identity;
+use crate::transport::protocol::{RefusalCode, Reply, Request};
+
+/// What the provider serves.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Target address of each announced service.
+    pub services: HashMap<ServiceName, SocketAddr>,
+    /// Bound on reading a stream's request header.
+    pub header_timeout: Duration,
+    /// Bound on connecting to a target.
+    pub connect_timeout: Duration,
+}
+
+/// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
+pub async fn serve(endpoint: Endpoint, cfg: Arc<ProviderConfig>, cancel: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            () = cancel.cancelled() => return,
+            inc = endpoint.accept() => match inc {
+                Some(inc) => inc,
+                None => return,
+            },
+        };
+        let span = info_span!("peer", remote = %incoming.remote_address());
+        tracker.spawn(
+            handle_connection(incoming, cfg.clone(), cancel.clone(), tracker.clone()).instrument(span),
+        );
+    }
+}
+
+async fn handle_connection(incoming: Incoming, cfg: Arc<ProviderConfig>, cancel: CancellationToken, tracker: TaskTracker) {
+    let conn: Connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "refused a QUIC handshake (not a member of this mesh?)");
+            return;
+        }
+    };
+    let peer = peer_identity(&conn).map(|p| p.node).unwrap_or_else(|| "?".into());
+    info!(%peer, "peer connected");
+    let mut next_id: u64 = 0;
+    loop {
+        let (send, recv) = tokio::select! {
+            () = cancel.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(%peer, reason = %e, "peer disconnected");
+                    return;
+                }
+            },
+        };
+        next_id += 1;
+        let span = info_span!("stream", %peer, id = next_id);
+        tracker.spawn(handle_stream(send, recv, cfg.clone()).instrument(span));
+    }
+}
+
+async fn refuse(mut send: SendStream, mut recv: RecvStream, code: RefusalCode, detail: String) {
+    warn!(%code, %detail, "refused stream");
+    let _ = send.write_all(&Reply::refuse(code, detail).encode()).await;
+    let _ = send.finish();
+    let _ = recv.stop(VarInt::from_u32(0));
+    // Let the reply reach the peer before the stream state goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
+async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<ProviderConfig>) {
+    let req = match Request::read_from(&mut recv, cfg.header_timeout).await {
+        Ok(r) => r,
+        Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
+    };
+    let Some(&target) = cfg.services.get(&req.service) else {
+        let detail = format!("{} is not announced here", req.service);
+        return refuse(send, recv, RefusalCode::UnknownService, detail).await;
+    };
+    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            let detail = format!("{} at {target}: {e}", req.service);
+            return refuse(send, recv, RefusalCode::TargetRefused, detail).await;
+        }
+        Ok(Err(e)) => {
+            let detail = format!("{} at {target}: {e}", req.service);
+            return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
+        }
+        Err(_) => {
+            let detail = format!("{} at {target}: no answer within {:?}", req.service, cfg.connect_timeout);
+            return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
+        }
+    };
+    if send.write_all(&Reply::Ok.encode()).await.is_err() {
+        debug!("consumer went away before the reply");
+        return;
+    }
+    let stats = splice(tcp, send, recv).await;
+    match stats.end {
+        SpliceEnd::Closed => debug!(service = %req.service, up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream closed"),
+        SpliceEnd::Reset => debug!(service = %req.service, "stream reset"),
+    }
+}

@@ -1,0 +1,125 @@
+//! Copying bytes between a TCP connection and a QUIC stream, both ways, with the ends mapped:
+//! a TCP half-close is a stream finish and back; a reset on either side is a reset on the other.
+//!
+//! No buffer is held while a connection is idle: TCP is read only once readable (into a chunk
+//! handed to quinn without a further copy), and QUIC data arrives in chunks quinn owns.
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+
+/// Largest chunk read from TCP in one go.
+const CHUNK: usize = 64 * 1024;
+/// Reads shorter than this are copied into an exact-size buffer, so a small message does not
+/// pin a whole chunk while quinn waits for its acknowledgement.
+const SMALL: usize = 4 * 1024;
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both directions finished cleanly.
+    Closed,
+    /// One side reset or failed; the other side was reset too.
+    Reset,
+}
+
+/// What a splice carried.
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceStats {
+    /// Bytes from TCP into the stream.
+    pub tcp_to_quic: u64,
+    /// Bytes from the stream into TCP.
+    pub quic_to_tcp: u64,
+    /// How it ended.
+    pub end: SpliceEnd,
+}
+
+/// Error code of a stream reset caused by a TCP reset or failure.
+const RESET_CODE: u32 = 1;
+
+enum Read {
+    Data(Bytes),
+    Eof,
+    WouldBlock,
+}
+
+fn try_read_chunk(r: &OwnedReadHalf) -> std::io::Result<Read> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    match r.try_read_buf(&mut buf) {
+        Ok(0) => Ok(Read::Eof),
+        Ok(n) if n < SMALL => Ok(Read::Data(Bytes::copy_from_slice(&buf))),
+        Ok(_) => Ok(Read::Data(buf.freeze())),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Read::WouldBlock),
+        Err(e) => Err(e),
+    }
+}
+
+async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) -> Result<(), ()> {
+    loop {
+        r.readable().await.map_err(|_| ())?;
+        match try_read_chunk(r).map_err(|_| ())? {
+            Read::Data(chunk) => {
+                *count += chunk.len() as u64;
+                send.write_chunk(chunk).await.map_err(|_| ())?;
+            }
+            Read::Eof => return send.finish().map_err(|_| ()),
+            Read::WouldBlock => {}
+        }
+    }
+}
+
+async fn quic_to_tcp(recv: &mut RecvStream, w: &mut OwnedWriteHalf, count: &mut u64) -> Result<(), ()> {
+    loop {
+        match recv.read_chunk(CHUNK, true).await.map_err(|_| ())? {
+            Some(chunk) => {
+                *count += chunk.bytes.len() as u64;
+                w.write_all(&chunk.bytes).await.map_err(|_| ())?;
+            }
+            None => return w.shutdown().await.map_err(|_| ()),
+        }
+    }
+}
+
+fn reset_tcp(stream: &TcpStream) {
+    // Linger 0 makes the close send RST instead of FIN: a reset stays a reset.
+    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// Copies both ways until both directions end; see the module docs for how ends map.
+pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> SpliceStats {
+    let _ = tcp.set_nodelay(true);
+    let (r, mut w) = tcp.into_split();
+    let abort = CancellationToken::new();
+    let (mut up, mut down) = (0u64, 0u64);
+    let upward = async {
+        let res = tokio::select! {
+            () = abort.cancelled() => Err(()),
+            res = tcp_to_quic(&r, &mut send, &mut up) => res,
+        };
+        if res.is_err() {
+            abort.cancel();
+            let _ = send.reset(VarInt::from_u32(RESET_CODE));
+            reset_tcp(r.as_ref());
+        }
+        res
+    };
+    let downward = async {
+        let res = tokio::select! {
+            () = abort.cancelled() => Err(()),
+            res = quic_to_tcp(&mut recv, &mut w, &mut down) => res,
+        };
+        if res.is_err() {
+            abort.cancel();
+            let _ = recv.stop(VarInt::from_u32(RESET_CODE));
+            reset_tcp(w.as_ref());
+        }
+        res
+    };
+    let (a, b) = tokio::join!(upward, downward);
+    let end = if a.is_ok() && b.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Reset };
+    SpliceStats { tcp_to_quic: up, quic_to_tcp: down, end }
+}

@@ -1,0 +1,154 @@
+//! The SPEC grammar of `announce` and `connect` (DESIGN §2).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+use crate::names::ServiceName;
+
+/// A malformed SPEC; the message says what the grammar is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad {kind} SPEC {spec:?}: {why} (expected {grammar})")]
+pub struct SpecError {
+    kind: &'static str,
+    spec: String,
+    why: String,
+    grammar: &'static str,
+}
+
+const ANNOUNCE_GRAMMAR: &str = "NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345";
+const CONNECT_GRAMMAR: &str = "NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379";
+
+/// One service to announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceSpec {
+    /// The service name.
+    pub service: ServiceName,
+    /// The port advertised to consumers (their default listen port).
+    pub port: u16,
+    /// Where the provider connects for each stream.
+    pub target: SocketAddr,
+}
+
+/// One service to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSpec {
+    /// The service name.
+    pub service: ServiceName,
+    /// Where to listen; a port of `None` means "the advertised port", learnt from discovery.
+    pub listen_ip: IpAddr,
+    /// The listen port, if known now.
+    pub listen_port: Option<u16>,
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) => Err("port 0 is not allowed".into()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{text:?} is not a port (1-65535)")),
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err("port 0 is not allowed".into());
+        }
+        return Ok(addr);
+    }
+    // HOST:PORT with a host name: resolve now (configuration is checked before anything runs).
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let port = parse_port(port)?;
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} has no address"))
+}
+
+fn split_name_port(kind: &'static str, spec: &str, grammar: &'static str, head: &str)
+    -> Result<(ServiceName, Option<u16>), SpecError> {
+    let err = |why: String| SpecError { kind, spec: spec.to_string(), why, grammar };
+    let (name, port) = match head.split_once(':') {
+        Some((n, p)) => (n, Some(parse_port(p).map_err(err)?)),
+        None => (head, None),
+    };
+    let service = ServiceName::parse(name).map_err(|e| err(e.to_string()))?;
+    Ok((service, port))
+}
+
+impl AnnounceSpec {
+    /// Parses `NAME[:PORT][=TARGET]`.
+    pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        let err = |why: String| SpecError { kind: "announce", spec: spec.to_string(), why, grammar: ANNOUNCE_GRAMMAR };
+        let (head, target) = match spec.split_once('=') {
+            Some((h, t)) => (h, Some(parse_addr(t).map_err(err)?)),
+            None => (spec, None),
+        };
+        let (service, port) = split_name_port("announce", spec, ANNOUNCE_GRAMMAR, head)?;
+        match (port, target) {
+            (Some(port), Some(target)) => Ok(Self { service, port, target }),
+            (Some(port), None) => {
+                Ok(Self { service, port, target: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port) })
+            }
+            (None, Some(target)) => Ok(Self { service, port: target.port(), target }),
+            (None, None) => Err(err("give a port or a target".into())),
+        }
+    }
+}
+
+impl ConnectSpec {
+    /// Parses `NAME[:PORT][=LISTEN]`.
+    pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        let err = |why: String| SpecError { kind: "connect", spec: spec.to_string(), why, grammar: CONNECT_GRAMMAR };
+        let (head, listen) = match spec.split_once('=') {
+            Some((h, l)) => (h, Some(l)),
+            None => (spec, None),
+        };
+        let (service, port) = split_name_port("connect", spec, CONNECT_GRAMMAR, head)?;
+        let (listen_ip, listen_port) = match listen {
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            Some(l) => match l.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() == 0 => return Err(err("port 0 is not allowed".into())),
+                Ok(addr) => (addr.ip(), Some(addr.port())),
+                Err(_) => match l.parse::<IpAddr>() {
+                    Ok(ip) => (ip, port),
+                    Err(_) => return Err(err(format!("{l:?} is not an IP:PORT to listen on"))),
+                },
+            },
+        };
+        Ok(Self { service, listen_ip, listen_port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announce_specs() {
+        let s = AnnounceSpec::parse("redis:6379").unwrap();
+        assert_eq!((s.service.as_str(), s.port, s.target), ("redis", 6379, "127.0.0.1:6379".parse().unwrap()));
+        let s = AnnounceSpec::parse("redis:6379=127.0.0.1:12345").unwrap();
+        assert_eq!((s.port, s.target), (6379, "127.0.0.1:12345".parse().unwrap()));
+        let s = AnnounceSpec::parse("redis=10.1.2.3:6379").unwrap();
+        assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
+        for bad in ["redis", "redis:0", "redis:70000", ":6379", "re dis:1", "redis:6379=nope", "redis=1.2.3.4"] {
+            let e = AnnounceSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("expected NAME[:PORT][=TARGET]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn connect_specs() {
+        let s = ConnectSpec::parse("redis").unwrap();
+        assert_eq!((s.listen_ip, s.listen_port), (IpAddr::V4(Ipv4Addr::LOCALHOST), None));
+        let s = ConnectSpec::parse("redis:16379").unwrap();
+        assert_eq!(s.listen_port, Some(16379));
+        let s = ConnectSpec::parse("redis=0.0.0.0:6379").unwrap();
+        assert_eq!((s.listen_ip, s.listen_port), (IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(6379)));
+        assert!(ConnectSpec::parse("redis:x").is_err());
+        assert!(ConnectSpec::parse("redis=host").is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! QUIC transport: the endpoint (one UDP socket per node, serving and dialling), and the pool
+//! of peer connections: one connection per (this node, peer node), opened on first need and
+//! re-established on loss, so a new TCP connection costs a stream, never a handshake.
+
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::identity::{ANY_NODE_SAN, IdentityError, NodeIdentity, PeerIdentity};
+
+/// Tunables of the QUIC transport.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Interval of QUIC keep-alive pings on idle connections.
+    pub keep_alive: Duration,
+    /// A peer silent this long is taken as dead (its connection closes).
+    pub idle_timeout: Duration,
+    /// Bound on a QUIC handshake.
+    pub handshake_timeout: Duration,
+    /// UDP socket send and receive buffer size (bytes).
+    pub udp_buffer: usize,
+    /// Most concurrent streams (= TCP connections) a peer may open on one connection.
+    pub max_streams: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            udp_buffer: 4 << 20,
+            max_streams: 65_536,
+        }
+    }
+}
+
+/// Errors setting up the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the QUIC socket to {addr}: {source} (choose another --bind address or port)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Any other I/O error.
+    #[error("QUIC endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn transport_config(s: &TransportSettings) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(s.max_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(s.keep_alive));
+    // An idle timeout is a few seconds at most: it always fits a VarInt of milliseconds.
+    t.max_idle_timeout(IdleTimeout::try_from(s.idle_timeout).ok());
+    t
+}
+
+fn udp_socket(bind: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, EndpointError> {
+    let bind_err = |source| EndpointError::Bind { addr: bind, source };
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    if bind.is_ipv6() {
+        // Dual-stack where the host allows it; failure just leaves the socket IPv6-only.
+        let _ = socket.set_only_v6(false);
+    }
+    // Larger buffers absorb bursts; the kernel caps them at net.core.[rw]mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&bind.into()).map_err(bind_err)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Builds this node's QUIC endpoint. With `serve`, it accepts connections from mesh members.
+pub fn endpoint(
+    bind: SocketAddr,
+    identity: &NodeIdentity,
+    serve: bool,
+    settings: &TransportSettings,
+) -> Result<Endpoint, EndpointError> {
+    let socket = udp_socket(bind, settings.udp_buffer)?;
+    let transport = Arc::new(transport_config(settings));
+    let server = if serve {
+        let crypto = QuicServerConfig::try_from(identity.server_config()?)
+            .map_err(|e| IdentityError::Quic(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport.clone());
+        Some(server)
+    } else {
+        None
+    };
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let crypto = QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| IdentityError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport);
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Whom to dial: a node as a record describes it, or an address alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerTarget {
+    /// The node name the certificate must carry; `None` accepts any mesh member.
+    pub node: Option<String>,
+    /// The certificate fingerprint the record published, if any.
+    pub fingerprint: Option<String>,
+    /// Addresses to try, in order of preference.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl PeerTarget {
+    fn key(&self) -> String {
+        match (&self.node, &self.fingerprint) {
+            (Some(n), Some(f)) => format!("{n}/{f}"),
+            _ => format!("{:?}", self.addrs),
+        }
+    }
+}
+
+/// Why a peer could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DialError {
+    /// No usable address.
+    #[error("no usable address for the peer")]
+    NoAddress,
+    /// The handshake failed at every address.
+    #[error("QUIC handshake with {addr} failed: {reason}")]
+    Handshake {
+        /// The last address tried.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The peer's certificate is valid but is not the one its record published.
+    #[error("peer at {addr} presented certificate {got}, but its record says {expected}")]
+    IdentityMismatch {
+        /// The address.
+        addr: SocketAddr,
+        /// From the record.
+        expected: String,
+        /// From the handshake.
+        got: String,
+    },
+}
+
+impl DialError {
+    /// True when the peer proved not to be who it claims (or not a mesh member): its record
+    /// must not be used again.
+    pub fn is_identity_failure(&self) -> bool {
+        match self {
+            DialError::IdentityMismatch { .. } => true,
+            DialError::Handshake { reason, .. } => reason.contains("certificate") || reason.contains("crypto"),
+            DialError::NoAddress => false,
+        }
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// Pool of QUIC connections to peers, one per peer identity.
+#[derive(Clone)]
+pub struct Pool {
+    endpoint: Endpoint,
+    settings: TransportSettings,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+impl Pool {
+    /// A pool dialling from `endpoint`.
+    pub fn new(endpoint: Endpoint, settings: TransportSettings) -> Self {
+        Self { endpoint, settings, slots: Arc::default() }
+    }
+
+    /// The live connection to `peer`, dialled if there is none. Concurrent callers for one peer
+    /// share one handshake.
+    pub async fn get(&self, peer: &PeerTarget) -> Result<Connection, DialError> {
+        let key = peer.key();
+        let slot = {
+            // A poisoned lock means a panic elsewhere while holding it; the map is still valid.
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
+        *guard = None;
+        let conn = self.dial(peer).await?;
+        *guard = Some(conn.clone());
+        // Forget the slot when the connection ends, so the map does not grow with dead peers.
+        let slots = self.slots.clone();
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            watched.closed().await;
+            let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = slots.get(&key).is_some_and(|s| {
+                s.try_lock().is_ok_and(|g| g.as_ref().is_none_or(|c| c.stable_id() == watched.stable_id()))
+            });
+            if stale {
+                slots.remove(&key);
+            }
+        });
+        Ok(conn)
+    }
+
+    async fn dial(&self, peer: &PeerTarget) -> Result<Connection, DialError> {
+        let server_name = peer.node.as_deref().unwrap_or(ANY_NODE_SAN);
+        let mut last = DialError::NoAddress;
+        for &addr in &peer.addrs {
+            let connecting = match self.endpoint.connect(addr, server_name) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = DialError::Handshake { addr, reason: e.to_string() };
+                    continue;
+                }
+            };
+            let conn = match tokio::time::timeout(self.settings.handshake_timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    last = DialError::Handshake { addr, reason: e.to_string() };
+                    if last.is_identity_failure() {
+                        return Err(last);
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    last = DialError::Handshake { addr, reason: "timed out".into() };
+                    continue;
+                }
+            };
+            let identity = peer_identity(&conn);
+            let got = identity.map(|i| i.fingerprint).unwrap_or_default();
+            if let Some(expected) = &peer.fingerprint
+                && *expected != got
+            {
+                conn.close(VarInt::from_u32(1), b"identity mismatch");
+                return Err(DialError::IdentityMismatch { addr, expected: expected.clone(), got });
+            }
+            return Ok(conn);
+        }
+        Err(last)
+    }
+}
+
+/// The verified identity of a connection's peer.
+pub fn peer_identity(conn: &Connection) -> Option<PeerIdentity> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|certs| PeerIdentity::from_certs(&certs))
+}
