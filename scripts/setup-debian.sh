@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what ambassador's build, tests and benchmarks use on a Debian machine.
+# Idempotent; uses sudo when not run as root.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PKGS=(
+  build-essential pkg-config       # cc for ring
+  iproute2 nftables tcpdump         # network namespaces, loss injection, captures
+  redis-server redis-tools          # real Redis peers (redis-cli, redis-benchmark)
+  socat stunnel4 iperf3             # classic proxies and load tools (tests, benchmarks)
+  avahi-daemon avahi-utils dnsmasq-base
+  procps psmisc ca-certificates
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The distribution's redis-server service is not used: tests start their own servers.
+$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust 1.85 or newer (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+echo "setup done: $(cargo --version)"
