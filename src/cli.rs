@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// discovery and mutually authenticated QUIC.
 #[derive(Debug, Parser)]
 #[command(name = "ambassador", version, about, long_about = None)]
-#[command(after_help = "Quick start:\n  host B:  ambassador announce redis:6379\n  host A:  ambassador connect redis    # then: redis-cli -p 6379\nCopy the mesh key between hosts first: `ambassador mesh show` on one, a key file on the other.")]
+#[command(
+    after_help = "Quick start:\n  host B:  ambassador announce redis:6379\n  host A:  ambassador connect redis    # then: redis-cli -p 6379\nCopy the mesh key between hosts first: `ambassador mesh show` on one, a key file on the other."
+)]
 pub struct Cli {
     /// Options shared by every command.
     #[command(flatten)]
@@ -27,10 +29,21 @@ pub struct Common {
     #[arg(long, global = true, env = "AMBASSADOR_NODE", value_name = "NAME")]
     pub node: Option<String>,
     /// The mesh key (prefer --mesh-key-file or the variable: argv is visible in `ps`)
-    #[arg(long, global = true, env = "AMBASSADOR_MESH_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_MESH_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub mesh_key: Option<String>,
     /// File holding the mesh key [default: $XDG_CONFIG_HOME/ambassador/mesh.key, created on first use]
-    #[arg(long, global = true, env = "AMBASSADOR_MESH_KEY_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_MESH_KEY_FILE",
+        value_name = "FILE"
+    )]
     pub mesh_key_file: Option<PathBuf>,
     /// Accept key files that group or others can read
     #[arg(long, global = true, env = "AMBASSADOR_INSECURE_KEY_PERMISSIONS")]
@@ -39,10 +52,22 @@ pub struct Common {
     #[arg(long, global = true, env = "AMBASSADOR_BIND", value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
     /// Network interface(s) for mDNS, comma-separated or repeated [default: all]
-    #[arg(long = "interface", global = true, env = "AMBASSADOR_INTERFACE", value_delimiter = ',', value_name = "IF")]
+    #[arg(
+        long = "interface",
+        global = true,
+        env = "AMBASSADOR_INTERFACE",
+        value_delimiter = ',',
+        value_name = "IF"
+    )]
     pub interfaces: Vec<String>,
     /// Log format
-    #[arg(long, global = true, env = "AMBASSADOR_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT"
+    )]
     pub log_format: Option<LogFormat>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -141,5 +166,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 500ms, 5s or 2m: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 5s or 2m: {e}"))
 }

@@ -104,8 +104,9 @@ pub struct FileConnect {
 impl FileConfig {
     /// Reads and parses a file; errors name the file and the problem.
     pub fn load(path: &Path) -> Result<Self, Failure> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
             let line = e.span().map(|s| text[..s.start].lines().count().max(1));
@@ -120,14 +121,20 @@ impl FileConfig {
 /// The mesh key from flags/env, or the default file (created on first use).
 pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
     match (&common.mesh_key, &common.mesh_key_file) {
-        (Some(_), Some(_)) => Err(Failure::usage("give either --mesh-key or --mesh-key-file, not both")),
-        (Some(text), None) => Ok((MeshKey::parse(text).map_err(Failure::usage)?, MeshKeySource::Inline)),
+        (Some(_), Some(_)) => Err(Failure::usage(
+            "give either --mesh-key or --mesh-key-file, not both",
+        )),
+        (Some(text), None) => Ok((
+            MeshKey::parse(text).map_err(Failure::usage)?,
+            MeshKeySource::Inline,
+        )),
         (None, Some(path)) => Ok((
             MeshKey::read_file(path, common.insecure_key_permissions).map_err(Failure::usage)?,
             MeshKeySource::File(path.clone()),
         )),
         (None, None) => {
-            let (key, path, created) = load_or_create_default(common.insecure_key_permissions).map_err(Failure::usage)?;
+            let (key, path, created) =
+                load_or_create_default(common.insecure_key_permissions).map_err(Failure::usage)?;
             if created {
                 tracing::info!(path = %path.display(), "created a new mesh key; copy it to the other hosts of this mesh (`ambassador mesh show`)");
             }
@@ -141,7 +148,9 @@ fn node_name(given: Option<&str>) -> Result<NodeName, Failure> {
         Some(n) => NodeName::parse(n).map_err(|e| Failure::usage(format!("{e} (--node)"))),
         None => {
             let mut suffix = [0u8; 3];
-            SystemRandom::new().fill(&mut suffix).map_err(|_| Failure::usage("the system random source failed"))?;
+            SystemRandom::new()
+                .fill(&mut suffix)
+                .map_err(|_| Failure::usage("the system random source failed"))?;
             Ok(NodeName::default_for_host(&hex::encode(suffix)))
         }
     }
@@ -154,7 +163,11 @@ fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
             b.to_socket_addrs()
                 .ok()
                 .and_then(|mut a| a.next())
-                .ok_or_else(|| Failure::usage(format!("bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint")))
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint"
+                    ))
+                })
         })
         .collect()
 }
@@ -166,12 +179,19 @@ impl NodeConfig {
             common.mesh_key_file = file.mesh_key_file.clone();
         }
         let (key, key_source) = mesh_key(&common)?;
-        let interfaces = if common.interfaces.is_empty() { file.interfaces.clone() } else { common.interfaces.clone() };
+        let interfaces = if common.interfaces.is_empty() {
+            file.interfaces.clone()
+        } else {
+            common.interfaces.clone()
+        };
         Ok(Self {
             node: node_name(common.node.as_deref().or(file.node.as_deref()))?,
             key,
             key_source,
-            bind: common.bind.or(file.bind).unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+            bind: common
+                .bind
+                .or(file.bind)
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             interfaces,
             announce: Vec::new(),
             weight: 1,
@@ -182,7 +202,11 @@ impl NodeConfig {
 
     /// From `ambassador announce`.
     pub fn from_announce(common: &Common, args: &AnnounceArgs) -> Result<Self, Failure> {
-        let announce = args.specs.iter().map(|s| AnnounceSpec::parse(s).map_err(Failure::usage)).collect::<Result<Vec<_>, _>>()?;
+        let announce = args
+            .specs
+            .iter()
+            .map(|s| AnnounceSpec::parse(s).map_err(Failure::usage))
+            .collect::<Result<Vec<_>, _>>()?;
         check_unique(announce.iter().map(|a| &a.service))?;
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.announce = announce;
@@ -192,14 +216,27 @@ impl NodeConfig {
 
     /// From `ambassador connect`.
     pub fn from_connect(common: &Common, args: &ConnectArgs) -> Result<Self, Failure> {
-        let specs = args.specs.iter().map(|s| ConnectSpec::parse(s).map_err(Failure::usage)).collect::<Result<Vec<_>, _>>()?;
+        let specs = args
+            .specs
+            .iter()
+            .map(|s| ConnectSpec::parse(s).map_err(Failure::usage))
+            .collect::<Result<Vec<_>, _>>()?;
         check_unique(specs.iter().map(|c| &c.service))?;
         let backends = parse_backends(&args.backends)?;
         if !backends.is_empty() && specs.len() != 1 {
-            return Err(Failure::usage("--backend applies to exactly one SPEC; use `ambassador run -c FILE` for several"));
+            return Err(Failure::usage(
+                "--backend applies to exactly one SPEC; use `ambassador run -c FILE` for several",
+            ));
         }
         let mut cfg = Self::base(common, &FileConfig::default())?;
-        cfg.connect = specs.into_iter().map(|spec| ConnectConfig { spec, backends: backends.clone(), wait: args.wait }).collect();
+        cfg.connect = specs
+            .into_iter()
+            .map(|spec| ConnectConfig {
+                spec,
+                backends: backends.clone(),
+                wait: args.wait,
+            })
+            .collect();
         Ok(cfg)
     }
 
@@ -214,10 +251,15 @@ impl NodeConfig {
             if let Some(t) = &a.target {
                 spec.push_str(&format!("={t}"));
             }
-            cfg.announce.push(AnnounceSpec::parse(&spec).map_err(|e| Failure::usage(format!("[announce.{name}]: {e}")))?);
+            cfg.announce.push(
+                AnnounceSpec::parse(&spec)
+                    .map_err(|e| Failure::usage(format!("[announce.{name}]: {e}")))?,
+            );
             if let Some(w) = a.weight {
                 if !(1..=10_000).contains(&w) {
-                    return Err(Failure::usage(format!("[announce.{name}]: weight must be 1-10000")));
+                    return Err(Failure::usage(format!(
+                        "[announce.{name}]: weight must be 1-10000"
+                    )));
                 }
                 cfg.weight = w;
             }
@@ -230,15 +272,23 @@ impl NodeConfig {
             if let Some(l) = &c.listen {
                 spec.push_str(&format!("={l}"));
             }
-            let spec = ConnectSpec::parse(&spec).map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?;
+            let spec = ConnectSpec::parse(&spec)
+                .map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?;
             let wait = match &c.wait {
-                Some(w) => crate::cli::parse_duration(w).map_err(|e| Failure::usage(format!("[connect.{name}] wait: {e}")))?,
+                Some(w) => crate::cli::parse_duration(w)
+                    .map_err(|e| Failure::usage(format!("[connect.{name}] wait: {e}")))?,
                 None => DEFAULT_WAIT,
             };
-            cfg.connect.push(ConnectConfig { spec, backends: parse_backends(&c.backends)?, wait });
+            cfg.connect.push(ConnectConfig {
+                spec,
+                backends: parse_backends(&c.backends)?,
+                wait,
+            });
         }
         if cfg.announce.is_empty() && cfg.connect.is_empty() {
-            return Err(Failure::usage("the config file has no [announce.NAME] or [connect.NAME] section: nothing to do"));
+            return Err(Failure::usage(
+                "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
+            ));
         }
         Ok(cfg)
     }

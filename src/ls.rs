@@ -26,11 +26,20 @@ pub struct Row {
 fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
     let key = match (&common.mesh_key, &common.mesh_key_file) {
         (Some(k), _) => Some(MeshKey::parse(k).map_err(Failure::usage)?),
-        (None, Some(p)) => Some(MeshKey::read_file(p, common.insecure_key_permissions).map_err(Failure::usage)?),
-        (None, None) => default_key_path().ok().and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok()),
+        (None, Some(p)) => {
+            Some(MeshKey::read_file(p, common.insecure_key_permissions).map_err(Failure::usage)?)
+        }
+        (None, None) => default_key_path()
+            .ok()
+            .and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok()),
     };
     match key {
-        Some(k) => Ok(Some(MeshRoot::derive(&k).map_err(|e| Failure::Runtime(e.into()))?.mesh_id().to_string())),
+        Some(k) => Ok(Some(
+            MeshRoot::derive(&k)
+                .map_err(|e| Failure::Runtime(e.into()))?
+                .mesh_id()
+                .to_string(),
+        )),
         None => Ok(None),
     }
 }
@@ -71,14 +80,20 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
     let rows: Vec<Row> = browse(&common.interfaces, args.timeout)
         .await?
         .into_iter()
-        .map(|instance| Row { mesh_match: mesh.as_ref().map(|m| *m == instance.mesh), instance })
+        .map(|instance| Row {
+            mesh_match: mesh.as_ref().map(|m| *m == instance.mesh),
+            instance,
+        })
         .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
         println!("{text}");
         return Ok(());
     }
-    println!("{:<16} {:<24} {:>6} {:>6}  {:<10} ADDRESSES", "SERVICE", "NODE", "PORT", "QUIC", "MESH");
+    println!(
+        "{:<16} {:<24} {:>6} {:>6}  {:<10} ADDRESSES",
+        "SERVICE", "NODE", "PORT", "QUIC", "MESH"
+    );
     for r in &rows {
         let i = &r.instance;
         let mesh = match r.mesh_match {
@@ -86,8 +101,20 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
             Some(false) => format!("other:{}", &i.mesh[..6]),
             None => i.mesh[..6].to_string(),
         };
-        let addrs = i.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        println!("{:<16} {:<24} {:>6} {:>6}  {:<10} {addrs}", i.service.as_str(), i.node.as_str(), i.port, i.quic_port, mesh);
+        let addrs = i
+            .addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        println!(
+            "{:<16} {:<24} {:>6} {:>6}  {:<10} {addrs}",
+            i.service.as_str(),
+            i.node.as_str(),
+            i.port,
+            i.quic_port,
+            mesh
+        );
     }
     if rows.is_empty() {
         eprintln!("no ambassador service found within {:?}", args.timeout);

@@ -20,7 +20,10 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,ambassador={level}")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -83,10 +86,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let file_format = match &cli.command {
-        Command::Run(args) => FileConfig::load(&args.config).ok().and_then(|f| f.log_format),
+        Command::Run(args) => FileConfig::load(&args.config)
+            .ok()
+            .and_then(|f| f.log_format),
         _ => None,
     };
-    init_logging(cli.common.log_format.or(file_format).unwrap_or_default(), cli.common.verbose);
+    init_logging(
+        cli.common.log_format.or(file_format).unwrap_or_default(),
+        cli.common.verbose,
+    );
     // One crypto provider for the whole process (ring); an error means one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {

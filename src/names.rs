@@ -12,14 +12,23 @@ pub struct NameError {
 }
 
 fn check_label(kind: &'static str, name: &str, extra: &[char]) -> Result<(), NameError> {
-    let err = |why| Err(NameError { kind, name: name.to_string(), why });
+    let err = |why| {
+        Err(NameError {
+            kind,
+            name: name.to_string(),
+            why,
+        })
+    };
     if name.is_empty() {
         return err("it is empty");
     }
     if name.len() > 63 {
         return err("it is longer than 63 characters");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(&c)) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(&c))
+    {
         return err("use only letters, digits and '-'");
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -85,7 +94,13 @@ impl NodeName {
             .next()
             .unwrap_or_default()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect();
         label.truncate(48);
         let label = label.trim_matches('-');

@@ -29,11 +29,17 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListener, Failure> {
     TcpListener::bind(addr).await.map_err(|e| {
         let mend = if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("stop what uses it or pick another port: {}:PORT", c.spec.service)
+            format!(
+                "stop what uses it or pick another port: {}:PORT",
+                c.spec.service
+            )
         } else {
             "pick another listen address (SPEC NAME:PORT=IP:PORT)".to_string()
         };
-        Failure::usage(format!("cannot listen on {addr} for {}: {e}; {mend}", c.spec.service))
+        Failure::usage(format!(
+            "cannot listen on {addr} for {}: {e}; {mend}",
+            c.spec.service
+        ))
     })
 }
 
@@ -41,7 +47,9 @@ async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListene
 /// and stops.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Failure> {
     let root = MeshRoot::derive(&cfg.key).context("deriving the mesh root")?;
-    let identity = root.issue(&cfg.node).context("issuing this node's certificate")?;
+    let identity = root
+        .issue(&cfg.node)
+        .context("issuing this node's certificate")?;
 
     // Listeners whose port is known are bound first: a port in use is a usage error, found
     // before anything is announced.
@@ -54,11 +62,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         listeners.push((c.clone(), bound));
     }
 
-    let endpoint = transport::endpoint(cfg.bind, &identity, !cfg.announce.is_empty(), &cfg.transport).map_err(|e| match e {
+    let endpoint = transport::endpoint(
+        cfg.bind,
+        &identity,
+        !cfg.announce.is_empty(),
+        &cfg.transport,
+    )
+    .map_err(|e| match e {
         EndpointError::Bind { .. } => Failure::usage(e),
         other => Failure::Runtime(other.into()),
     })?;
-    let quic_addr = endpoint.local_addr().context("reading the QUIC socket address")?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("reading the QUIC socket address")?;
     let mdns = Arc::new(Mdns::new(&cfg.interfaces).context("starting mDNS")?);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -66,9 +82,22 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     info!(node = %cfg.node, mesh = %identity.mesh_id, quic = %quic_addr, key = %cfg.key_source, "node up");
 
     if !cfg.announce.is_empty() {
-        let services = cfg.announce.iter().map(|a| (a.service.clone(), a.target)).collect::<HashMap<_, _>>();
-        let pcfg = Arc::new(ProviderConfig { services, header_timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(5) });
-        tracker.spawn(provider::serve(endpoint.clone(), pcfg, cancel.clone(), tracker.clone()));
+        let services = cfg
+            .announce
+            .iter()
+            .map(|a| (a.service.clone(), a.target))
+            .collect::<HashMap<_, _>>();
+        let pcfg = Arc::new(ProviderConfig {
+            services,
+            header_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        });
+        tracker.spawn(provider::serve(
+            endpoint.clone(),
+            pcfg,
+            cancel.clone(),
+            tracker.clone(),
+        ));
         for a in &cfg.announce {
             let txt = TxtRecord {
                 service: a.service.clone(),
@@ -78,7 +107,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
                 fingerprint: identity.fingerprint.clone(),
                 weight: cfg.weight,
             };
-            let fullname = mdns.announce(&cfg.node, quic_addr.port(), &txt).context("announcing over mDNS")?;
+            let fullname = mdns
+                .announce(&cfg.node, quic_addr.port(), &txt)
+                .context("announcing over mDNS")?;
             info!(service = %a.service, port = a.port, target = %a.target, instance = %fullname, "announcing");
         }
     }
@@ -87,7 +118,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         let registry = Arc::new(Registry::default());
         if cfg.connect.iter().any(|c| c.backends.is_empty()) {
             let rx = mdns.browse().context("browsing mDNS")?;
-            let filter = BrowseFilter { mesh_id: identity.mesh_id.clone(), own_node: cfg.node.clone() };
+            let filter = BrowseFilter {
+                mesh_id: identity.mesh_id.clone(),
+                own_node: cfg.node.clone(),
+            };
             let (reg, c) = (registry.clone(), cancel.clone());
             tracker.spawn(async move { run_browser(rx, &reg, filter, c).await });
         }
@@ -96,10 +130,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             let backends = if c.backends.is_empty() {
                 Backends::Discovered(registry.clone())
             } else {
-                Backends::Static(c.backends.iter().map(|a| Candidate::static_peer(*a)).collect())
+                Backends::Static(
+                    c.backends
+                        .iter()
+                        .map(|a| Candidate::static_peer(*a))
+                        .collect(),
+                )
             };
             let ctx = Arc::new(ConsumerCtx::new(pool.clone(), quic_addr, c.wait));
-            let (cancel, tracker2, registry, fatal) = (cancel.clone(), tracker.clone(), registry.clone(), fatal_tx.clone());
+            let (cancel, tracker2, registry, fatal) = (
+                cancel.clone(),
+                tracker.clone(),
+                registry.clone(),
+                fatal_tx.clone(),
+            );
             let span = info_span!("listener", service = %c.spec.service);
             tracker.spawn(
                 async move {
@@ -146,7 +190,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     mdns.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"node stopping");
     tracker.close();
-    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("some connections did not end within {STOP_GRACE:?}; closing them");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -14,7 +14,8 @@ pub struct SpecError {
     grammar: &'static str,
 }
 
-const ANNOUNCE_GRAMMAR: &str = "NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345";
+const ANNOUNCE_GRAMMAR: &str =
+    "NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345";
 const CONNECT_GRAMMAR: &str = "NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379";
 
 /// One service to announce.
@@ -55,7 +56,9 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     // HOST:PORT with a host name: resolve now (configuration is checked before anything runs).
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
     let port = parse_port(port)?;
     if host.is_empty() {
         return Err(format!("{text:?} has no host"));
@@ -67,9 +70,18 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} has no address"))
 }
 
-fn split_name_port(kind: &'static str, spec: &str, grammar: &'static str, head: &str)
-    -> Result<(ServiceName, Option<u16>), SpecError> {
-    let err = |why: String| SpecError { kind, spec: spec.to_string(), why, grammar };
+fn split_name_port(
+    kind: &'static str,
+    spec: &str,
+    grammar: &'static str,
+    head: &str,
+) -> Result<(ServiceName, Option<u16>), SpecError> {
+    let err = |why: String| SpecError {
+        kind,
+        spec: spec.to_string(),
+        why,
+        grammar,
+    };
     let (name, port) = match head.split_once(':') {
         Some((n, p)) => (n, Some(parse_port(p).map_err(err)?)),
         None => (head, None),
@@ -81,18 +93,33 @@ fn split_name_port(kind: &'static str, spec: &str, grammar: &'static str, head: 
 impl AnnounceSpec {
     /// Parses `NAME[:PORT][=TARGET]`.
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
-        let err = |why: String| SpecError { kind: "announce", spec: spec.to_string(), why, grammar: ANNOUNCE_GRAMMAR };
+        let err = |why: String| SpecError {
+            kind: "announce",
+            spec: spec.to_string(),
+            why,
+            grammar: ANNOUNCE_GRAMMAR,
+        };
         let (head, target) = match spec.split_once('=') {
             Some((h, t)) => (h, Some(parse_addr(t).map_err(err)?)),
             None => (spec, None),
         };
         let (service, port) = split_name_port("announce", spec, ANNOUNCE_GRAMMAR, head)?;
         match (port, target) {
-            (Some(port), Some(target)) => Ok(Self { service, port, target }),
-            (Some(port), None) => {
-                Ok(Self { service, port, target: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port) })
-            }
-            (None, Some(target)) => Ok(Self { service, port: target.port(), target }),
+            (Some(port), Some(target)) => Ok(Self {
+                service,
+                port,
+                target,
+            }),
+            (Some(port), None) => Ok(Self {
+                service,
+                port,
+                target: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            }),
+            (None, Some(target)) => Ok(Self {
+                service,
+                port: target.port(),
+                target,
+            }),
             (None, None) => Err(err("give a port or a target".into())),
         }
     }
@@ -101,7 +128,12 @@ impl AnnounceSpec {
 impl ConnectSpec {
     /// Parses `NAME[:PORT][=LISTEN]`.
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
-        let err = |why: String| SpecError { kind: "connect", spec: spec.to_string(), why, grammar: CONNECT_GRAMMAR };
+        let err = |why: String| SpecError {
+            kind: "connect",
+            spec: spec.to_string(),
+            why,
+            grammar: CONNECT_GRAMMAR,
+        };
         let (head, listen) = match spec.split_once('=') {
             Some((h, l)) => (h, Some(l)),
             None => (spec, None),
@@ -118,7 +150,11 @@ impl ConnectSpec {
                 },
             },
         };
-        Ok(Self { service, listen_ip, listen_port })
+        Ok(Self {
+            service,
+            listen_ip,
+            listen_port,
+        })
     }
 }
 
@@ -129,12 +165,26 @@ mod tests {
     #[test]
     fn announce_specs() {
         let s = AnnounceSpec::parse("redis:6379").unwrap();
-        assert_eq!((s.service.as_str(), s.port, s.target), ("redis", 6379, "127.0.0.1:6379".parse().unwrap()));
+        assert_eq!(
+            (s.service.as_str(), s.port, s.target),
+            ("redis", 6379, "127.0.0.1:6379".parse().unwrap())
+        );
         let s = AnnounceSpec::parse("redis:6379=127.0.0.1:12345").unwrap();
-        assert_eq!((s.port, s.target), (6379, "127.0.0.1:12345".parse().unwrap()));
+        assert_eq!(
+            (s.port, s.target),
+            (6379, "127.0.0.1:12345".parse().unwrap())
+        );
         let s = AnnounceSpec::parse("redis=10.1.2.3:6379").unwrap();
         assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
-        for bad in ["redis", "redis:0", "redis:70000", ":6379", "re dis:1", "redis:6379=nope", "redis=1.2.3.4"] {
+        for bad in [
+            "redis",
+            "redis:0",
+            "redis:70000",
+            ":6379",
+            "re dis:1",
+            "redis:6379=nope",
+            "redis=1.2.3.4",
+        ] {
             let e = AnnounceSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected NAME[:PORT][=TARGET]"), "{bad}: {e}");
         }
@@ -143,11 +193,17 @@ mod tests {
     #[test]
     fn connect_specs() {
         let s = ConnectSpec::parse("redis").unwrap();
-        assert_eq!((s.listen_ip, s.listen_port), (IpAddr::V4(Ipv4Addr::LOCALHOST), None));
+        assert_eq!(
+            (s.listen_ip, s.listen_port),
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), None)
+        );
         let s = ConnectSpec::parse("redis:16379").unwrap();
         assert_eq!(s.listen_port, Some(16379));
         let s = ConnectSpec::parse("redis=0.0.0.0:6379").unwrap();
-        assert_eq!((s.listen_ip, s.listen_port), (IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(6379)));
+        assert_eq!(
+            (s.listen_ip, s.listen_port),
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(6379))
+        );
         assert!(ConnectSpec::parse("redis:x").is_err());
         assert!(ConnectSpec::parse("redis=host").is_err());
     }

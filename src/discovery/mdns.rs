@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo, UnregisterStatus};
+use mdns_sd::{
+    IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo, UnregisterStatus,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -32,27 +34,48 @@ impl Mdns {
                 daemon.enable_interface(IfKind::Name(name.clone()))?;
             }
         }
-        Ok(Self { daemon, registered: Mutex::new(Vec::new()) })
+        Ok(Self {
+            daemon,
+            registered: Mutex::new(Vec::new()),
+        })
     }
 
     /// Announces one service of this node; returns the instance's full name.
-    pub fn announce(&self, node: &NodeName, quic_port: u16, txt: &TxtRecord) -> Result<String, MdnsError> {
+    pub fn announce(
+        &self,
+        node: &NodeName,
+        quic_port: u16,
+        txt: &TxtRecord,
+    ) -> Result<String, MdnsError> {
         let instance = format!("{}@{}", txt.service, node);
         let host = format!("{node}.local.");
-        let mut info = ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", quic_port, txt.to_properties())?
-            .enable_addr_auto();
+        let mut info = ServiceInfo::new(
+            SERVICE_TYPE,
+            &instance,
+            &host,
+            "",
+            quic_port,
+            txt.to_properties(),
+        )?
+        .enable_addr_auto();
         // The instance name embeds the node name, unique by construction: probing for
         // conflicts would only delay the first announcement by ~1 s.
         info.set_requires_probe(false);
         let fullname = info.get_fullname().to_string();
         self.daemon.register(info)?;
-        self.registered.lock().unwrap_or_else(|e| e.into_inner()).push(fullname.clone());
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fullname.clone());
         Ok(fullname)
     }
 
     /// Withdraws one announcement (mDNS goodbye) and waits until it is sent.
     pub async fn withdraw(&self, fullname: &str) {
-        self.registered.lock().unwrap_or_else(|e| e.into_inner()).retain(|f| f != fullname);
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|f| f != fullname);
         match self.daemon.unregister(fullname) {
             Ok(rx) => match tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
                 Ok(Ok(UnregisterStatus::OK)) => debug!(%fullname, "withdrawn"),
@@ -95,7 +118,12 @@ impl Mdns {
 pub fn instance_from_resolved(rs: &ResolvedService) -> Result<Instance, RecordError> {
     let props = rs.get_properties();
     let txt = TxtRecord::parse(|k| props.get_property_val_str(k).map(str::to_string))?;
-    Instance::new(&rs.fullname, rs.port, rs.addresses.iter().map(|a| a.to_ip_addr()), txt)
+    Instance::new(
+        &rs.fullname,
+        rs.port,
+        rs.addresses.iter().map(|a| a.to_ip_addr()),
+        txt,
+    )
 }
 
 /// Which records a browser keeps.

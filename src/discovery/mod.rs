@@ -25,7 +25,10 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self { instances: Mutex::new(BTreeMap::new()), changed: watch::channel(0).0 }
+        Self {
+            instances: Mutex::new(BTreeMap::new()),
+            changed: watch::channel(0).0,
+        }
     }
 }
 
@@ -72,7 +75,11 @@ impl Registry {
 
     /// Every known instance of `service`.
     pub fn instances(&self, service: &ServiceName) -> Vec<Instance> {
-        self.lock().values().filter(|i| &i.service == service).cloned().collect()
+        self.lock()
+            .values()
+            .filter(|i| &i.service == service)
+            .cloned()
+            .collect()
     }
 
     /// Every known instance.

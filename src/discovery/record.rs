@@ -68,8 +68,13 @@ impl TxtRecord {
         if v != RECORD_VERSION {
             return Err(RecordError::Version(v));
         }
-        let service = ServiceName::parse(&need("svc")?).map_err(|_| RecordError::Malformed("svc"))?;
-        let port = need("port")?.parse::<u16>().ok().filter(|p| *p != 0).ok_or(RecordError::Malformed("port"))?;
+        let service =
+            ServiceName::parse(&need("svc")?).map_err(|_| RecordError::Malformed("svc"))?;
+        let port = need("port")?
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(RecordError::Malformed("port"))?;
         let node = NodeName::parse(&need("node")?).map_err(|_| RecordError::Malformed("node"))?;
         let mesh = need("mesh")?;
         if mesh.len() != 16 || !mesh.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -81,9 +86,20 @@ impl TxtRecord {
         }
         let weight = match get("w") {
             None => 1,
-            Some(w) => w.parse::<u32>().ok().filter(|w| (1..=10_000).contains(w)).ok_or(RecordError::Malformed("w"))?,
+            Some(w) => w
+                .parse::<u32>()
+                .ok()
+                .filter(|w| (1..=10_000).contains(w))
+                .ok_or(RecordError::Malformed("w"))?,
         };
-        Ok(Self { service, port, node, mesh: mesh.to_ascii_lowercase(), fingerprint: fingerprint.to_ascii_lowercase(), weight })
+        Ok(Self {
+            service,
+            port,
+            node,
+            mesh: mesh.to_ascii_lowercase(),
+            fingerprint: fingerprint.to_ascii_lowercase(),
+            weight,
+        })
     }
 }
 
@@ -112,7 +128,12 @@ pub struct Instance {
 
 impl Instance {
     /// Builds an instance from a record's parts.
-    pub fn new(fullname: &str, quic_port: u16, addrs: impl IntoIterator<Item = IpAddr>, txt: TxtRecord) -> Result<Self, RecordError> {
+    pub fn new(
+        fullname: &str,
+        quic_port: u16,
+        addrs: impl IntoIterator<Item = IpAddr>,
+        txt: TxtRecord,
+    ) -> Result<Self, RecordError> {
         let mut addrs: Vec<IpAddr> = addrs.into_iter().filter(usable).collect();
         if addrs.is_empty() || quic_port == 0 {
             return Err(RecordError::NoAddress);
@@ -145,7 +166,9 @@ impl Instance {
 fn usable(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
-        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        IpAddr::V6(v6) => {
+            !v6.is_unspecified() && !v6.is_multicast() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
     }
 }
 
@@ -178,21 +201,42 @@ mod tests {
 
     #[test]
     fn txt_strict() {
-        for (key, bad) in [("v", "2"), ("svc", "a b"), ("port", "0"), ("port", "x"), ("node", "_"), ("mesh", "xyz"), ("id", "00"), ("w", "0")] {
+        for (key, bad) in [
+            ("v", "2"),
+            ("svc", "a b"),
+            ("port", "0"),
+            ("port", "x"),
+            ("node", "_"),
+            ("mesh", "xyz"),
+            ("id", "00"),
+            ("w", "0"),
+        ] {
             let mut props = txt().to_properties();
             props.insert(key.into(), bad.into());
-            assert!(TxtRecord::parse(|k| props.get(k).cloned()).is_err(), "{key}={bad}");
+            assert!(
+                TxtRecord::parse(|k| props.get(k).cloned()).is_err(),
+                "{key}={bad}"
+            );
         }
         let mut props = txt().to_properties();
         props.remove("id");
-        assert_eq!(TxtRecord::parse(|k| props.get(k).cloned()), Err(RecordError::Missing("id")));
+        assert_eq!(
+            TxtRecord::parse(|k| props.get(k).cloned()),
+            Err(RecordError::Missing("id"))
+        );
     }
 
     #[test]
     fn addresses_ordered_and_filtered() {
-        let ips: Vec<IpAddr> = ["127.0.0.1", "fe80::1", "10.0.0.2", "2001:db8::1", "0.0.0.0"].iter().map(|s| s.parse().unwrap()).collect();
+        let ips: Vec<IpAddr> = ["127.0.0.1", "fe80::1", "10.0.0.2", "2001:db8::1", "0.0.0.0"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let inst = Instance::new("redis@node-b._ambassador._udp.local.", 4433, ips, txt()).unwrap();
-        assert_eq!(inst.addrs, ["10.0.0.2", "2001:db8::1", "127.0.0.1"].map(|s| s.parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            inst.addrs,
+            ["10.0.0.2", "2001:db8::1", "127.0.0.1"].map(|s| s.parse::<IpAddr>().unwrap())
+        );
         let v4: SocketAddr = "0.0.0.0:0".parse().unwrap();
         assert_eq!(inst.socket_addrs(v4).len(), 2);
         assert!(Instance::new("x", 4433, vec![], txt()).is_err());

@@ -81,7 +81,9 @@ pub enum KeyError {
     #[error("the system random source failed")]
     Random,
     /// No home or config directory to keep the default key in.
-    #[error("no place for the default mesh key: set XDG_CONFIG_HOME or HOME, or pass --mesh-key-file")]
+    #[error(
+        "no place for the default mesh key: set XDG_CONFIG_HOME or HOME, or pass --mesh-key-file"
+    )]
     NoConfigDir,
 }
 
@@ -96,13 +98,18 @@ impl MeshKey {
     /// A fresh random key.
     pub fn generate() -> Result<Self, KeyError> {
         let mut bytes = [0u8; KEY_LEN];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| KeyError::Random)?;
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| KeyError::Random)?;
         Ok(Self(bytes))
     }
 
     /// Parses the text form (surrounding whitespace ignored).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
-        let hex_part = text.trim().strip_prefix(PREFIX).ok_or(KeyError::Malformed)?;
+        let hex_part = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(KeyError::Malformed)?;
         let bytes = hex::decode(hex_part).map_err(|_| KeyError::Malformed)?;
         let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::Malformed)?;
         Ok(Self(bytes))
@@ -115,11 +122,17 @@ impl MeshKey {
 
     /// Reads a key file, refusing one that group or others can read unless `insecure` is set.
     pub fn read_file(path: &Path, insecure: bool) -> Result<Self, KeyError> {
-        let read_err = |source| KeyError::Read { path: path.to_path_buf(), source };
+        let read_err = |source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = fs::metadata(path).map_err(read_err)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 && !insecure {
-            return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
+            return Err(KeyError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
         let text = fs::read_to_string(path).map_err(read_err)?;
         Self::parse(&text)
@@ -127,7 +140,10 @@ impl MeshKey {
 
     /// Writes the key to a new file with mode 0600 (fails if the file exists).
     pub fn write_new_file(&self, path: &Path) -> Result<(), KeyError> {
-        let write_err = |source| KeyError::Write { path: path.to_path_buf(), source };
+        let write_err = |source| KeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(write_err)?;
         }
@@ -137,7 +153,8 @@ impl MeshKey {
             .mode(0o600)
             .open(path)
             .map_err(write_err)?;
-        file.write_all(format!("{}\n", self.to_text()).as_bytes()).map_err(write_err)?;
+        file.write_all(format!("{}\n", self.to_text()).as_bytes())
+            .map_err(write_err)?;
         file.sync_all().map_err(write_err)
     }
 
@@ -160,7 +177,9 @@ pub fn default_key_path() -> Result<PathBuf, KeyError> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(KeyError::NoConfigDir)?;
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or(KeyError::NoConfigDir)?;
             PathBuf::from(home).join(".config")
         }
     };
@@ -197,7 +216,10 @@ mod tests {
     #[test]
     fn text_round_trip_and_mask() {
         let key = MeshKey::generate().unwrap();
-        assert_eq!(MeshKey::parse(&format!("  {}\n", key.to_text())).unwrap(), key);
+        assert_eq!(
+            MeshKey::parse(&format!("  {}\n", key.to_text())).unwrap(),
+            key
+        );
         assert_eq!(format!("{key:?}"), "MeshKey(***)");
         assert!(MeshKey::parse("ambk1-00").is_err());
         assert!(MeshKey::parse("hello").is_err());
@@ -209,7 +231,10 @@ mod tests {
         let path = dir.path().join("k");
         let key = MeshKey::generate().unwrap();
         key.write_new_file(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(MeshKey::read_file(&path, false).unwrap(), key);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = MeshKey::read_file(&path, false).unwrap_err().to_string();

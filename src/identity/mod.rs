@@ -66,7 +66,9 @@ pub struct MeshRoot {
 
 impl std::fmt::Debug for MeshRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshRoot").field("mesh_id", &self.mesh_id).finish_non_exhaustive()
+        f.debug_struct("MeshRoot")
+            .field("mesh_id", &self.mesh_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,10 +80,17 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
 fn root_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "ambassador");
-    params.distinguished_name.push(DnType::CommonName, "ambassador mesh root");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "ambassador");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ambassador mesh root");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -97,7 +106,11 @@ impl MeshRoot {
         let key_pair = KeyPair::from_pkcs8_der_and_sign_algo(&der, &PKCS_ED25519)?;
         let cert = root_params().self_signed(&key_pair)?;
         let mesh_id = mesh_id_of(key_pair.public_key_raw());
-        Ok(Self { cert: cert.der().clone(), mesh_id, key: Arc::new(key_pair) })
+        Ok(Self {
+            cert: cert.der().clone(),
+            mesh_id,
+            key: Arc::new(key_pair),
+        })
     }
 
     /// The public mesh id published in records.
@@ -126,11 +139,15 @@ impl MeshRoot {
 fn leaf_params(node: &NodeName) -> Result<CertificateParams, IdentityError> {
     let mut params = CertificateParams::new(vec![node.to_string(), ANY_NODE_SAN.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, node.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node.as_str());
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }
@@ -183,7 +200,10 @@ impl NodeIdentity {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_single_cert(
+                self.chain.clone(),
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -195,7 +215,10 @@ impl NodeIdentity {
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
-            .with_client_auth_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_client_auth_cert(
+                self.chain.clone(),
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -215,13 +238,22 @@ impl PeerIdentity {
     pub fn from_certs(certs: &[CertificateDer<'static>]) -> Option<Self> {
         let leaf = certs.first()?;
         let node = node_name_of(leaf).unwrap_or_else(|| "?".to_string());
-        Some(Self { fingerprint: fingerprint(leaf), node })
+        Some(Self {
+            fingerprint: fingerprint(leaf),
+            node,
+        })
     }
 }
 
 fn node_name_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(cn)
 }
 
@@ -249,8 +281,14 @@ mod tests {
     #[test]
     fn leaves_of_separately_derived_roots_verify_each_other() {
         let key = MeshKey::generate().unwrap();
-        let a = MeshRoot::derive(&key).unwrap().issue(&node("node-a")).unwrap();
-        let b = MeshRoot::derive(&key).unwrap().issue(&node("node-b")).unwrap();
+        let a = MeshRoot::derive(&key)
+            .unwrap()
+            .issue(&node("node-a"))
+            .unwrap();
+        let b = MeshRoot::derive(&key)
+            .unwrap()
+            .issue(&node("node-b"))
+            .unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             a.roots().unwrap(),
             provider(),
@@ -259,16 +297,26 @@ mod tests {
         .unwrap();
         let name = rustls::pki_types::ServerName::try_from("node-b").unwrap();
         let now = rustls::pki_types::UnixTime::now();
-        verifier.verify_server_cert(&b.chain[0], &[], &name, &[], now).unwrap();
+        verifier
+            .verify_server_cert(&b.chain[0], &[], &name, &[], now)
+            .unwrap();
         // The wrong name is refused.
         let wrong = rustls::pki_types::ServerName::try_from("node-c").unwrap();
-        assert!(verifier.verify_server_cert(&b.chain[0], &[], &wrong, &[], now).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&b.chain[0], &[], &wrong, &[], now)
+                .is_err()
+        );
         // A leaf of another mesh is refused.
         let rogue = MeshRoot::derive(&MeshKey::generate().unwrap())
             .unwrap()
             .issue(&node("node-b"))
             .unwrap();
-        assert!(verifier.verify_server_cert(&rogue.chain[0], &[], &name, &[], now).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&rogue.chain[0], &[], &name, &[], now)
+                .is_err()
+        );
         let peer = PeerIdentity::from_certs(&b.chain).unwrap();
         assert_eq!(peer.node, "node-b");
         assert_eq!(peer.fingerprint, b.fingerprint);

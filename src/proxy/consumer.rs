@@ -46,7 +46,14 @@ impl Candidate {
 
     /// A fixed ambassador peer: any mesh member at that address.
     pub fn static_peer(addr: SocketAddr) -> Self {
-        Self { key: format!("static:{addr}"), target: PeerTarget { node: None, fingerprint: None, addrs: vec![addr] } }
+        Self {
+            key: format!("static:{addr}"),
+            target: PeerTarget {
+                node: None,
+                fingerprint: None,
+                addrs: vec![addr],
+            },
+        }
     }
 }
 
@@ -77,20 +84,50 @@ pub struct ConsumerCtx {
 impl ConsumerCtx {
     /// A new context.
     pub fn new(pool: Pool, local: SocketAddr, wait: Duration) -> Self {
-        Self { pool, local, wait, reply_timeout: Duration::from_secs(10), rejected: Mutex::default(), rr: AtomicUsize::new(0) }
+        Self {
+            pool,
+            local,
+            wait,
+            reply_timeout: Duration::from_secs(10),
+            rejected: Mutex::default(),
+            rr: AtomicUsize::new(0),
+        }
     }
 
     fn is_rejected(&self, fingerprint: &str) -> bool {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(fingerprint)
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fingerprint)
     }
 
-    async fn candidates(&self, service: &ServiceName, backends: &Backends, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+    async fn candidates(
+        &self,
+        service: &ServiceName,
+        backends: &Backends,
+        tried: &HashSet<String>,
+        deadline: Instant,
+    ) -> Vec<Candidate> {
         match backends {
-            Backends::Static(list) => list.iter().filter(|c| !tried.contains(&c.key)).cloned().collect(),
+            Backends::Static(list) => list
+                .iter()
+                .filter(|c| !tried.contains(&c.key))
+                .cloned()
+                .collect(),
             Backends::Discovered(registry) => {
-                let usable = |i: &Instance| !tried.contains(&i.fullname) && !self.is_rejected(&i.fingerprint) && !i.socket_addrs(self.local).is_empty();
-                let found = registry.wait_for(service, deadline, |all| all.iter().any(usable)).await;
-                found.iter().filter(|i| usable(i)).map(|i| Candidate::from_instance(i, self.local)).collect()
+                let usable = |i: &Instance| {
+                    !tried.contains(&i.fullname)
+                        && !self.is_rejected(&i.fingerprint)
+                        && !i.socket_addrs(self.local).is_empty()
+                };
+                let found = registry
+                    .wait_for(service, deadline, |all| all.iter().any(usable))
+                    .await;
+                found
+                    .iter()
+                    .filter(|i| usable(i))
+                    .map(|i| Candidate::from_instance(i, self.local))
+                    .collect()
             }
         }
     }
@@ -107,12 +144,24 @@ enum AttemptError {
     Refused(Refusal),
 }
 
-async fn open(ctx: &ConsumerCtx, service: &ServiceName, cand: &Candidate) -> Result<(SendStream, RecvStream), AttemptError> {
+async fn open(
+    ctx: &ConsumerCtx,
+    service: &ServiceName,
+    cand: &Candidate,
+) -> Result<(SendStream, RecvStream), AttemptError> {
     let conn = ctx.pool.get(&cand.target).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| AttemptError::Stream(e.to_string()))?;
-    let req = Request { service: service.clone(), flags: 0 };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| AttemptError::Stream(e.to_string()))?;
+    let req = Request {
+        service: service.clone(),
+        flags: 0,
+    };
     // Write the header at once: a stream is invisible to the peer until its first byte.
-    send.write_all(&req.encode()).await.map_err(|e| AttemptError::Stream(e.to_string()))?;
+    send.write_all(&req.encode())
+        .await
+        .map_err(|e| AttemptError::Stream(e.to_string()))?;
     match Reply::read_from(&mut recv, ctx.reply_timeout).await {
         Ok(Reply::Ok) => Ok((send, recv)),
         Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
@@ -150,7 +199,12 @@ pub async fn serve_listener(
     }
 }
 
-async fn handle_client(tcp: TcpStream, service: ServiceName, backends: Backends, ctx: Arc<ConsumerCtx>) {
+async fn handle_client(
+    tcp: TcpStream,
+    service: ServiceName,
+    backends: Backends,
+    ctx: Arc<ConsumerCtx>,
+) {
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + ctx.wait;
     let mut tried = HashSet::new();
@@ -166,14 +220,21 @@ async fn handle_client(tcp: TcpStream, service: ServiceName, backends: Backends,
                 debug!(instance = %pick.key, "stream open");
                 let stats = splice(tcp, send, recv).await;
                 match stats.end {
-                    SpliceEnd::Closed => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed"),
-                    SpliceEnd::Reset => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset"),
+                    SpliceEnd::Closed => {
+                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed")
+                    }
+                    SpliceEnd::Reset => {
+                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset")
+                    }
                 }
                 return;
             }
             Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
                 if let Some(fp) = &pick.target.fingerprint {
-                    ctx.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(fp.clone());
+                    ctx.rejected
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fp.clone());
                 }
                 warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
             }
@@ -187,6 +248,9 @@ async fn handle_client(tcp: TcpStream, service: ServiceName, backends: Backends,
     if tried.is_empty() {
         warn!(wait = ?ctx.wait, "no instance of {service} found within the wait bound; closing the client connection");
     } else {
-        warn!(tried = tried.len(), "every instance of {service} failed; closing the client connection");
+        warn!(
+            tried = tried.len(),
+            "every instance of {service} failed; closing the client connection"
+        );
     }
 }

@@ -29,7 +29,12 @@ pub struct ProviderConfig {
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
-pub async fn serve(endpoint: Endpoint, cfg: Arc<ProviderConfig>, cancel: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    endpoint: Endpoint,
+    cfg: Arc<ProviderConfig>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let incoming = tokio::select! {
             () = cancel.cancelled() => return,
@@ -40,12 +45,18 @@ pub async fn serve(endpoint: Endpoint, cfg: Arc<ProviderConfig>, cancel: Cancell
         };
         let span = info_span!("peer", remote = %incoming.remote_address());
         tracker.spawn(
-            handle_connection(incoming, cfg.clone(), cancel.clone(), tracker.clone()).instrument(span),
+            handle_connection(incoming, cfg.clone(), cancel.clone(), tracker.clone())
+                .instrument(span),
         );
     }
 }
 
-async fn handle_connection(incoming: Incoming, cfg: Arc<ProviderConfig>, cancel: CancellationToken, tracker: TaskTracker) {
+async fn handle_connection(
+    incoming: Incoming,
+    cfg: Arc<ProviderConfig>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     let conn: Connection = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -53,7 +64,9 @@ async fn handle_connection(incoming: Incoming, cfg: Arc<ProviderConfig>, cancel:
             return;
         }
     };
-    let peer = peer_identity(&conn).map(|p| p.node).unwrap_or_else(|| "?".into());
+    let peer = peer_identity(&conn)
+        .map(|p| p.node)
+        .unwrap_or_else(|| "?".into());
     info!(%peer, "peer connected");
     let mut next_id: u64 = 0;
     loop {
@@ -102,7 +115,10 @@ async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<Prov
             return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
         }
         Err(_) => {
-            let detail = format!("{} at {target}: no answer within {:?}", req.service, cfg.connect_timeout);
+            let detail = format!(
+                "{} at {target}: no answer within {:?}",
+                req.service, cfg.connect_timeout
+            );
             return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
         }
     };
@@ -112,7 +128,9 @@ async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<Prov
     }
     let stats = splice(tcp, send, recv).await;
     match stats.end {
-        SpliceEnd::Closed => debug!(service = %req.service, up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream closed"),
+        SpliceEnd::Closed => {
+            debug!(service = %req.service, up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream closed")
+        }
         SpliceEnd::Reset => debug!(service = %req.service, "stream reset"),
     }
 }

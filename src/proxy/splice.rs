@@ -72,7 +72,11 @@ async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) 
     }
 }
 
-async fn quic_to_tcp(recv: &mut RecvStream, w: &mut OwnedWriteHalf, count: &mut u64) -> Result<(), ()> {
+async fn quic_to_tcp(
+    recv: &mut RecvStream,
+    w: &mut OwnedWriteHalf,
+    count: &mut u64,
+) -> Result<(), ()> {
     loop {
         match recv.read_chunk(CHUNK, true).await.map_err(|_| ())? {
             Some(chunk) => {
@@ -120,6 +124,14 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
         res
     };
     let (a, b) = tokio::join!(upward, downward);
-    let end = if a.is_ok() && b.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Reset };
-    SpliceStats { tcp_to_quic: up, quic_to_tcp: down, end }
+    let end = if a.is_ok() && b.is_ok() {
+        SpliceEnd::Closed
+    } else {
+        SpliceEnd::Reset
+    };
+    SpliceStats {
+        tcp_to_quic: up,
+        quic_to_tcp: down,
+        end,
+    }
 }

@@ -46,7 +46,9 @@ impl Default for TransportSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The UDP socket could not be bound.
-    #[error("cannot bind the QUIC socket to {addr}: {source} (choose another --bind address or port)")]
+    #[error(
+        "cannot bind the QUIC socket to {addr}: {source} (choose another --bind address or port)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -73,7 +75,8 @@ fn transport_config(s: &TransportSettings) -> TransportConfig {
 
 fn udp_socket(bind: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, EndpointError> {
     let bind_err = |source| EndpointError::Bind { addr: bind, source };
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
     if bind.is_ipv6() {
         // Dual-stack where the host allows it; failure just leaves the socket IPv6-only.
         let _ = socket.set_only_v6(false);
@@ -170,7 +173,9 @@ impl DialError {
     pub fn is_identity_failure(&self) -> bool {
         match self {
             DialError::IdentityMismatch { .. } => true,
-            DialError::Handshake { reason, .. } => reason.contains("certificate") || reason.contains("crypto"),
+            DialError::Handshake { reason, .. } => {
+                reason.contains("certificate") || reason.contains("crypto")
+            }
             DialError::NoAddress => false,
         }
     }
@@ -189,7 +194,11 @@ pub struct Pool {
 impl Pool {
     /// A pool dialling from `endpoint`.
     pub fn new(endpoint: Endpoint, settings: TransportSettings) -> Self {
-        Self { endpoint, settings, slots: Arc::default() }
+        Self {
+            endpoint,
+            settings,
+            slots: Arc::default(),
+        }
     }
 
     /// The live connection to `peer`, dialled if there is none. Concurrent callers for one peer
@@ -217,7 +226,10 @@ impl Pool {
             watched.closed().await;
             let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
             let stale = slots.get(&key).is_some_and(|s| {
-                s.try_lock().is_ok_and(|g| g.as_ref().is_none_or(|c| c.stable_id() == watched.stable_id()))
+                s.try_lock().is_ok_and(|g| {
+                    g.as_ref()
+                        .is_none_or(|c| c.stable_id() == watched.stable_id())
+                })
             });
             if stale {
                 slots.remove(&key);
@@ -233,21 +245,31 @@ impl Pool {
             let connecting = match self.endpoint.connect(addr, server_name) {
                 Ok(c) => c,
                 Err(e) => {
-                    last = DialError::Handshake { addr, reason: e.to_string() };
+                    last = DialError::Handshake {
+                        addr,
+                        reason: e.to_string(),
+                    };
                     continue;
                 }
             };
-            let conn = match tokio::time::timeout(self.settings.handshake_timeout, connecting).await {
+            let conn = match tokio::time::timeout(self.settings.handshake_timeout, connecting).await
+            {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
-                    last = DialError::Handshake { addr, reason: e.to_string() };
+                    last = DialError::Handshake {
+                        addr,
+                        reason: e.to_string(),
+                    };
                     if last.is_identity_failure() {
                         return Err(last);
                     }
                     continue;
                 }
                 Err(_) => {
-                    last = DialError::Handshake { addr, reason: "timed out".into() };
+                    last = DialError::Handshake {
+                        addr,
+                        reason: "timed out".into(),
+                    };
                     continue;
                 }
             };
@@ -257,7 +279,11 @@ impl Pool {
                 && *expected != got
             {
                 conn.close(VarInt::from_u32(1), b"identity mismatch");
-                return Err(DialError::IdentityMismatch { addr, expected: expected.clone(), got });
+                return Err(DialError::IdentityMismatch {
+                    addr,
+                    expected: expected.clone(),
+                    got,
+                });
             }
             return Ok(conn);
         }
@@ -268,6 +294,9 @@ impl Pool {
 /// The verified identity of a connection's peer.
 pub fn peer_identity(conn: &Connection) -> Option<PeerIdentity> {
     conn.peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .and_then(|certs| PeerIdentity::from_certs(&certs))
 }

@@ -88,7 +88,10 @@ impl Request {
     }
 
     /// Reads one request from a stream, within `timeout`.
-    pub async fn read_from<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<Self, HeaderError> {
+    pub async fn read_from<R: AsyncRead + Unpin>(
+        r: &mut R,
+        timeout: Duration,
+    ) -> Result<Self, HeaderError> {
         read_framed(r, timeout, Self::decode).await
     }
 }
@@ -121,17 +124,23 @@ where
         // Read exactly the fixed part, then exactly the variable part: no byte after the
         // header is consumed, so the payload that follows stays in the stream.
         let mut buf = vec![0u8; FIXED_LEN];
-        r.read_exact(&mut buf).await.map_err(|e| HeaderError::Io(e.to_string()))?;
+        r.read_exact(&mut buf)
+            .await
+            .map_err(|e| HeaderError::Io(e.to_string()))?;
         match decode(&buf) {
             Err(HeaderError::Incomplete) => {}
             other => return other.map(|(v, _)| v),
         }
         let len = buf[4] as usize;
         buf.resize(FIXED_LEN + len, 0);
-        r.read_exact(&mut buf[FIXED_LEN..]).await.map_err(|e| HeaderError::Io(e.to_string()))?;
+        r.read_exact(&mut buf[FIXED_LEN..])
+            .await
+            .map_err(|e| HeaderError::Io(e.to_string()))?;
         decode(&buf).map(|(v, _)| v)
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| HeaderError::Timeout(timeout))?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| HeaderError::Timeout(timeout))?
 }
 
 /// The provider's answer to a request.
@@ -219,7 +228,10 @@ impl std::fmt::Display for Refusal {
 impl Reply {
     /// A refusal reply.
     pub fn refuse(code: RefusalCode, detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal { code, detail: detail.into() })
+        Self::Refused(Refusal {
+            code,
+            detail: detail.into(),
+        })
     }
 
     /// Encodes the reply.
@@ -259,7 +271,10 @@ impl Reply {
     }
 
     /// Reads one reply from a stream, within `timeout`.
-    pub async fn read_from<R: AsyncRead + Unpin>(r: &mut R, timeout: Duration) -> Result<Self, HeaderError> {
+    pub async fn read_from<R: AsyncRead + Unpin>(
+        r: &mut R,
+        timeout: Duration,
+    ) -> Result<Self, HeaderError> {
         read_framed(r, timeout, Self::decode).await
     }
 }
@@ -270,23 +285,46 @@ mod tests {
 
     #[test]
     fn request_round_trip_and_incomplete() {
-        let req = Request { service: ServiceName::parse("redis").unwrap(), flags: 0 };
+        let req = Request {
+            service: ServiceName::parse("redis").unwrap(),
+            flags: 0,
+        };
         let bytes = req.encode();
         assert_eq!(Request::decode(&bytes).unwrap(), (req.clone(), bytes.len()));
         for cut in 0..bytes.len() {
-            assert_eq!(Request::decode(&bytes[..cut]).unwrap_err(), HeaderError::Incomplete, "cut {cut}");
+            assert_eq!(
+                Request::decode(&bytes[..cut]).unwrap_err(),
+                HeaderError::Incomplete,
+                "cut {cut}"
+            );
         }
         let mut v2 = bytes.clone();
         v2[2] = 9;
-        assert_eq!(Request::decode(&v2).unwrap_err(), HeaderError::UnsupportedVersion(9));
-        assert_eq!(Request::decode(b"GET / HTTP/1.1").unwrap_err(), HeaderError::BadMagic);
-        assert_eq!(Request::decode(b"AM\x01\x00\xff").unwrap_err(), HeaderError::TooLong(255));
-        assert_eq!(Request::decode(b"AM\x01\x00\x02a b").unwrap_err(), HeaderError::BadName);
+        assert_eq!(
+            Request::decode(&v2).unwrap_err(),
+            HeaderError::UnsupportedVersion(9)
+        );
+        assert_eq!(
+            Request::decode(b"GET / HTTP/1.1").unwrap_err(),
+            HeaderError::BadMagic
+        );
+        assert_eq!(
+            Request::decode(b"AM\x01\x00\xff").unwrap_err(),
+            HeaderError::TooLong(255)
+        );
+        assert_eq!(
+            Request::decode(b"AM\x01\x00\x02a b").unwrap_err(),
+            HeaderError::BadName
+        );
     }
 
     #[test]
     fn reply_round_trip() {
-        for reply in [Reply::Ok, Reply::refuse(RefusalCode::TargetRefused, "connection refused"), Reply::refuse(RefusalCode::Draining, "é".repeat(200))] {
+        for reply in [
+            Reply::Ok,
+            Reply::refuse(RefusalCode::TargetRefused, "connection refused"),
+            Reply::refuse(RefusalCode::Draining, "é".repeat(200)),
+        ] {
             let bytes = reply.encode();
             let (decoded, used) = Reply::decode(&bytes).unwrap();
             assert_eq!(used, bytes.len());
@@ -297,16 +335,27 @@ mod tests {
                 assert_eq!(reply, decoded);
             }
         }
-        assert_eq!(Reply::decode(b"AM\x01\x63\x00").unwrap_err(), HeaderError::BadCode(0x63));
+        assert_eq!(
+            Reply::decode(b"AM\x01\x63\x00").unwrap_err(),
+            HeaderError::BadCode(0x63)
+        );
     }
 
     #[tokio::test]
     async fn read_leaves_payload() {
-        let req = Request { service: ServiceName::parse("redis").unwrap(), flags: 0 };
+        let req = Request {
+            service: ServiceName::parse("redis").unwrap(),
+            flags: 0,
+        };
         let mut data = req.encode();
         data.extend_from_slice(b"PING\r\n");
         let mut r = &data[..];
-        assert_eq!(Request::read_from(&mut r, Duration::from_secs(1)).await.unwrap(), req);
+        assert_eq!(
+            Request::read_from(&mut r, Duration::from_secs(1))
+                .await
+                .unwrap(),
+            req
+        );
         assert_eq!(r, b"PING\r\n");
     }
 }
