@@ -60,6 +60,10 @@ pub struct Common {
         value_name = "IF"
     )]
     pub interfaces: Vec<String>,
+    /// A peer silent this long is taken as dead: its instances are ejected and connections
+    /// move elsewhere (QUIC keep-alive runs at a third of it) [default: 3s]
+    #[arg(long, global = true, env = "AMBASSADOR_PEER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub peer_timeout: Option<Duration>,
     /// Log format
     #[arg(
         long,
@@ -94,8 +98,10 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Announce and connect from a TOML file
     Run(RunArgs),
-    /// Browse the mesh: services, nodes, addresses
+    /// Browse the mesh: services, nodes, addresses, health
     Ls(LsArgs),
+    /// Ask the running node(s) of this user on this host what they do
+    Status(StatusArgs),
     /// Make or print the shared mesh key
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -110,6 +116,9 @@ pub struct AnnounceArgs {
     /// Balancing weight published with each service (1-10000)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub weight: u32,
+    /// How often each target is checked (TCP connect); a target that fails is marked down
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub health_interval: Duration,
 }
 
 /// `connect` options.
@@ -124,6 +133,9 @@ pub struct ConnectArgs {
     /// Use these ambassador peers (HOST:QUIC_PORT) instead of discovery (one SPEC only)
     #[arg(long = "backend", value_name = "HOST:PORT")]
     pub backends: Vec<String>,
+    /// How new connections are spread over healthy instances
+    #[arg(long, value_enum, default_value_t = crate::balance::Policy::LeastConn)]
+    pub policy: crate::balance::Policy,
 }
 
 /// `run` options.
@@ -143,6 +155,14 @@ pub struct LsArgs {
     /// How long to browse
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `mesh` subcommands.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
+use crate::balance::Policy;
 use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat};
 use crate::discovery::DEFAULT_WAIT;
 use crate::error::Failure;
@@ -26,6 +27,8 @@ pub struct ConnectConfig {
     pub backends: Vec<SocketAddr>,
     /// How long a client connection waits for a first instance.
     pub wait: Duration,
+    /// Balancing policy.
+    pub policy: Policy,
 }
 
 /// Everything a node needs to run.
@@ -45,6 +48,8 @@ pub struct NodeConfig {
     pub announce: Vec<AnnounceSpec>,
     /// Weight published for announced services.
     pub weight: u32,
+    /// Interval of the provider's target health checks.
+    pub health_interval: Duration,
     /// Services to reach.
     pub connect: Vec<ConnectConfig>,
     /// QUIC tunables.
@@ -66,6 +71,10 @@ pub struct FileConfig {
     pub interfaces: Vec<String>,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// Peer timeout, e.g. "3s".
+    pub peer_timeout: Option<String>,
+    /// Provider health-check interval, e.g. "2s".
+    pub health_interval: Option<String>,
     /// `[announce.NAME]` sections.
     #[serde(default)]
     pub announce: BTreeMap<String, FileAnnounce>,
@@ -99,6 +108,8 @@ pub struct FileConnect {
     /// Fixed ambassador peers (HOST:QUIC_PORT).
     #[serde(default)]
     pub backends: Vec<String>,
+    /// Balancing policy.
+    pub policy: Option<Policy>,
 }
 
 impl FileConfig {
@@ -179,6 +190,14 @@ impl NodeConfig {
             common.mesh_key_file = file.mesh_key_file.clone();
         }
         let (key, key_source) = mesh_key(&common)?;
+        let peer_timeout = match (common.peer_timeout, &file.peer_timeout) {
+            (Some(t), _) => t,
+            (None, Some(t)) => crate::cli::parse_duration(t).map_err(|e| Failure::usage(format!("peer_timeout: {e}")))?,
+            (None, None) => DEFAULT_PEER_TIMEOUT,
+        };
+        if peer_timeout < Duration::from_millis(300) {
+            return Err(Failure::usage("--peer-timeout must be at least 300ms"));
+        }
         let interfaces = if common.interfaces.is_empty() {
             file.interfaces.clone()
         } else {
@@ -195,8 +214,9 @@ impl NodeConfig {
             interfaces,
             announce: Vec::new(),
             weight: 1,
+            health_interval: Duration::from_secs(2),
             connect: Vec::new(),
-            transport: TransportSettings::default(),
+            transport: TransportSettings::with_peer_timeout(peer_timeout),
         })
     }
 
@@ -211,6 +231,7 @@ impl NodeConfig {
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.announce = announce;
         cfg.weight = args.weight;
+        cfg.health_interval = check_interval(args.health_interval)?;
         Ok(cfg)
     }
 
@@ -235,6 +256,7 @@ impl NodeConfig {
                 spec,
                 backends: backends.clone(),
                 wait: args.wait,
+                policy: args.policy,
             })
             .collect();
         Ok(cfg)
@@ -243,6 +265,10 @@ impl NodeConfig {
     /// From `ambassador run -c FILE`; flags given on the command line win over the file.
     pub fn from_file(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
         let mut cfg = Self::base(common, file)?;
+        if let Some(h) = &file.health_interval {
+            let h = crate::cli::parse_duration(h).map_err(|e| Failure::usage(format!("health_interval: {e}")))?;
+            cfg.health_interval = check_interval(h)?;
+        }
         for (name, a) in &file.announce {
             let mut spec = name.clone();
             if let Some(p) = a.port {
@@ -283,6 +309,7 @@ impl NodeConfig {
                 spec,
                 backends: parse_backends(&c.backends)?,
                 wait,
+                policy: c.policy.unwrap_or_default(),
             });
         }
         if cfg.announce.is_empty() && cfg.connect.is_empty() {
@@ -292,6 +319,16 @@ impl NodeConfig {
         }
         Ok(cfg)
     }
+}
+
+/// Default of `--peer-timeout`.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn check_interval(d: Duration) -> Result<Duration, Failure> {
+    if d < Duration::from_millis(100) {
+        return Err(Failure::usage("--health-interval must be at least 100ms"));
+    }
+    Ok(d)
 }
 
 fn check_unique<'a>(names: impl Iterator<Item = &'a ServiceName>) -> Result<(), Failure> {

@@ -12,8 +12,10 @@
 //! - [`node`]: composes the above into a running node; [`ls`]: browse the mesh.
 //! - [`names`], [`spec`], [`error`]: newtypes, the SPEC grammar, exit-code mapping.
 
+pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod error;
 pub mod identity;

@@ -91,8 +91,8 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<24} {:>6} {:>6}  {:<10} ADDRESSES",
-        "SERVICE", "NODE", "PORT", "QUIC", "MESH"
+        "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} ADDRESSES",
+        "SERVICE", "NODE", "PORT", "QUIC", "MESH", "HEALTH"
     );
     for r in &rows {
         let i = &r.instance;
@@ -107,13 +107,15 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let health = if i.up { "up" } else { "down" };
         println!(
-            "{:<16} {:<24} {:>6} {:>6}  {:<10} {addrs}",
+            "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} {addrs}",
             i.service.as_str(),
             i.node.as_str(),
             i.port,
             i.quic_port,
-            mesh
+            mesh,
+            health
         );
     }
     if rows.is_empty() {

@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ambassador::node::run(cfg, shutdown_signal()).await
         }
         Command::Ls(args) => ambassador::ls::run(common, args).await,
+        Command::Status(args) => ambassador::control::print_status(args.json).await,
         Command::Mesh(MeshCommand::New { out }) => {
             let key = MeshKey::generate().map_err(Failure::usage)?;
             match out {

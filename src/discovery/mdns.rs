@@ -40,7 +40,8 @@ impl Mdns {
         })
     }
 
-    /// Announces one service of this node; returns the instance's full name.
+    /// Announces one service of this node (again, to update its record); returns the
+    /// instance's full name.
     pub fn announce(
         &self,
         node: &NodeName,

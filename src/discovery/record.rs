@@ -44,6 +44,8 @@ pub struct TxtRecord {
     pub fingerprint: String,
     /// Balancing weight (`w`).
     pub weight: u32,
+    /// Whether the provider's health check finds the target up (`h`: `up` or `down`).
+    pub up: bool,
 }
 
 impl TxtRecord {
@@ -57,6 +59,7 @@ impl TxtRecord {
             ("mesh".to_string(), self.mesh.clone()),
             ("id".to_string(), self.fingerprint.clone()),
             ("w".to_string(), self.weight.to_string()),
+            ("h".to_string(), if self.up { "up" } else { "down" }.to_string()),
         ])
     }
 
@@ -92,6 +95,11 @@ impl TxtRecord {
                 .filter(|w| (1..=10_000).contains(w))
                 .ok_or(RecordError::Malformed("w"))?,
         };
+        let up = match get("h").as_deref() {
+            None | Some("up") => true,
+            Some("down") => false,
+            Some(_) => return Err(RecordError::Malformed("h")),
+        };
         Ok(Self {
             service,
             port,
@@ -99,6 +107,7 @@ impl TxtRecord {
             mesh: mesh.to_ascii_lowercase(),
             fingerprint: fingerprint.to_ascii_lowercase(),
             weight,
+            up,
         })
     }
 }
@@ -124,6 +133,8 @@ pub struct Instance {
     pub addrs: Vec<IpAddr>,
     /// Balancing weight.
     pub weight: u32,
+    /// Whether the provider reports its target up.
+    pub up: bool,
 }
 
 impl Instance {
@@ -149,6 +160,7 @@ impl Instance {
             quic_port,
             addrs,
             weight: txt.weight,
+            up: txt.up,
         })
     }
 
@@ -189,6 +201,7 @@ mod tests {
             mesh: "0123456789abcdef".into(),
             fingerprint: "ab".repeat(32),
             weight: 3,
+            up: true,
         }
     }
 
@@ -210,6 +223,7 @@ mod tests {
             ("mesh", "xyz"),
             ("id", "00"),
             ("w", "0"),
+            ("h", "sideways"),
         ] {
             let mut props = txt().to_properties();
             props.insert(key.into(), bad.into());

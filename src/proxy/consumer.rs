@@ -1,9 +1,11 @@
 //! The consumer side: a local TCP listener per service; each accepted connection becomes one
-//! stream on the pooled QUIC connection to a chosen instance's node.
+//! stream on the pooled QUIC connection to an instance the balancer picks. An attempt that
+//! fails before any client byte reached a target (the consumer reads no client byte before the
+//! provider's `ok`) is retried on another instance, so the app does not see a dead instance
+//! while a live one exists.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::splice::{SpliceEnd, splice};
+use crate::balance::{Balancer, Choice, InstanceStats};
 use crate::discovery::{Instance, Registry};
 use crate::names::ServiceName;
 use crate::transport::protocol::{Refusal, Reply, Request};
@@ -22,6 +25,8 @@ use crate::transport::{DialError, PeerTarget, Pool};
 
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
+/// Longest pause between two probes of a lost peer.
+const PROBE_MAX: Duration = Duration::from_secs(5);
 
 /// One place a stream can be opened to.
 #[derive(Debug, Clone)]
@@ -30,6 +35,8 @@ pub struct Candidate {
     pub key: String,
     /// Whom to dial.
     pub target: PeerTarget,
+    /// Balancing weight.
+    pub weight: u32,
 }
 
 impl Candidate {
@@ -41,6 +48,7 @@ impl Candidate {
                 fingerprint: Some(inst.fingerprint.clone()),
                 addrs: inst.socket_addrs(local),
             },
+            weight: inst.weight,
         }
     }
 
@@ -48,11 +56,8 @@ impl Candidate {
     pub fn static_peer(addr: SocketAddr) -> Self {
         Self {
             key: format!("static:{addr}"),
-            target: PeerTarget {
-                node: None,
-                fingerprint: None,
-                addrs: vec![addr],
-            },
+            target: PeerTarget { node: None, fingerprint: None, addrs: vec![addr] },
+            weight: 1,
         }
     }
 }
@@ -66,9 +71,13 @@ pub enum Backends {
     Static(Vec<Candidate>),
 }
 
-/// State shared by every listener of a consumer node.
+/// State of one consumer listener (one service).
 pub struct ConsumerCtx {
-    /// The QUIC connection pool.
+    /// The service.
+    pub service: ServiceName,
+    /// Where its instances come from.
+    pub backends: Backends,
+    /// The QUIC connection pool (shared by every listener of the node).
     pub pool: Pool,
     /// The local QUIC address (its family decides which peer addresses are dialled).
     pub local: SocketAddr,
@@ -76,61 +85,14 @@ pub struct ConsumerCtx {
     pub wait: Duration,
     /// Bound on the provider's reply to a stream header.
     pub reply_timeout: Duration,
+    /// Policy and passive health.
+    pub balancer: Balancer,
     /// Certificate fingerprints whose handshake failed: their records are never used again.
-    pub rejected: Mutex<HashSet<String>>,
-    rr: AtomicUsize,
-}
-
-impl ConsumerCtx {
-    /// A new context.
-    pub fn new(pool: Pool, local: SocketAddr, wait: Duration) -> Self {
-        Self {
-            pool,
-            local,
-            wait,
-            reply_timeout: Duration::from_secs(10),
-            rejected: Mutex::default(),
-            rr: AtomicUsize::new(0),
-        }
-    }
-
-    fn is_rejected(&self, fingerprint: &str) -> bool {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(fingerprint)
-    }
-
-    async fn candidates(
-        &self,
-        service: &ServiceName,
-        backends: &Backends,
-        tried: &HashSet<String>,
-        deadline: Instant,
-    ) -> Vec<Candidate> {
-        match backends {
-            Backends::Static(list) => list
-                .iter()
-                .filter(|c| !tried.contains(&c.key))
-                .cloned()
-                .collect(),
-            Backends::Discovered(registry) => {
-                let usable = |i: &Instance| {
-                    !tried.contains(&i.fullname)
-                        && !self.is_rejected(&i.fingerprint)
-                        && !i.socket_addrs(self.local).is_empty()
-                };
-                let found = registry
-                    .wait_for(service, deadline, |all| all.iter().any(usable))
-                    .await;
-                found
-                    .iter()
-                    .filter(|i| usable(i))
-                    .map(|i| Candidate::from_instance(i, self.local))
-                    .collect()
-            }
-        }
-    }
+    rejected: Mutex<HashSet<String>>,
+    /// Peers being probed after a loss.
+    probing: Mutex<HashSet<String>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
 }
 
 /// Why one attempt failed.
@@ -138,119 +100,225 @@ impl ConsumerCtx {
 enum AttemptError {
     #[error(transparent)]
     Dial(#[from] DialError),
+    #[error("peer connection lost: {0}")]
+    Lost(String),
     #[error("stream: {0}")]
     Stream(String),
     #[error("refused: {0}")]
     Refused(Refusal),
 }
 
-async fn open(
-    ctx: &ConsumerCtx,
-    service: &ServiceName,
-    cand: &Candidate,
-) -> Result<(SendStream, RecvStream), AttemptError> {
-    let conn = ctx.pool.get(&cand.target).await?;
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| AttemptError::Stream(e.to_string()))?;
-    let req = Request {
-        service: service.clone(),
-        flags: 0,
-    };
-    // Write the header at once: a stream is invisible to the peer until its first byte.
-    send.write_all(&req.encode())
-        .await
-        .map_err(|e| AttemptError::Stream(e.to_string()))?;
-    match Reply::read_from(&mut recv, ctx.reply_timeout).await {
-        Ok(Reply::Ok) => Ok((send, recv)),
-        Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
-        Err(e) => Err(AttemptError::Stream(e.to_string())),
+impl ConsumerCtx {
+    /// A new listener state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        service: ServiceName,
+        backends: Backends,
+        pool: Pool,
+        local: SocketAddr,
+        wait: Duration,
+        balancer: Balancer,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            service,
+            backends,
+            pool,
+            local,
+            wait,
+            reply_timeout: Duration::from_secs(5),
+            balancer,
+            rejected: Mutex::default(),
+            probing: Mutex::default(),
+            cancel,
+            tracker,
+        }
+    }
+
+    fn is_rejected(&self, fingerprint: &str) -> bool {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(fingerprint)
+    }
+
+    fn usable(&self, i: &Instance) -> bool {
+        i.up && !self.is_rejected(&i.fingerprint) && !i.socket_addrs(self.local).is_empty()
+    }
+
+    /// Every current candidate.
+    fn all_candidates(&self) -> Vec<Candidate> {
+        match &self.backends {
+            Backends::Static(list) => list.clone(),
+            Backends::Discovered(registry) => registry
+                .instances(&self.service)
+                .iter()
+                .filter(|i| self.usable(i))
+                .map(|i| Candidate::from_instance(i, self.local))
+                .collect(),
+        }
+    }
+
+    /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
+    async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+        if let Backends::Discovered(registry) = &self.backends {
+            let pred = |all: &[Instance]| all.iter().any(|i| !tried.contains(&i.fullname) && self.usable(i));
+            registry.wait_for(&self.service, deadline, pred).await;
+        }
+        self.all_candidates().into_iter().filter(|c| !tried.contains(&c.key)).collect()
+    }
+
+    /// Health and load of this service's instances.
+    pub fn stats(&self) -> Vec<InstanceStats> {
+        self.balancer.stats()
+    }
+
+    async fn open(&self, cand: &Candidate) -> Result<(SendStream, RecvStream), AttemptError> {
+        let conn = self.pool.get(&cand.target).await?;
+        let lost = |e: &dyn std::fmt::Display| match conn.close_reason() {
+            Some(reason) => AttemptError::Lost(reason.to_string()),
+            None => AttemptError::Stream(e.to_string()),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let req = Request { service: self.service.clone(), flags: 0 };
+        // Write the header at once: a stream is invisible to the peer until its first byte.
+        send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
+        match Reply::read_from(&mut recv, self.reply_timeout).await {
+            Ok(Reply::Ok) => Ok((send, recv)),
+            Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
+            Err(e) => Err(lost(&e)),
+        }
+    }
+
+    /// A peer is lost: eject its instances of this service until a probe reaches it again.
+    pub fn peer_lost(self: &Arc<Self>, peer_key: &str, reason: &str) {
+        let mine: Vec<Candidate> = self.all_candidates().into_iter().filter(|c| c.target.key() == peer_key).collect();
+        if mine.is_empty() {
+            return;
+        }
+        for c in &mine {
+            self.balancer.lost(&c.key, reason);
+        }
+        if !self.probing.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_key.to_string()) {
+            return;
+        }
+        let (ctx, key) = (self.clone(), peer_key.to_string());
+        let span = info_span!("probe", service = %self.service, peer = %peer_key);
+        self.tracker.spawn(async move { ctx.probe(key).await }.instrument(span));
+    }
+
+    /// Re-dials a lost peer with a growing pause until it answers (its instances are then
+    /// re-admitted) or discovery forgets it.
+    async fn probe(self: Arc<Self>, peer_key: String) {
+        let mut pause = Duration::from_millis(250);
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(PROBE_MAX);
+            let mine: Vec<Candidate> = self.all_candidates().into_iter().filter(|c| c.target.key() == peer_key).collect();
+            let Some(first) = mine.first() else {
+                debug!("peer forgotten by discovery; probe ends");
+                break;
+            };
+            match self.pool.get(&first.target).await {
+                Ok(_) => {
+                    for c in &mine {
+                        self.balancer.succeeded(&c.key);
+                    }
+                    break;
+                }
+                Err(e) => debug!(error = %e, "peer still unreachable"),
+            }
+        }
+        self.probing.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer_key);
     }
 }
 
-/// Serves one listener until `cancel` fires.
-pub async fn serve_listener(
-    listener: TcpListener,
-    service: ServiceName,
-    backends: Backends,
-    ctx: Arc<ConsumerCtx>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
+/// Serves one listener until the context's cancellation fires.
+pub async fn serve_listener(listener: TcpListener, ctx: Arc<ConsumerCtx>) {
     let mut next_id: u64 = 0;
     loop {
         let (tcp, client) = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = ctx.cancel.cancelled() => return,
             acc = listener.accept() => match acc {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: back off briefly instead of spinning.
-                    warn!(%service, error = %e, "accept failed");
+                    warn!(service = %ctx.service, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         next_id += 1;
-        let span = info_span!("conn", %service, %client, id = next_id);
-        let (service, backends, ctx) = (service.clone(), backends.clone(), ctx.clone());
-        tracker.spawn(handle_client(tcp, service, backends, ctx).instrument(span));
+        let span = info_span!("conn", service = %ctx.service, %client, id = next_id);
+        ctx.tracker.spawn(handle_client(tcp, ctx.clone()).instrument(span));
     }
 }
 
-async fn handle_client(
-    tcp: TcpStream,
-    service: ServiceName,
-    backends: Backends,
-    ctx: Arc<ConsumerCtx>,
-) {
+/// Ejects the instances of peers whose pooled connection ends, as soon as it ends (keep-alive
+/// and idle timeout notice a vanished peer even when no client is connecting).
+pub async fn watch_pool(ctx: Arc<ConsumerCtx>) {
+    let mut lost = ctx.pool.subscribe_lost();
+    loop {
+        let event = tokio::select! {
+            () = ctx.cancel.cancelled() => return,
+            ev = lost.recv() => ev,
+        };
+        match event {
+            Ok((peer, reason)) => ctx.peer_lost(&peer, &reason),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + ctx.wait;
     let mut tried = HashSet::new();
     for _ in 0..MAX_ATTEMPTS {
-        let cands = ctx.candidates(&service, &backends, &tried, deadline).await;
-        if cands.is_empty() {
-            break;
-        }
-        let pick = &cands[ctx.rr.fetch_add(1, Ordering::Relaxed) % cands.len()];
+        let cands = ctx.candidates(&tried, deadline).await;
+        let choices: Vec<Choice<'_>> = cands.iter().map(|c| Choice { key: &c.key, weight: c.weight }).collect();
+        let Some(idx) = ctx.balancer.pick(&choices) else { break };
+        let pick = &cands[idx];
         tried.insert(pick.key.clone());
-        match open(&ctx, &service, pick).await {
+        match ctx.open(pick).await {
             Ok((send, recv)) => {
+                ctx.balancer.succeeded(&pick.key);
+                let _open = ctx.balancer.opened(&pick.key);
                 debug!(instance = %pick.key, "stream open");
                 let stats = splice(tcp, send, recv).await;
                 match stats.end {
-                    SpliceEnd::Closed => {
-                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed")
-                    }
-                    SpliceEnd::Reset => {
-                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset")
-                    }
+                    SpliceEnd::Closed => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed"),
+                    SpliceEnd::Reset => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset"),
                 }
                 return;
             }
             Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
                 if let Some(fp) = &pick.target.fingerprint {
-                    ctx.rejected
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(fp.clone());
+                    ctx.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(fp.clone());
                 }
+                ctx.balancer.failed(&pick.key, &e.to_string());
                 warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
             }
             Err(AttemptError::Refused(r)) if !r.code.retry_elsewhere() => {
                 warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
                 return;
             }
-            Err(e) => info!(instance = %pick.key, error = %e, "instance failed; trying another"),
+            Err(e @ (AttemptError::Dial(_) | AttemptError::Lost(_))) => {
+                info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");
+                ctx.peer_lost(&pick.target.key(), &e.to_string());
+            }
+            Err(e) => {
+                info!(instance = %pick.key, error = %e, "instance failed; trying another");
+                ctx.balancer.failed(&pick.key, &e.to_string());
+            }
         }
     }
     if tried.is_empty() {
-        warn!(wait = ?ctx.wait, "no instance of {service} found within the wait bound; closing the client connection");
+        warn!(wait = ?ctx.wait, "no instance of {} found within the wait bound; closing the client connection", ctx.service);
     } else {
-        warn!(
-            tried = tried.len(),
-            "every instance of {service} failed; closing the client connection"
-        );
+        warn!(tried = tried.len(), "every instance of {} failed; closing the client connection", ctx.service);
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -20,12 +21,21 @@ use crate::transport::protocol::{RefusalCode, Reply, Request};
 /// What the provider serves.
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
-    /// Target address of each announced service.
-    pub services: HashMap<ServiceName, SocketAddr>,
+    /// Target of each announced service.
+    pub services: HashMap<ServiceName, ServiceTarget>,
     /// Bound on reading a stream's request header.
     pub header_timeout: Duration,
     /// Bound on connecting to a target.
     pub connect_timeout: Duration,
+}
+
+/// An announced service's target and its health.
+#[derive(Debug, Clone)]
+pub struct ServiceTarget {
+    /// Where streams are connected.
+    pub addr: SocketAddr,
+    /// Whether the health check finds it up; streams are refused with "target down" if not.
+    pub up: Arc<AtomicBool>,
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
@@ -100,10 +110,15 @@ async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<Prov
         Ok(r) => r,
         Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
     };
-    let Some(&target) = cfg.services.get(&req.service) else {
+    let Some(entry) = cfg.services.get(&req.service) else {
         let detail = format!("{} is not announced here", req.service);
         return refuse(send, recv, RefusalCode::UnknownService, detail).await;
     };
+    let target = entry.addr;
+    if !entry.up.load(Ordering::Relaxed) {
+        let detail = format!("{} at {target} fails its health check", req.service);
+        return refuse(send, recv, RefusalCode::TargetDown, detail).await;
+    }
     let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {

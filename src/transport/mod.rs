@@ -30,11 +30,18 @@ pub struct TransportSettings {
     pub max_streams: u32,
 }
 
+impl TransportSettings {
+    /// Settings where a silent peer is taken as dead after `timeout` (keep-alive at a third).
+    pub fn with_peer_timeout(timeout: Duration) -> Self {
+        Self { keep_alive: (timeout / 3).max(Duration::from_millis(100)), idle_timeout: timeout, ..Self::default() }
+    }
+}
+
 impl Default for TransportSettings {
     fn default() -> Self {
         Self {
             keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
             udp_buffer: 4 << 20,
             max_streams: 65_536,
@@ -133,7 +140,8 @@ pub struct PeerTarget {
 }
 
 impl PeerTarget {
-    fn key(&self) -> String {
+    /// The pool key of this peer: node name and fingerprint, or the addresses.
+    pub fn key(&self) -> String {
         match (&self.node, &self.fingerprint) {
             (Some(n), Some(f)) => format!("{n}/{f}"),
             _ => format!("{:?}", self.addrs),
@@ -189,6 +197,8 @@ pub struct Pool {
     endpoint: Endpoint,
     settings: TransportSettings,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    /// (peer key, reason) of every pooled connection that ended other than by our own close.
+    lost: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl Pool {
@@ -198,7 +208,13 @@ impl Pool {
             endpoint,
             settings,
             slots: Arc::default(),
+            lost: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Notifications of lost peers: (peer key, reason).
+    pub fn subscribe_lost(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.lost.subscribe()
     }
 
     /// The live connection to `peer`, dialled if there is none. Concurrent callers for one peer
@@ -222,8 +238,13 @@ impl Pool {
         // Forget the slot when the connection ends, so the map does not grow with dead peers.
         let slots = self.slots.clone();
         let watched = conn.clone();
+        let lost = self.lost.clone();
         tokio::spawn(async move {
-            watched.closed().await;
+            let reason = watched.closed().await;
+            if !matches!(reason, quinn::ConnectionError::LocallyClosed) {
+                tracing::info!(peer = %key, %reason, "peer connection lost");
+                let _ = lost.send((key.clone(), reason.to_string()));
+            }
             let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
             let stale = slots.get(&key).is_some_and(|s| {
                 s.try_lock().is_ok_and(|g| {
