@@ -192,7 +192,8 @@ impl NodeConfig {
         let (key, key_source) = mesh_key(&common)?;
         let peer_timeout = match (common.peer_timeout, &file.peer_timeout) {
             (Some(t), _) => t,
-            (None, Some(t)) => crate::cli::parse_duration(t).map_err(|e| Failure::usage(format!("peer_timeout: {e}")))?,
+            (None, Some(t)) => crate::cli::parse_duration(t)
+                .map_err(|e| Failure::usage(format!("peer_timeout: {e}")))?,
             (None, None) => DEFAULT_PEER_TIMEOUT,
         };
         if peer_timeout < Duration::from_millis(300) {
@@ -266,7 +267,8 @@ impl NodeConfig {
     pub fn from_file(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
         let mut cfg = Self::base(common, file)?;
         if let Some(h) = &file.health_interval {
-            let h = crate::cli::parse_duration(h).map_err(|e| Failure::usage(format!("health_interval: {e}")))?;
+            let h = crate::cli::parse_duration(h)
+                .map_err(|e| Failure::usage(format!("health_interval: {e}")))?;
             cfg.health_interval = check_interval(h)?;
         }
         for (name, a) in &file.announce {

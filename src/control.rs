@@ -67,22 +67,34 @@ pub fn status_dir() -> PathBuf {
 /// This process's user id (the owner of /proc/self).
 fn my_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let meta = std::fs::metadata(dir)?;
     if meta.uid() != my_uid() || meta.permissions().mode() & 0o077 != 0 {
-        return Err(std::io::Error::other(format!("{} must be a 0700 directory of this user", dir.display())));
+        return Err(std::io::Error::other(format!(
+            "{} must be a 0700 directory of this user",
+            dir.display()
+        )));
     }
     Ok(())
 }
 
 /// Serves status snapshots on `<status_dir>/<node>.sock` until `cancel` fires; removes the
 /// socket afterwards. Failing to set it up only costs the status command (logged).
-pub async fn serve(node: &str, snapshot: Arc<dyn Fn() -> NodeStatus + Send + Sync>, cancel: CancellationToken) {
+pub async fn serve(
+    node: &str,
+    snapshot: Arc<dyn Fn() -> NodeStatus + Send + Sync>,
+    cancel: CancellationToken,
+) {
     let dir = status_dir();
     if let Err(e) = prepare_dir(&dir) {
         warn!(dir = %dir.display(), error = %e, "no status socket");
@@ -121,7 +133,9 @@ pub async fn serve(node: &str, snapshot: Arc<dyn Fn() -> NodeStatus + Send + Syn
 /// Asks every node of this user on this host for its status.
 pub async fn query_all() -> Vec<NodeStatus> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(status_dir()) else { return out };
+    let Ok(entries) = std::fs::read_dir(status_dir()) else {
+        return out;
+    };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
@@ -145,24 +159,37 @@ pub async fn query_all() -> Vec<NodeStatus> {
 pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
     let all = query_all().await;
     if json {
-        let text = serde_json::to_string_pretty(&all).map_err(|e| crate::error::Failure::Runtime(e.into()))?;
+        let text = serde_json::to_string_pretty(&all)
+            .map_err(|e| crate::error::Failure::Runtime(e.into()))?;
         println!("{text}");
         return Ok(());
     }
     if all.is_empty() {
-        eprintln!("no running ambassador node of this user on this host ({})", status_dir().display());
+        eprintln!(
+            "no running ambassador node of this user on this host ({})",
+            status_dir().display()
+        );
     }
     for st in &all {
-        println!("node {} (pid {}, mesh {}, quic {})", st.node, st.pid, st.mesh, st.quic);
+        println!(
+            "node {} (pid {}, mesh {}, quic {})",
+            st.node, st.pid, st.mesh, st.quic
+        );
         for a in &st.announce {
             let health = if a.target_up { "up" } else { "DOWN" };
-            println!("  announce {}:{} -> {} target {health}", a.service, a.port, a.target);
+            println!(
+                "  announce {}:{} -> {} target {health}",
+                a.service, a.port, a.target
+            );
         }
         for c in &st.connect {
             let listen = c.listen.as_deref().unwrap_or("(waiting for the port)");
             println!("  connect {} on {listen} policy {}", c.service, c.policy);
             for i in &c.instances {
-                println!("    {:<48} {:<8} open {:>5} total {:>8} failures {}", i.instance, i.health, i.open, i.total, i.failures);
+                println!(
+                    "    {:<48} {:<8} open {:>5} total {:>8} failures {}",
+                    i.instance, i.health, i.open, i.total, i.failures
+                );
             }
         }
     }

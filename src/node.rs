@@ -28,23 +28,35 @@ use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
 use crate::spec::AnnounceSpec;
 use crate::transport::{self, EndpointError, Pool};
 
+/// The listen address of a consumer, once bound (for status).
+type ListenAddr = Arc<Mutex<Option<SocketAddr>>>;
+
 /// How long a stop waits for tasks to wind down.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListener, Failure> {
     TcpListener::bind(addr).await.map_err(|e| {
         let mend = if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("stop what uses it or pick another port: {}:PORT", c.spec.service)
+            format!(
+                "stop what uses it or pick another port: {}:PORT",
+                c.spec.service
+            )
         } else {
             "pick another listen address (SPEC NAME:PORT=IP:PORT)".to_string()
         };
-        Failure::usage(format!("cannot listen on {addr} for {}: {e}; {mend}", c.spec.service))
+        Failure::usage(format!(
+            "cannot listen on {addr} for {}: {e}; {mend}",
+            c.spec.service
+        ))
     })
 }
 
 /// Whether a target accepts a TCP connection within `bound`.
 async fn target_up(addr: SocketAddr, bound: Duration) -> bool {
-    matches!(tokio::time::timeout(bound, TcpStream::connect(addr)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(bound, TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// One announced service: its record and the health flag the provider reads.
@@ -78,7 +90,10 @@ async fn health_loop(
         } else {
             warn!(target = %a.spec.target, "target is down: marking the record down and refusing streams");
         }
-        let txt = TxtRecord { up, ..a.txt.clone() };
+        let txt = TxtRecord {
+            up,
+            ..a.txt.clone()
+        };
         if let Err(e) = mdns.announce(&node, quic_port, &txt) {
             warn!(error = %e, "cannot update the record");
         }
@@ -89,7 +104,9 @@ async fn health_loop(
 /// and stops.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Failure> {
     let root = MeshRoot::derive(&cfg.key).context("deriving the mesh root")?;
-    let identity = root.issue(&cfg.node).context("issuing this node's certificate")?;
+    let identity = root
+        .issue(&cfg.node)
+        .context("issuing this node's certificate")?;
 
     // Listeners whose port is known are bound first: a port in use is a usage error, found
     // before anything is announced.
@@ -102,13 +119,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         listeners.push((c.clone(), bound));
     }
 
-    let endpoint = transport::endpoint(cfg.bind, &identity, !cfg.announce.is_empty(), &cfg.transport).map_err(
-        |e| match e {
-            EndpointError::Bind { .. } => Failure::usage(e),
-            other => Failure::Runtime(other.into()),
-        },
-    )?;
-    let quic_addr = endpoint.local_addr().context("reading the QUIC socket address")?;
+    let endpoint = transport::endpoint(
+        cfg.bind,
+        &identity,
+        !cfg.announce.is_empty(),
+        &cfg.transport,
+    )
+    .map_err(|e| match e {
+        EndpointError::Bind { .. } => Failure::usage(e),
+        other => Failure::Runtime(other.into()),
+    })?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("reading the QUIC socket address")?;
     let mdns = Arc::new(Mdns::new(&cfg.interfaces).context("starting mDNS")?);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -130,8 +153,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
                 weight: cfg.weight,
                 up,
             };
-            let entry = Arc::new(Announced { spec: a.clone(), txt, up: Arc::new(AtomicBool::new(up)) });
-            services.insert(a.service.clone(), ServiceTarget { addr: a.target, up: entry.up.clone() });
+            let entry = Arc::new(Announced {
+                spec: a.clone(),
+                txt,
+                up: Arc::new(AtomicBool::new(up)),
+            });
+            services.insert(
+                a.service.clone(),
+                ServiceTarget {
+                    addr: a.target,
+                    up: entry.up.clone(),
+                },
+            );
             announced.push(entry);
         }
         let pcfg = Arc::new(ProviderConfig {
@@ -139,9 +172,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             header_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
         });
-        tracker.spawn(provider::serve(endpoint.clone(), pcfg, cancel.clone(), tracker.clone()));
+        tracker.spawn(provider::serve(
+            endpoint.clone(),
+            pcfg,
+            cancel.clone(),
+            tracker.clone(),
+        ));
         for a in &announced {
-            let fullname = mdns.announce(&cfg.node, quic_addr.port(), &a.txt).context("announcing over mDNS")?;
+            let fullname = mdns
+                .announce(&cfg.node, quic_addr.port(), &a.txt)
+                .context("announcing over mDNS")?;
             let up = a.up.load(Ordering::Relaxed);
             info!(service = %a.spec.service, port = a.spec.port, target = %a.spec.target, instance = %fullname, target_up = up, "announcing");
             if !up {
@@ -149,18 +189,28 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             }
             let span = info_span!("health", service = %a.spec.service);
             tracker.spawn(
-                health_loop(a.clone(), mdns.clone(), cfg.node.clone(), quic_addr.port(), cfg.health_interval, cancel.clone())
-                    .instrument(span),
+                health_loop(
+                    a.clone(),
+                    mdns.clone(),
+                    cfg.node.clone(),
+                    quic_addr.port(),
+                    cfg.health_interval,
+                    cancel.clone(),
+                )
+                .instrument(span),
             );
         }
     }
 
-    let mut consumers: Vec<(Arc<ConsumerCtx>, Arc<Mutex<Option<SocketAddr>>>)> = Vec::new();
+    let mut consumers: Vec<(Arc<ConsumerCtx>, ListenAddr)> = Vec::new();
     if !cfg.connect.is_empty() {
         let registry = Arc::new(Registry::default());
         if cfg.connect.iter().any(|c| c.backends.is_empty()) {
             let rx = mdns.browse().context("browsing mDNS")?;
-            let filter = BrowseFilter { mesh_id: identity.mesh_id.clone(), own_node: cfg.node.clone() };
+            let filter = BrowseFilter {
+                mesh_id: identity.mesh_id.clone(),
+                own_node: cfg.node.clone(),
+            };
             let (reg, c) = (registry.clone(), cancel.clone());
             tracker.spawn(async move { run_browser(rx, &reg, filter, c).await });
         }
@@ -169,7 +219,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             let backends = if c.backends.is_empty() {
                 Backends::Discovered(registry.clone())
             } else {
-                Backends::Static(c.backends.iter().map(|a| Candidate::static_peer(*a)).collect())
+                Backends::Static(
+                    c.backends
+                        .iter()
+                        .map(|a| Candidate::static_peer(*a))
+                        .collect(),
+                )
             };
             let ctx = Arc::new(ConsumerCtx::new(
                 c.spec.service.clone(),
@@ -229,9 +284,17 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     }
 
     let snapshot = {
-        let (node, mesh, quic) = (cfg.node.to_string(), identity.mesh_id.clone(), quic_addr.to_string());
+        let (node, mesh, quic) = (
+            cfg.node.to_string(),
+            identity.mesh_id.clone(),
+            quic_addr.to_string(),
+        );
         let announced: Vec<Arc<Announced>> = announced.clone();
-        let policies: Vec<String> = cfg.connect.iter().map(|c| format!("{:?}", c.policy)).collect();
+        let policies: Vec<String> = cfg
+            .connect
+            .iter()
+            .map(|c| format!("{:?}", c.policy))
+            .collect();
         Arc::new(move || NodeStatus {
             node: node.clone(),
             mesh: mesh.clone(),
@@ -251,7 +314,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
                 .zip(&policies)
                 .map(|((ctx, listen), policy)| ConnectStatus {
                     service: ctx.service.to_string(),
-                    listen: listen.lock().unwrap_or_else(|e| e.into_inner()).map(|a| a.to_string()),
+                    listen: listen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .map(|a| a.to_string()),
                     policy: policy.clone(),
                     instances: ctx.stats(),
                 })
@@ -272,7 +338,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     mdns.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"node stopping");
     tracker.close();
-    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("some connections did not end within {STOP_GRACE:?}; closing them");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

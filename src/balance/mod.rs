@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use tracing::info;
 
 /// How new connections are spread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Smooth weighted round-robin.
@@ -39,7 +41,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: Duration::from_secs(1), cap: Duration::from_secs(30) }
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(30),
+        }
     }
 }
 
@@ -116,7 +121,12 @@ impl Balancer {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9_7f4a_7c15)
             | 1;
-        Self { policy, backoff, state: Mutex::new(HashMap::new()), rng: Mutex::new(seed) }
+        Self {
+            policy,
+            backoff,
+            state: Mutex::new(HashMap::new()),
+            rng: Mutex::new(seed),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
@@ -140,13 +150,15 @@ impl Balancer {
         let now = Instant::now();
         let mut map = self.lock();
         let healthy: Vec<usize> = (0..choices.len())
-            .filter(|&i| map.get(choices[i].key).is_none_or(|s| !s.held && s.ejected_until.is_none_or(|t| t <= now)))
+            .filter(|&i| {
+                map.get(choices[i].key)
+                    .is_none_or(|s| !s.held && s.ejected_until.is_none_or(|t| t <= now))
+            })
             .collect();
         if healthy.is_empty() {
             // All ejected: try the one whose ejection ends first (lost peers last).
-            return (0..choices.len()).min_by_key(|&i| {
-                map.get(choices[i].key).map(|s| (s.held, s.ejected_until))
-            });
+            return (0..choices.len())
+                .min_by_key(|&i| map.get(choices[i].key).map(|s| (s.held, s.ejected_until)));
         }
         let pick = match self.policy {
             Policy::RoundRobin => {
@@ -206,7 +218,10 @@ impl Balancer {
         let s = map.entry(key.to_string()).or_default();
         s.open += 1;
         s.total += 1;
-        OpenGuard { balancer: self, key: key.to_string() }
+        OpenGuard {
+            balancer: self,
+            key: key.to_string(),
+        }
     }
 
     /// Records a success: a failed instance is re-admitted at once.
@@ -237,7 +252,9 @@ impl Balancer {
     /// Whether an instance is ejected now.
     pub fn is_ejected(&self, key: &str) -> bool {
         let now = Instant::now();
-        self.lock().get(key).is_some_and(|s| s.held || s.ejected_until.is_some_and(|t| t > now))
+        self.lock()
+            .get(key)
+            .is_some_and(|s| s.held || s.ejected_until.is_some_and(|t| t > now))
     }
 
     /// Records a failure: ejects the instance for a back-off that doubles with each
@@ -247,10 +264,20 @@ impl Balancer {
         let s = map.entry(key.to_string()).or_default();
         s.failures = s.failures.saturating_add(1);
         let factor = 1u32 << (s.failures - 1).min(16);
-        let backoff = self.backoff.base.saturating_mul(factor).min(self.backoff.cap);
+        let backoff = self
+            .backoff
+            .base
+            .saturating_mul(factor)
+            .min(self.backoff.cap);
         s.ejected_until = Some(Instant::now() + backoff);
         s.last_failure = Some(reason.to_string());
-        info!(instance = key, failures = s.failures, ?backoff, reason, "instance ejected");
+        info!(
+            instance = key,
+            failures = s.failures,
+            ?backoff,
+            reason,
+            "instance ejected"
+        );
     }
 
     /// Forgets an instance that discovery removed.
@@ -269,8 +296,12 @@ impl Balancer {
             .iter()
             .map(|(k, s)| InstanceStats {
                 instance: k.clone(),
-                health: if s.held || s.ejected_until.is_some_and(|t| t > now) { "ejected" } else { "healthy" }
-                    .to_string(),
+                health: if s.held || s.ejected_until.is_some_and(|t| t > now) {
+                    "ejected"
+                } else {
+                    "healthy"
+                }
+                .to_string(),
                 open: s.open,
                 total: s.total,
                 failures: s.failures,
@@ -287,7 +318,10 @@ mod tests {
     use super::*;
 
     fn choices<'a>(keys: &'a [&'a str], weights: &[u32]) -> Vec<Choice<'a>> {
-        keys.iter().zip(weights).map(|(k, w)| Choice { key: k, weight: *w }).collect()
+        keys.iter()
+            .zip(weights)
+            .map(|(k, w)| Choice { key: k, weight: *w })
+            .collect()
     }
 
     fn counts(b: &Balancer, c: &[Choice<'_>], n: usize) -> Vec<usize> {
@@ -329,7 +363,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejection_backs_off_and_success_readmits() {
-        let b = Balancer::new(Policy::RoundRobin, Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(4) });
+        let b = Balancer::new(
+            Policy::RoundRobin,
+            Backoff {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(4),
+            },
+        );
         let c = choices(&["a", "b"], &[1, 1]);
         b.failed("a", "refused");
         assert_eq!(counts(&b, &c, 10), vec![0, 10]);
@@ -340,7 +380,11 @@ mod tests {
         b.failed("a", "refused");
         b.failed("a", "refused");
         tokio::time::advance(Duration::from_millis(3900)).await;
-        assert_eq!(counts(&b, &c, 10)[0], 0, "capped at 4 s, still ejected at 3.9 s");
+        assert_eq!(
+            counts(&b, &c, 10)[0],
+            0,
+            "capped at 4 s, still ejected at 3.9 s"
+        );
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(counts(&b, &c, 10)[0] > 0);
         // All ejected: the one whose ejection ends first is still tried.
@@ -350,7 +394,14 @@ mod tests {
         b.succeeded("a");
         b.lost("b", "peer lost");
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(counts(&b, &c, 10), vec![10, 0], "a lost peer stays ejected until it proves healthy");
-        assert_eq!(b.stats().iter().find(|s| s.instance == "a").unwrap().health, "healthy");
+        assert_eq!(
+            counts(&b, &c, 10),
+            vec![10, 0],
+            "a lost peer stays ejected until it proves healthy"
+        );
+        assert_eq!(
+            b.stats().iter().find(|s| s.instance == "a").unwrap().health,
+            "healthy"
+        );
     }
 }

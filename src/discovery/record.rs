@@ -59,7 +59,10 @@ impl TxtRecord {
             ("mesh".to_string(), self.mesh.clone()),
             ("id".to_string(), self.fingerprint.clone()),
             ("w".to_string(), self.weight.to_string()),
-            ("h".to_string(), if self.up { "up" } else { "down" }.to_string()),
+            (
+                "h".to_string(),
+                if self.up { "up" } else { "down" }.to_string(),
+            ),
         ])
     }
 

@@ -56,7 +56,11 @@ impl Candidate {
     pub fn static_peer(addr: SocketAddr) -> Self {
         Self {
             key: format!("static:{addr}"),
-            target: PeerTarget { node: None, fingerprint: None, addrs: vec![addr] },
+            target: PeerTarget {
+                node: None,
+                fingerprint: None,
+                addrs: vec![addr],
+            },
             weight: 1,
         }
     }
@@ -137,7 +141,10 @@ impl ConsumerCtx {
     }
 
     fn is_rejected(&self, fingerprint: &str) -> bool {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(fingerprint)
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fingerprint)
     }
 
     fn usable(&self, i: &Instance) -> bool {
@@ -160,10 +167,16 @@ impl ConsumerCtx {
     /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
     async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
         if let Backends::Discovered(registry) = &self.backends {
-            let pred = |all: &[Instance]| all.iter().any(|i| !tried.contains(&i.fullname) && self.usable(i));
+            let pred = |all: &[Instance]| {
+                all.iter()
+                    .any(|i| !tried.contains(&i.fullname) && self.usable(i))
+            };
             registry.wait_for(&self.service, deadline, pred).await;
         }
-        self.all_candidates().into_iter().filter(|c| !tried.contains(&c.key)).collect()
+        self.all_candidates()
+            .into_iter()
+            .filter(|c| !tried.contains(&c.key))
+            .collect()
     }
 
     /// Health and load of this service's instances.
@@ -178,7 +191,10 @@ impl ConsumerCtx {
             None => AttemptError::Stream(e.to_string()),
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-        let req = Request { service: self.service.clone(), flags: 0 };
+        let req = Request {
+            service: self.service.clone(),
+            flags: 0,
+        };
         // Write the header at once: a stream is invisible to the peer until its first byte.
         send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
         match Reply::read_from(&mut recv, self.reply_timeout).await {
@@ -190,19 +206,29 @@ impl ConsumerCtx {
 
     /// A peer is lost: eject its instances of this service until a probe reaches it again.
     pub fn peer_lost(self: &Arc<Self>, peer_key: &str, reason: &str) {
-        let mine: Vec<Candidate> = self.all_candidates().into_iter().filter(|c| c.target.key() == peer_key).collect();
+        let mine: Vec<Candidate> = self
+            .all_candidates()
+            .into_iter()
+            .filter(|c| c.target.key() == peer_key)
+            .collect();
         if mine.is_empty() {
             return;
         }
         for c in &mine {
             self.balancer.lost(&c.key, reason);
         }
-        if !self.probing.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_key.to_string()) {
+        if !self
+            .probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer_key.to_string())
+        {
             return;
         }
         let (ctx, key) = (self.clone(), peer_key.to_string());
         let span = info_span!("probe", service = %self.service, peer = %peer_key);
-        self.tracker.spawn(async move { ctx.probe(key).await }.instrument(span));
+        self.tracker
+            .spawn(async move { ctx.probe(key).await }.instrument(span));
     }
 
     /// Re-dials a lost peer with a growing pause until it answers (its instances are then
@@ -215,7 +241,11 @@ impl ConsumerCtx {
                 () = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(PROBE_MAX);
-            let mine: Vec<Candidate> = self.all_candidates().into_iter().filter(|c| c.target.key() == peer_key).collect();
+            let mine: Vec<Candidate> = self
+                .all_candidates()
+                .into_iter()
+                .filter(|c| c.target.key() == peer_key)
+                .collect();
             let Some(first) = mine.first() else {
                 debug!("peer forgotten by discovery; probe ends");
                 break;
@@ -230,7 +260,10 @@ impl ConsumerCtx {
                 Err(e) => debug!(error = %e, "peer still unreachable"),
             }
         }
-        self.probing.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer_key);
+        self.probing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer_key);
     }
 }
 
@@ -252,7 +285,8 @@ pub async fn serve_listener(listener: TcpListener, ctx: Arc<ConsumerCtx>) {
         };
         next_id += 1;
         let span = info_span!("conn", service = %ctx.service, %client, id = next_id);
-        ctx.tracker.spawn(handle_client(tcp, ctx.clone()).instrument(span));
+        ctx.tracker
+            .spawn(handle_client(tcp, ctx.clone()).instrument(span));
     }
 }
 
@@ -279,8 +313,16 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     let mut tried = HashSet::new();
     for _ in 0..MAX_ATTEMPTS {
         let cands = ctx.candidates(&tried, deadline).await;
-        let choices: Vec<Choice<'_>> = cands.iter().map(|c| Choice { key: &c.key, weight: c.weight }).collect();
-        let Some(idx) = ctx.balancer.pick(&choices) else { break };
+        let choices: Vec<Choice<'_>> = cands
+            .iter()
+            .map(|c| Choice {
+                key: &c.key,
+                weight: c.weight,
+            })
+            .collect();
+        let Some(idx) = ctx.balancer.pick(&choices) else {
+            break;
+        };
         let pick = &cands[idx];
         tried.insert(pick.key.clone());
         match ctx.open(pick).await {
@@ -290,14 +332,21 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                 debug!(instance = %pick.key, "stream open");
                 let stats = splice(tcp, send, recv).await;
                 match stats.end {
-                    SpliceEnd::Closed => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed"),
-                    SpliceEnd::Reset => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset"),
+                    SpliceEnd::Closed => {
+                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed")
+                    }
+                    SpliceEnd::Reset => {
+                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset")
+                    }
                 }
                 return;
             }
             Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
                 if let Some(fp) = &pick.target.fingerprint {
-                    ctx.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(fp.clone());
+                    ctx.rejected
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fp.clone());
                 }
                 ctx.balancer.failed(&pick.key, &e.to_string());
                 warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
@@ -319,6 +368,9 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     if tried.is_empty() {
         warn!(wait = ?ctx.wait, "no instance of {} found within the wait bound; closing the client connection", ctx.service);
     } else {
-        warn!(tried = tried.len(), "every instance of {} failed; closing the client connection", ctx.service);
+        warn!(
+            tried = tried.len(),
+            "every instance of {} failed; closing the client connection", ctx.service
+        );
     }
 }

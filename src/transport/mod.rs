@@ -33,7 +33,11 @@ pub struct TransportSettings {
 impl TransportSettings {
     /// Settings where a silent peer is taken as dead after `timeout` (keep-alive at a third).
     pub fn with_peer_timeout(timeout: Duration) -> Self {
-        Self { keep_alive: (timeout / 3).max(Duration::from_millis(100)), idle_timeout: timeout, ..Self::default() }
+        Self {
+            keep_alive: (timeout / 3).max(Duration::from_millis(100)),
+            idle_timeout: timeout,
+            ..Self::default()
+        }
     }
 }
 
