@@ -1,0 +1,631 @@
+//! A LAN of hosts made of Linux network namespaces, for multi-host tests of the real binary.
+//!
+//! Layout of one [`Lan`]: a "switch" namespace holding a bridge `br0`, and one namespace per host.
+//! Each host has `lo` up and one veth (`eth0`, address `10.77.X.Y/24`, a `224.0.0.0/4` route for
+//! mDNS) whose peer (`pY`) is a port of the bridge. Nothing is created in the root namespace, so
+//! tests can run in parallel and leave the machine's own networking alone.
+//!
+//! Everything a `Lan` makes is undone in `Drop` (so also when a test panics): the processes it
+//! started (SIGTERM to their process group, SIGKILL after a grace), then every link and namespace,
+//! then its temporary directory. When the test is panicking, the logs of every process are
+//! printed first.
+
+#![allow(dead_code)] // not every test uses every helper
+
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+/// The binary under test (the release build when run with `cargo test --release`).
+pub const AMBASSADOR: &str = env!("CARGO_BIN_EXE_ambassador");
+
+/// Prefix of every namespace this harness creates (followed by the test process id).
+const NS_PREFIX: &str = "ambt-";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Writes one line to the real stderr, past the test harness's output capture, so that it shows
+/// in CI logs (a SKIPPED notice, a benchmark figure).
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Polls `cond` every `every` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Runs a command in the root namespace (setup and teardown); returns whether it succeeded.
+fn sys(args: &[&str]) -> bool {
+    match Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            eprintln!(
+                "netns harness: `{}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("netns harness: cannot run `{}`: {e}", args.join(" "));
+            false
+        }
+    }
+}
+
+/// Like [`sys`], but panics on failure (setup steps that must work).
+fn must(args: &[&str]) {
+    assert!(sys(args), "setup step failed: {}", args.join(" "));
+}
+
+/// Whether this process may create network namespaces. Prints the SKIPPED line when not.
+fn netns_usable() -> bool {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let root = uid.as_deref() == Some("0");
+    let ip_ok = root
+        && Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if !root || !ip_ok {
+        let why = if root {
+            "`ip netns` is not usable here"
+        } else {
+            "not running as root"
+        };
+        report(&format!(
+            "SKIPPED: netns tests need root (run as root, as CI does) — {why}"
+        ));
+        return false;
+    }
+    true
+}
+
+/// Deletes namespaces left by earlier test processes that died without cleaning up (e.g. SIGKILL).
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// One host of the LAN.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Short name given by the test ("a", "b", ...).
+    pub name: String,
+    /// Its network namespace.
+    pub ns: String,
+    /// Its address on the LAN.
+    pub ip: Ipv4Addr,
+    /// Its LAN interface (inside its namespace).
+    pub ifname: String,
+    /// The bridge port (in the switch namespace) its veth is plugged into.
+    pub port: String,
+}
+
+/// A process started in a host, owned by the [`Lan`].
+#[derive(Debug, Clone)]
+pub struct Proc {
+    idx: usize,
+    /// Its process id (also its process group id).
+    pub pid: u32,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// A label for messages.
+    pub label: String,
+}
+
+/// The result of a command run to completion (or killed at its deadline).
+#[derive(Debug)]
+pub struct Out {
+    /// Exit status; `None` when it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Exited with code 0.
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+struct Tracked {
+    child: std::process::Child,
+    label: String,
+    log: PathBuf,
+    reaped: bool,
+}
+
+/// A LAN of network-namespace hosts on one bridge. See the module documentation.
+pub struct Lan {
+    pub id: String,
+    switch_ns: String,
+    hosts: Vec<Host>,
+    procs: Mutex<Vec<Tracked>>,
+    dir: tempfile::TempDir,
+}
+
+impl Lan {
+    /// Builds a LAN with one host per name, or returns `None` (after printing the SKIPPED line)
+    /// when network namespaces cannot be made here.
+    pub fn new(names: &[&str]) -> Option<Lan> {
+        if !netns_usable() {
+            return None;
+        }
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{pid}-{n}");
+        // Each LAN is its own bridge in its own namespace, so equal subnets in two LANs could not
+        // even meet; X differs anyway, to keep captures and logs unambiguous.
+        let x = ((pid as u64 * 7 + n as u64) % 200 + 20) as u8;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("netns-{id}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut lan = Lan {
+            switch_ns: format!("{NS_PREFIX}{id}-sw"),
+            id,
+            hosts: Vec::new(),
+            procs: Mutex::new(Vec::new()),
+            dir,
+        };
+        // From here on, Drop undoes whatever was made, even if a step below panics.
+        let sw = lan.switch_ns.clone();
+        must(&["ip", "netns", "add", &sw]);
+        must(&["ip", "-n", &sw, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        must(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let host = Host {
+                name: name.to_string(),
+                ns: format!("{NS_PREFIX}{}-{name}", lan.id),
+                ip: Ipv4Addr::new(10, 77, x, 10 + i as u8),
+                ifname: "eth0".to_string(),
+                port: format!("p{i}"),
+            };
+            must(&["ip", "netns", "add", &host.ns]);
+            lan.hosts.push(host.clone());
+            must(&["ip", "-n", &host.ns, "link", "set", "lo", "up"]);
+            must(&[
+                "ip",
+                "-n",
+                &sw,
+                "link",
+                "add",
+                &host.port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &host.ifname,
+                "netns",
+                &host.ns,
+            ]);
+            must(&["ip", "-n", &sw, "link", "set", &host.port, "master", "br0"]);
+            must(&["ip", "-n", &sw, "link", "set", &host.port, "up"]);
+            must(&[
+                "ip",
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ip),
+                "dev",
+                &host.ifname,
+            ]);
+            must(&["ip", "-n", &host.ns, "link", "set", &host.ifname, "up"]);
+            must(&[
+                "ip",
+                "-n",
+                &host.ns,
+                "route",
+                "add",
+                "224.0.0.0/4",
+                "dev",
+                &host.ifname,
+            ]);
+        }
+        Some(lan)
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// The switch namespace (holding the bridge `br0` and the hosts' bridge ports).
+    pub fn switch_ns(&self) -> &str {
+        &self.switch_ns
+    }
+
+    /// The per-test temporary directory (key files, logs, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path in the temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Makes a fresh mesh key file (`ambassador mesh new --out`) and returns its path.
+    pub fn mesh_key(&self, name: &str) -> PathBuf {
+        let path = self.path(&format!("{name}.key"));
+        let out = Command::new(AMBASSADOR)
+            .args(["mesh", "new", "--out"])
+            .arg(&path)
+            .env("XDG_CONFIG_HOME", self.dir())
+            .output()
+            .expect("run ambassador mesh new");
+        assert!(
+            out.status.success(),
+            "ambassador mesh new failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    fn command_in(&self, ns: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        // A throw-away config dir, so that no default mesh key is ever made outside the test.
+        cmd.env("XDG_CONFIG_HOME", self.dir())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .process_group(0);
+        cmd
+    }
+
+    /// Starts `args` in `host` (its own process group); stdout and stderr go to `<label>.log`.
+    /// The process is killed when the LAN is dropped, if it still runs.
+    pub fn spawn(&self, host: &Host, label: &str, args: &[&str]) -> Proc {
+        self.spawn_in(&host.ns, label, args)
+    }
+
+    /// Like [`Lan::spawn`], in the switch namespace (e.g. tcpdump on a bridge port).
+    pub fn spawn_in_switch(&self, label: &str, args: &[&str]) -> Proc {
+        let ns = self.switch_ns.clone();
+        self.spawn_in(&ns, label, args)
+    }
+
+    fn spawn_in(&self, ns: &str, label: &str, args: &[&str]) -> Proc {
+        self.spawn_with(ns, label, args, false, false).0
+    }
+
+    /// Like [`Lan::spawn`], with stdin and/or stdout as pipes to this process (stderr goes to the
+    /// log): data can stream into and out of a namespace without touching the disk.
+    pub fn spawn_piped(
+        &self,
+        host: &Host,
+        label: &str,
+        args: &[&str],
+        stdin: bool,
+        stdout: bool,
+    ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
+        self.spawn_with(&host.ns, label, args, stdin, stdout)
+    }
+
+    fn spawn_with(
+        &self,
+        ns: &str,
+        label: &str,
+        args: &[&str],
+        stdin: bool,
+        stdout: bool,
+    ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
+        let log = self.path(&format!("{label}.log"));
+        let file = File::create(&log).expect("create log file");
+        let mut cmd = self.command_in(ns, args);
+        if stdin {
+            cmd.stdin(Stdio::piped());
+        }
+        if stdout {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(file.try_clone().expect("dup log file"));
+        }
+        cmd.stderr(file);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
+        let (child_in, child_out) = (child.stdin.take(), child.stdout.take());
+        let pid = child.id();
+        let mut procs = self.procs.lock().unwrap();
+        procs.push(Tracked {
+            child,
+            label: label.to_string(),
+            log: log.clone(),
+            reaped: false,
+        });
+        (
+            Proc {
+                idx: procs.len() - 1,
+                pid,
+                log,
+                label: label.to_string(),
+            },
+            child_in,
+            child_out,
+        )
+    }
+
+    /// Starts `ambassador ARGS...` in `host`, logging to `<label>.log`.
+    pub fn ambassador(&self, host: &Host, label: &str, args: &[&str]) -> Proc {
+        let mut all = vec![AMBASSADOR];
+        all.extend_from_slice(args);
+        self.spawn(host, label, &all)
+    }
+
+    /// Runs `args` in `host` to completion, killing it after `timeout`.
+    pub fn run(&self, host: &Host, timeout: Duration, args: &[&str]) -> Out {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let (op, ep) = (
+            self.path(&format!(".run-{n}.out")),
+            self.path(&format!(".run-{n}.err")),
+        );
+        let mut cmd = self.command_in(&host.ns, args);
+        cmd.stdout(File::create(&op).expect("create"))
+            .stderr(File::create(&ep).expect("create"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+        let mut status = None;
+        wait_until(timeout, Duration::from_millis(5), || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if status.is_none() {
+            signal_group(child.id(), "KILL");
+            let _ = child.wait();
+        }
+        let out = Out {
+            status,
+            stdout: fs::read_to_string(&op).unwrap_or_default(),
+            stderr: fs::read_to_string(&ep).unwrap_or_default(),
+        };
+        let _ = fs::remove_file(op);
+        let _ = fs::remove_file(ep);
+        out
+    }
+
+    /// Runs a `sh -c SCRIPT` in `host` to completion, killing it after `timeout`.
+    pub fn sh(&self, host: &Host, timeout: Duration, script: &str) -> Out {
+        self.run(host, timeout, &["sh", "-c", script])
+    }
+
+    /// What a process has logged so far.
+    pub fn log(&self, p: &Proc) -> String {
+        fs::read_to_string(&p.log).unwrap_or_default()
+    }
+
+    /// Waits until the log of `p` contains `needle`; returns whether it did within `timeout`.
+    pub fn wait_log(&self, p: &Proc, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, Duration::from_millis(20), || {
+            self.log(p).contains(needle)
+        })
+    }
+
+    /// Sends a signal ("TERM", "INT", "KILL") to `p`'s process group, unless it was reaped already.
+    pub fn signal(&self, p: &Proc, sig: &str) {
+        let procs = self.procs.lock().unwrap();
+        if !procs[p.idx].reaped {
+            signal_group(p.pid, sig);
+        }
+    }
+
+    /// Whether `p` is still running (it is not reaped by this).
+    pub fn running(&self, p: &Proc) -> bool {
+        let procs = self.procs.lock().unwrap();
+        !procs[p.idx].reaped && !exited(p.pid)
+    }
+
+    /// Waits up to `timeout` for `p` to exit; returns its status (`None`: still running).
+    pub fn wait_exit(&self, p: &Proc, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, Duration::from_millis(10), || {
+            let mut procs = self.procs.lock().unwrap();
+            let t = &mut procs[p.idx];
+            if let Some(s) = t.child.try_wait().expect("try_wait") {
+                t.reaped = true;
+                status = Some(s);
+            }
+            status.is_some()
+        });
+        status
+    }
+
+    /// Waits for a plain TCP listener on `port` in `host` (checks `ss`, makes no connection).
+    pub fn wait_tcp_listen(&self, host: &Host, port: u16, timeout: Duration) -> bool {
+        wait_until(timeout, Duration::from_millis(20), || {
+            let out = self.run(
+                host,
+                Duration::from_secs(5),
+                &["ss", "-Hltn", &format!("sport = :{port}")],
+            );
+            out.ok() && !out.stdout.trim().is_empty()
+        })
+    }
+
+    /// Prints every process log (used when a test fails).
+    fn dump_logs(&self) {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "===== netns LAN {}: logs of {} processes (dir {}) =====",
+            self.id,
+            procs.len(),
+            self.dir().display()
+        );
+        for h in &self.hosts {
+            eprintln!(
+                "  host {} = {} in namespace {} ({})",
+                h.name, h.ip, h.ns, h.ifname
+            );
+        }
+        for t in procs.iter() {
+            let text = fs::read_to_string(&t.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = lines.len().saturating_sub(300);
+            eprintln!(
+                "----- {} ({} lines{}) -----",
+                t.label,
+                lines.len(),
+                if skip > 0 { ", last 300" } else { "" }
+            );
+            for l in &lines[skip..] {
+                eprintln!("{l}");
+            }
+        }
+        eprintln!("===== end of logs =====");
+    }
+}
+
+/// Whether `pid` (a child of ours) has exited (zombie or gone), without reaping it.
+fn exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the ")" that closes the command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|s| s == "Z" || s == "X"),
+        Err(_) => true,
+    }
+}
+
+/// Signals a whole process group (the pid of a process started with `process_group(0)`).
+fn signal_group(pgid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", sig, "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        // 1. Processes: SIGTERM to every group not reaped yet (a zombie still holds its pid, so the
+        //    group id cannot have been reused), a grace period, SIGKILL, then reap.
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        for t in procs.iter().filter(|t| !t.reaped) {
+            signal_group(t.child.id(), "TERM");
+        }
+        wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
+            procs
+                .iter()
+                .filter(|t| !t.reaped)
+                .all(|t| exited(t.child.id()))
+        });
+        for t in procs.iter_mut().filter(|t| !t.reaped) {
+            signal_group(t.child.id(), "KILL");
+            let _ = t.child.wait();
+            t.reaped = true;
+        }
+        drop(procs);
+        // 2. Links, bridge, namespaces (deleting a namespace would take its veth ends along; the
+        //    explicit deletes make a leak visible in the output).
+        for h in &self.hosts {
+            sys(&["ip", "-n", &self.switch_ns, "link", "del", &h.port]);
+        }
+        sys(&["ip", "-n", &self.switch_ns, "link", "del", "br0"]);
+        for h in &self.hosts {
+            sys(&["ip", "netns", "del", &h.ns]);
+        }
+        sys(&["ip", "netns", "del", &self.switch_ns]);
+        // 3. The temporary directory goes with `self.dir`.
+    }
+}
+
+/// Minimal pcap reader: the UDP datagrams of an Ethernet capture (`tcpdump -w`), as
+/// (source, source port, destination, destination port, payload length).
+pub fn pcap_udp(bytes: &[u8]) -> Vec<(Ipv4Addr, u16, Ipv4Addr, u16, usize)> {
+    let mut out = Vec::new();
+    if bytes.len() < 24 {
+        return out;
+    }
+    let magic = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+    let le = match magic {
+        0xa1b2c3d4 | 0xa1b23c4d => true,
+        0xd4c3b2a1 | 0x4d3cb2a1 => false,
+        _ => panic!("not a pcap file (magic {magic:#x})"),
+    };
+    let u32_at = |b: &[u8], i: usize| {
+        let a: [u8; 4] = b[i..i + 4].try_into().unwrap();
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    assert_eq!(u32_at(bytes, 20), 1, "expected an Ethernet capture");
+    let mut i = 24;
+    while i + 16 <= bytes.len() {
+        let incl = u32_at(bytes, i + 8) as usize;
+        let start = i + 16;
+        let end = (start + incl).min(bytes.len());
+        let f = &bytes[start..end];
+        i = start + incl;
+        // Ethernet II, IPv4, UDP.
+        if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if ip[0] >> 4 != 4 || ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let udp = &ip[ihl..];
+        let sport = u16::from_be_bytes([udp[0], udp[1]]);
+        let dport = u16::from_be_bytes([udp[2], udp[3]]);
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        // With GSO a captured frame can hold several datagrams; count what the frame holds.
+        let payload = total.max(ip.len()).saturating_sub(ihl + 8);
+        out.push((src, sport, dst, dport, payload));
+    }
+    out
+}
