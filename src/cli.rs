@@ -60,6 +60,12 @@ pub struct Common {
         value_name = "IF"
     )]
     pub interfaces: Vec<String>,
+    /// CA mode: the node bundle made by `ambassador ca issue` (node.key, node.crt, ca.crt)
+    #[arg(long, global = true, env = "AMBASSADOR_IDENTITY", value_name = "DIR")]
+    pub identity: Option<PathBuf>,
+    /// File of revoked certificate fingerprints (SHA-256 hex, one a line); reloaded on SIGHUP
+    #[arg(long, global = true, env = "AMBASSADOR_DENY_FILE", value_name = "FILE")]
+    pub deny_file: Option<PathBuf>,
     /// A peer silent this long is taken as dead: its instances are ejected and connections
     /// move elsewhere (QUIC keep-alive runs at a third of it) [default: 3s]
     #[arg(long, global = true, env = "AMBASSADOR_PEER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
@@ -105,6 +111,9 @@ pub enum Command {
     /// Make or print the shared mesh key
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Stricter identity: an offline CA that issues node certificates
+    #[command(subcommand)]
+    Ca(CaCommand),
 }
 
 /// `announce` options.
@@ -119,6 +128,13 @@ pub struct AnnounceArgs {
     /// How often each target is checked (TCP connect); a target that fails is marked down
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub health_interval: Duration,
+    /// Admit streams only from these nodes (names from verified certificates; CA mode)
+    #[arg(long, value_delimiter = ',', value_name = "NODES")]
+    pub allow: Vec<String>,
+    /// File with Redis credentials (`password` or `user password`): the ambassador sends AUTH
+    /// to the target on each new connection. The variable holds the credentials themselves.
+    #[arg(long, env = "AMBASSADOR_REDIS_AUTH_FILE", value_name = "FILE")]
+    pub redis_auth_file: Option<PathBuf>,
 }
 
 /// `connect` options.
@@ -163,6 +179,38 @@ pub struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a new CA (ca.key, mode 0600, and ca.crt) in a new directory; keep it offline
+    Init {
+        /// Directory to create the CA in
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a node bundle (node.key, node.crt, ca.crt) for `--identity`
+    Issue {
+        /// The node name the certificate carries
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// The CA directory made by `ca init`
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Services the node may announce, comma-separated [default: any]
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        services: Vec<String>,
+        /// Days of validity
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+        /// Start of validity as YYYY-MM-DD (UTC) [default: now]
+        #[arg(long, value_name = "DATE")]
+        start: Option<String>,
+        /// Directory to write the bundle to
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `mesh` subcommands.

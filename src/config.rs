@@ -14,6 +14,7 @@ use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat};
 use crate::discovery::DEFAULT_WAIT;
 use crate::error::Failure;
 use crate::identity::{MeshKey, MeshKeySource, load_or_create_default};
+use crate::inject::RedisAuth;
 use crate::names::{NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
 use crate::transport::TransportSettings;
@@ -31,23 +32,52 @@ pub struct ConnectConfig {
     pub policy: Policy,
 }
 
+/// One service to announce, with its per-service options.
+#[derive(Debug, Clone)]
+pub struct AnnounceConfig {
+    /// Name, advertised port, target.
+    pub spec: AnnounceSpec,
+    /// Balancing weight published.
+    pub weight: u32,
+    /// Nodes admitted (`None`: every mesh member).
+    pub allow: Option<Vec<NodeName>>,
+    /// Credentials the provider injects (Redis AUTH).
+    pub redis_auth: Option<RedisAuth>,
+}
+
+/// Where this node's identity comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// A shared mesh key; the node certificate is derived at start.
+    MeshKey {
+        /// The key.
+        key: MeshKey,
+        /// Where it came from.
+        source: MeshKeySource,
+    },
+    /// A node bundle issued by `ambassador ca issue` (CA mode).
+    Bundle(PathBuf),
+}
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// This node's name.
+    /// This node's name (in CA mode, the certificate's name wins).
     pub node: NodeName,
-    /// The mesh key.
-    pub key: MeshKey,
-    /// Where the key came from (for logs).
-    pub key_source: MeshKeySource,
+    /// Whether the name was given explicitly (it must then match a CA-issued certificate).
+    pub node_explicit: bool,
+    /// Identity source.
+    pub identity: IdentitySource,
+    /// Revoked certificate fingerprints.
+    pub deny_file: Option<PathBuf>,
+    /// Accept key files readable by others.
+    pub insecure_key_permissions: bool,
     /// UDP address of the QUIC endpoint.
     pub bind: SocketAddr,
     /// mDNS interfaces (empty: all).
     pub interfaces: Vec<String>,
     /// Services to announce.
-    pub announce: Vec<AnnounceSpec>,
-    /// Weight published for announced services.
-    pub weight: u32,
+    pub announce: Vec<AnnounceConfig>,
     /// Interval of the provider's target health checks.
     pub health_interval: Duration,
     /// Services to reach.
@@ -64,6 +94,10 @@ pub struct FileConfig {
     pub node: Option<String>,
     /// Mesh key file.
     pub mesh_key_file: Option<PathBuf>,
+    /// CA-mode node bundle directory.
+    pub identity: Option<PathBuf>,
+    /// Deny list of revoked certificate fingerprints.
+    pub deny_file: Option<PathBuf>,
     /// QUIC bind address.
     pub bind: Option<SocketAddr>,
     /// mDNS interfaces.
@@ -93,6 +127,10 @@ pub struct FileAnnounce {
     pub target: Option<String>,
     /// Balancing weight.
     pub weight: Option<u32>,
+    /// Nodes admitted.
+    pub allow: Option<Vec<String>>,
+    /// Redis credentials file.
+    pub redis_auth_file: Option<PathBuf>,
 }
 
 /// One `[connect.NAME]` section.
@@ -189,7 +227,21 @@ impl NodeConfig {
         if common.mesh_key.is_none() && common.mesh_key_file.is_none() {
             common.mesh_key_file = file.mesh_key_file.clone();
         }
-        let (key, key_source) = mesh_key(&common)?;
+        let bundle = common.identity.clone().or(file.identity.clone());
+        let identity = match bundle {
+            Some(dir) => {
+                if common.mesh_key.is_some() || common.mesh_key_file.is_some() {
+                    return Err(Failure::usage(
+                        "give either --identity (CA mode) or a mesh key, not both",
+                    ));
+                }
+                IdentitySource::Bundle(dir)
+            }
+            None => {
+                let (key, source) = mesh_key(&common)?;
+                IdentitySource::MeshKey { key, source }
+            }
+        };
         let peer_timeout = match (common.peer_timeout, &file.peer_timeout) {
             (Some(t), _) => t,
             (None, Some(t)) => crate::cli::parse_duration(t)
@@ -204,17 +256,19 @@ impl NodeConfig {
         } else {
             common.interfaces.clone()
         };
+        let given = common.node.as_deref().or(file.node.as_deref());
         Ok(Self {
-            node: node_name(common.node.as_deref().or(file.node.as_deref()))?,
-            key,
-            key_source,
+            node: node_name(given)?,
+            node_explicit: given.is_some(),
+            identity,
+            deny_file: common.deny_file.clone().or(file.deny_file.clone()),
+            insecure_key_permissions: common.insecure_key_permissions,
             bind: common
                 .bind
                 .or(file.bind)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             interfaces,
             announce: Vec::new(),
-            weight: 1,
             health_interval: Duration::from_secs(2),
             connect: Vec::new(),
             transport: TransportSettings::with_peer_timeout(peer_timeout),
@@ -223,15 +277,27 @@ impl NodeConfig {
 
     /// From `ambassador announce`.
     pub fn from_announce(common: &Common, args: &AnnounceArgs) -> Result<Self, Failure> {
-        let announce = args
+        let specs = args
             .specs
             .iter()
             .map(|s| AnnounceSpec::parse(s).map_err(Failure::usage))
             .collect::<Result<Vec<_>, _>>()?;
-        check_unique(announce.iter().map(|a| &a.service))?;
+        check_unique(specs.iter().map(|a| &a.service))?;
+        let allow = parse_allow(&args.allow, "--allow")?;
+        let redis_auth = redis_auth(
+            args.redis_auth_file.as_deref(),
+            common.insecure_key_permissions,
+        )?;
         let mut cfg = Self::base(common, &FileConfig::default())?;
-        cfg.announce = announce;
-        cfg.weight = args.weight;
+        cfg.announce = specs
+            .into_iter()
+            .map(|spec| AnnounceConfig {
+                spec,
+                weight: args.weight,
+                allow: allow.clone(),
+                redis_auth: redis_auth.clone(),
+            })
+            .collect();
         cfg.health_interval = check_interval(args.health_interval)?;
         Ok(cfg)
     }
@@ -271,7 +337,10 @@ impl NodeConfig {
                 .map_err(|e| Failure::usage(format!("health_interval: {e}")))?;
             cfg.health_interval = check_interval(h)?;
         }
+        let env_auth = redis_auth(None, cfg.insecure_key_permissions)?;
         for (name, a) in &file.announce {
+            let section =
+                |e: &dyn std::fmt::Display| Failure::usage(format!("[announce.{name}]: {e}"));
             let mut spec = name.clone();
             if let Some(p) = a.port {
                 spec.push_str(&format!(":{p}"));
@@ -279,18 +348,28 @@ impl NodeConfig {
             if let Some(t) = &a.target {
                 spec.push_str(&format!("={t}"));
             }
-            cfg.announce.push(
-                AnnounceSpec::parse(&spec)
-                    .map_err(|e| Failure::usage(format!("[announce.{name}]: {e}")))?,
-            );
-            if let Some(w) = a.weight {
-                if !(1..=10_000).contains(&w) {
-                    return Err(Failure::usage(format!(
-                        "[announce.{name}]: weight must be 1-10000"
-                    )));
-                }
-                cfg.weight = w;
+            let spec = AnnounceSpec::parse(&spec).map_err(|e| section(&e))?;
+            let weight = a.weight.unwrap_or(1);
+            if !(1..=10_000).contains(&weight) {
+                return Err(section(&"weight must be 1-10000"));
             }
+            let allow = match &a.allow {
+                Some(list) => parse_allow(list, &format!("[announce.{name}] allow"))?,
+                None => None,
+            };
+            let redis_auth = match &a.redis_auth_file {
+                Some(f) => Some(
+                    RedisAuth::read_file(f, cfg.insecure_key_permissions)
+                        .map_err(|e| section(&e))?,
+                ),
+                None => env_auth.clone(),
+            };
+            cfg.announce.push(AnnounceConfig {
+                spec,
+                weight,
+                allow,
+                redis_auth,
+            });
         }
         for (name, c) in &file.connect {
             let mut spec = name.clone();
@@ -321,6 +400,32 @@ impl NodeConfig {
         }
         Ok(cfg)
     }
+}
+
+/// Redis credentials from a file, else from `AMBASSADOR_REDIS_AUTH` (the credentials
+/// themselves), else none.
+fn redis_auth(file: Option<&Path>, insecure: bool) -> Result<Option<RedisAuth>, Failure> {
+    if let Some(f) = file {
+        return RedisAuth::read_file(f, insecure)
+            .map(Some)
+            .map_err(Failure::usage);
+    }
+    match std::env::var("AMBASSADOR_REDIS_AUTH") {
+        Ok(text) if !text.trim().is_empty() => RedisAuth::parse(&text, "in AMBASSADOR_REDIS_AUTH")
+            .map(Some)
+            .map_err(Failure::usage),
+        _ => Ok(None),
+    }
+}
+
+fn parse_allow(list: &[String], what: &str) -> Result<Option<Vec<NodeName>>, Failure> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    list.iter()
+        .map(|n| NodeName::parse(n.trim()).map_err(|e| Failure::usage(format!("{what}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Default of `--peer-timeout`.

@@ -19,6 +19,7 @@ pub mod control;
 pub mod discovery;
 pub mod error;
 pub mod identity;
+pub mod inject;
 pub mod ls;
 pub mod names;
 pub mod node;

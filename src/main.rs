@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ambassador::cli::{Cli, Command, LogFormat, MeshCommand};
+use ambassador::cli::{CaCommand, Cli, Command, LogFormat, MeshCommand};
 use ambassador::config::{FileConfig, NodeConfig, mesh_key};
 use ambassador::error::Failure;
-use ambassador::identity::{MeshKey, MeshRoot};
+use ambassador::identity::{MeshKey, MeshRoot, ca};
+use ambassador::names::{NodeName, ServiceName};
+use ambassador::node::Control;
 
 fn init_logging(format: LogFormat, verbose: u8) {
     let level = match verbose {
@@ -45,21 +47,48 @@ async fn shutdown_signal() {
     }
 }
 
+/// Runs a node with SIGINT/SIGTERM as shutdown and SIGHUP as reload.
+async fn run_node(cfg: NodeConfig) -> Result<(), Failure> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if tx.send(Control::Reload).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    ambassador::node::run(cfg, shutdown_signal(), rx).await
+}
+
+fn parse_date(text: &str) -> Result<time::OffsetDateTime, Failure> {
+    let bad = || Failure::usage(format!("--start {text:?}: expected a date as YYYY-MM-DD"));
+    let mut parts = text.splitn(3, '-').map(|p| p.parse::<i32>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let month = time::Month::try_from(u8::try_from(m).map_err(|_| bad())?).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(y, month, u8::try_from(d).map_err(|_| bad())?)
+        .map_err(|_| bad())?;
+    Ok(date.midnight().assume_utc())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let common = &cli.common;
     match &cli.command {
         Command::Announce(args) => {
             let cfg = NodeConfig::from_announce(common, args)?;
-            ambassador::node::run(cfg, shutdown_signal()).await
+            run_node(cfg).await
         }
         Command::Connect(args) => {
             let cfg = NodeConfig::from_connect(common, args)?;
-            ambassador::node::run(cfg, shutdown_signal()).await
+            run_node(cfg).await
         }
         Command::Run(args) => {
             let file = FileConfig::load(&args.config)?;
             let cfg = NodeConfig::from_file(common, &file)?;
-            ambassador::node::run(cfg, shutdown_signal()).await
+            run_node(cfg).await
         }
         Command::Ls(args) => ambassador::ls::run(common, args).await,
         Command::Status(args) => ambassador::control::print_status(args.json).await,
@@ -72,6 +101,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 None => println!("{}", key.to_text()),
             }
+            Ok(())
+        }
+        Command::Ca(CaCommand::Init { out }) => {
+            let mesh = ca::init(out).map_err(Failure::usage)?;
+            eprintln!(
+                "CA made in {} (mesh id {mesh}); keep ca.key offline, issue node bundles with `ambassador ca issue NODE --ca {} --out DIR`",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Ca(CaCommand::Issue {
+            node,
+            ca: ca_dir,
+            services,
+            days,
+            start,
+            out,
+        }) => {
+            let node = NodeName::parse(node).map_err(Failure::usage)?;
+            let services = services
+                .iter()
+                .map(|s| ServiceName::parse(s.trim()).map_err(Failure::usage))
+                .collect::<Result<Vec<_>, _>>()?;
+            let start = start.as_deref().map(parse_date).transpose()?;
+            let req = ca::IssueRequest {
+                node,
+                services,
+                days: *days,
+                start,
+            };
+            let fp = ca::issue(ca_dir, &req, out, common.insecure_key_permissions)
+                .map_err(Failure::usage)?;
+            eprintln!(
+                "issued node.crt for node {} in {} (certificate fingerprint {fp})",
+                req.node,
+                out.display()
+            );
             Ok(())
         }
         Command::Mesh(MeshCommand::Show) => {

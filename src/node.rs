@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use quinn::Endpoint;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,23 +17,29 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::balance::{Backoff, Balancer};
-use crate::config::{ConnectConfig, NodeConfig};
+use crate::config::{AnnounceConfig, ConnectConfig, IdentitySource, NodeConfig};
 use crate::control::{self, AnnounceStatus, ConnectStatus, NodeStatus};
 use crate::discovery::mdns::{BrowseFilter, Mdns, run_browser};
 use crate::discovery::{Registry, TxtRecord};
 use crate::error::Failure;
-use crate::identity::MeshRoot;
+use crate::identity::{DenyList, MeshRoot, NodeIdentity, ca};
 use crate::names::NodeName;
 use crate::proxy::consumer::{Backends, Candidate, ConsumerCtx, serve_listener, watch_pool};
 use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
-use crate::spec::AnnounceSpec;
-use crate::transport::{self, EndpointError, Pool};
+use crate::transport::{self, EndpointError, Pool, TransportSettings};
 
 /// The listen address of a consumer, once bound (for status).
 type ListenAddr = Arc<Mutex<Option<SocketAddr>>>;
 
 /// How long a stop waits for tasks to wind down.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Signals a running node reacts to besides shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Reload the identity and the deny list (SIGHUP).
+    Reload,
+}
 
 async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListener, Failure> {
     TcpListener::bind(addr).await.map_err(|e| {
@@ -59,11 +66,55 @@ async fn target_up(addr: SocketAddr, bound: Duration) -> bool {
     )
 }
 
+/// Loads or derives this node's identity, and checks it against the configuration.
+fn load_identity(cfg: &NodeConfig) -> Result<NodeIdentity, Failure> {
+    let identity = match &cfg.identity {
+        IdentitySource::MeshKey { key, .. } => MeshRoot::derive(key)
+            .and_then(|root| root.issue(&cfg.node))
+            .context("making this node's certificate")?,
+        IdentitySource::Bundle(dir) => {
+            let id = ca::load(dir, cfg.insecure_key_permissions).map_err(Failure::usage)?;
+            if cfg.node_explicit && id.node != cfg.node {
+                return Err(Failure::usage(format!(
+                    "--node {} does not match the certificate in {}, which names {}: drop --node or issue a bundle for {}",
+                    cfg.node,
+                    dir.display(),
+                    id.node,
+                    cfg.node
+                )));
+            }
+            id
+        }
+    };
+    if let Some(allowed) = &identity.services {
+        for a in &cfg.announce {
+            if !allowed.contains(&a.spec.service) {
+                let list = allowed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                return Err(Failure::usage(format!(
+                    "this node's certificate allows announcing only [{list}], not {}: issue a bundle with --services including it",
+                    a.spec.service
+                )));
+            }
+        }
+    }
+    Ok(identity)
+}
+
 /// One announced service: its record and the health flag the provider reads.
 struct Announced {
-    spec: AnnounceSpec,
-    txt: TxtRecord,
+    cfg: AnnounceConfig,
+    txt: Mutex<TxtRecord>,
     up: Arc<AtomicBool>,
+}
+
+impl Announced {
+    fn record(&self) -> TxtRecord {
+        self.txt.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Checks a target every `interval`; on a change, marks the record (TXT `h`) and the flag.
@@ -75,24 +126,26 @@ async fn health_loop(
     interval: Duration,
     cancel: CancellationToken,
 ) {
+    let target = a.cfg.spec.target;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let up = target_up(a.spec.target, interval.min(Duration::from_secs(2))).await;
+        let up = target_up(target, interval.min(Duration::from_secs(2))).await;
         if up == a.up.load(Ordering::Relaxed) {
             continue;
         }
         a.up.store(up, Ordering::Relaxed);
         if up {
-            info!(target = %a.spec.target, "target is up again: announcing it as healthy");
+            info!(%target, "target is up again: announcing it as healthy");
         } else {
-            warn!(target = %a.spec.target, "target is down: marking the record down and refusing streams");
+            warn!(%target, "target is down: marking the record down and refusing streams");
         }
-        let txt = TxtRecord {
-            up,
-            ..a.txt.clone()
+        let txt = {
+            let mut txt = a.txt.lock().unwrap_or_else(|e| e.into_inner());
+            txt.up = up;
+            txt.clone()
         };
         if let Err(e) = mdns.announce(&node, quic_port, &txt) {
             warn!(error = %e, "cannot update the record");
@@ -100,13 +153,77 @@ async fn health_loop(
     }
 }
 
+/// Applies a reload: the deny list, and in CA mode a re-read bundle (new certificate for new
+/// connections; open connections are kept).
+#[allow(clippy::too_many_arguments)]
+fn reload(
+    cfg: &NodeConfig,
+    node: &NodeName,
+    deny: &Arc<DenyList>,
+    endpoint: &Endpoint,
+    pool: &Pool,
+    serve: bool,
+    settings: &TransportSettings,
+    mdns: &Mdns,
+    announced: &[Arc<Announced>],
+    quic_port: u16,
+) {
+    match deny.reload() {
+        Ok(n) if cfg.deny_file.is_some() => info!(entries = n, "deny list reloaded"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "deny list not reloaded; the old one stays"),
+    }
+    let identity = match load_identity(cfg) {
+        Ok(id) if id.node == *node => id,
+        Ok(id) => {
+            warn!(new = %id.node, "the reloaded certificate names another node; keeping the old identity");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "identity not reloaded; the old one stays");
+            return;
+        }
+    };
+    if let IdentitySource::MeshKey { .. } = cfg.identity {
+        // A mesh-key node's certificate is made at start; nothing to re-read.
+        return;
+    }
+    if serve {
+        match transport::server_config(&identity, deny, settings) {
+            Ok(sc) => endpoint.set_server_config(Some(sc)),
+            Err(e) => return warn!(error = %e, "identity not reloaded"),
+        }
+    }
+    match transport::client_config(&identity, deny, settings) {
+        Ok(cc) => pool.set_client_config(cc),
+        Err(e) => return warn!(error = %e, "identity not reloaded"),
+    }
+    for a in announced {
+        let txt = {
+            let mut txt = a.txt.lock().unwrap_or_else(|e| e.into_inner());
+            txt.fingerprint = identity.fingerprint.clone();
+            txt.clone()
+        };
+        if let Err(e) = mdns.announce(node, quic_port, &txt) {
+            warn!(error = %e, "cannot update the record");
+        }
+    }
+    info!(fingerprint = %identity.fingerprint, "identity reloaded; open connections are kept");
+}
+
 /// Runs a node until `shutdown` resolves (or a fatal error), then withdraws its announcements
-/// and stops.
-pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Failure> {
-    let root = MeshRoot::derive(&cfg.key).context("deriving the mesh root")?;
-    let identity = root
-        .issue(&cfg.node)
-        .context("issuing this node's certificate")?;
+/// and stops. `controls` carries reload requests (SIGHUP).
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    mut controls: mpsc::Receiver<Control>,
+) -> Result<(), Failure> {
+    let identity = load_identity(&cfg)?;
+    let node = identity.node.clone();
+    let deny = match &cfg.deny_file {
+        Some(f) => DenyList::load(f).map_err(Failure::usage)?,
+        None => DenyList::empty(),
+    };
 
     // Listeners whose port is known are bound first: a port in use is a usage error, found
     // before anything is announced.
@@ -119,50 +236,59 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         listeners.push((c.clone(), bound));
     }
 
-    let endpoint = transport::endpoint(
-        cfg.bind,
-        &identity,
-        !cfg.announce.is_empty(),
-        &cfg.transport,
-    )
-    .map_err(|e| match e {
-        EndpointError::Bind { .. } => Failure::usage(e),
-        other => Failure::Runtime(other.into()),
-    })?;
+    let serve = !cfg.announce.is_empty();
+    let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport).map_err(
+        |e| match e {
+            EndpointError::Bind { .. } => Failure::usage(e),
+            other => Failure::Runtime(other.into()),
+        },
+    )?;
     let quic_addr = endpoint
         .local_addr()
         .context("reading the QUIC socket address")?;
+    let client =
+        transport::client_config(&identity, &deny, &cfg.transport).context("TLS client set-up")?;
+    let pool = Pool::new(endpoint.clone(), client, cfg.transport.clone());
     let mdns = Arc::new(Mdns::new(&cfg.interfaces).context("starting mDNS")?);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
-    info!(node = %cfg.node, mesh = %identity.mesh_id, quic = %quic_addr, key = %cfg.key_source, "node up");
+    let source = match &cfg.identity {
+        IdentitySource::MeshKey { source, .. } => format!("mesh key {source}"),
+        IdentitySource::Bundle(dir) => format!("CA bundle {}", dir.display()),
+    };
+    info!(node = %node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %source, "node up");
 
     let mut announced = Vec::new();
-    if !cfg.announce.is_empty() {
+    if serve {
         let mut services = HashMap::new();
         for a in &cfg.announce {
             // The first health check runs before the first announcement.
-            let up = target_up(a.target, Duration::from_secs(1)).await;
+            let up = target_up(a.spec.target, Duration::from_secs(1)).await;
             let txt = TxtRecord {
-                service: a.service.clone(),
-                port: a.port,
-                node: cfg.node.clone(),
+                service: a.spec.service.clone(),
+                port: a.spec.port,
+                node: node.clone(),
                 mesh: identity.mesh_id.clone(),
                 fingerprint: identity.fingerprint.clone(),
-                weight: cfg.weight,
+                weight: a.weight,
                 up,
             };
             let entry = Arc::new(Announced {
-                spec: a.clone(),
-                txt,
+                cfg: a.clone(),
+                txt: Mutex::new(txt),
                 up: Arc::new(AtomicBool::new(up)),
             });
             services.insert(
-                a.service.clone(),
+                a.spec.service.clone(),
                 ServiceTarget {
-                    addr: a.target,
+                    addr: a.spec.target,
                     up: entry.up.clone(),
+                    allow: a
+                        .allow
+                        .as_ref()
+                        .map(|l| l.iter().map(|n| n.to_string()).collect()),
+                    redis_auth: a.redis_auth.clone(),
                 },
             );
             announced.push(entry);
@@ -179,20 +305,21 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             tracker.clone(),
         ));
         for a in &announced {
+            let spec = &a.cfg.spec;
             let fullname = mdns
-                .announce(&cfg.node, quic_addr.port(), &a.txt)
+                .announce(&node, quic_addr.port(), &a.record())
                 .context("announcing over mDNS")?;
             let up = a.up.load(Ordering::Relaxed);
-            info!(service = %a.spec.service, port = a.spec.port, target = %a.spec.target, instance = %fullname, target_up = up, "announcing");
+            info!(service = %spec.service, port = spec.port, target = %spec.target, instance = %fullname, target_up = up, "announcing");
             if !up {
-                warn!(service = %a.spec.service, target = %a.spec.target, "target is down: announced as down until it answers");
+                warn!(service = %spec.service, target = %spec.target, "target is down: announced as down until it answers");
             }
-            let span = info_span!("health", service = %a.spec.service);
+            let span = info_span!("health", service = %spec.service);
             tracker.spawn(
                 health_loop(
                     a.clone(),
                     mdns.clone(),
-                    cfg.node.clone(),
+                    node.clone(),
                     quic_addr.port(),
                     cfg.health_interval,
                     cancel.clone(),
@@ -209,12 +336,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             let rx = mdns.browse().context("browsing mDNS")?;
             let filter = BrowseFilter {
                 mesh_id: identity.mesh_id.clone(),
-                own_node: cfg.node.clone(),
+                own_node: node.clone(),
             };
             let (reg, c) = (registry.clone(), cancel.clone());
             tracker.spawn(async move { run_browser(rx, &reg, filter, c).await });
         }
-        let pool = Pool::new(endpoint.clone(), cfg.transport.clone());
         for (c, bound) in listeners {
             let backends = if c.backends.is_empty() {
                 Backends::Discovered(registry.clone())
@@ -285,7 +411,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
 
     let snapshot = {
         let (node, mesh, quic) = (
-            cfg.node.to_string(),
+            node.to_string(),
             identity.mesh_id.clone(),
             quic_addr.to_string(),
         );
@@ -303,9 +429,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
             announce: announced
                 .iter()
                 .map(|a| AnnounceStatus {
-                    service: a.spec.service.to_string(),
-                    port: a.spec.port,
-                    target: a.spec.target.to_string(),
+                    service: a.cfg.spec.service.to_string(),
+                    port: a.cfg.spec.port,
+                    target: a.cfg.spec.target.to_string(),
                     target_up: a.up.load(Ordering::Relaxed),
                 })
                 .collect(),
@@ -325,13 +451,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         })
     };
     {
-        let (node, cancel) = (cfg.node.to_string(), cancel.clone());
+        let (node, cancel) = (node.to_string(), cancel.clone());
         tracker.spawn(async move { control::serve(&node, snapshot, cancel).await });
     }
 
-    let outcome = tokio::select! {
-        () = shutdown => Ok(()),
-        Some(f) = fatal_rx.recv() => Err(f),
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            Some(f) = fatal_rx.recv() => break Err(f),
+            Some(Control::Reload) = controls.recv() => {
+                info!("reload requested");
+                reload(&cfg, &node, &deny, &endpoint, &pool, serve, &cfg.transport, &mdns, &announced, quic_addr.port());
+            }
+        }
     };
     info!("stopping: withdrawing announcements");
     cancel.cancel();

@@ -144,6 +144,7 @@ pub async fn run_browser(
     cancel: CancellationToken,
 ) {
     let mut ignored: HashSet<String> = HashSet::new();
+    let mut malformed: HashSet<String> = HashSet::new();
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => return,
@@ -167,14 +168,19 @@ pub async fn run_browser(
                         info!(instance = %name, ?addrs, "discovered");
                     }
                 }
+                Err(RecordError::NoAddress) => {
+                    // Normal while only an IPv6 link-local address has been resolved yet.
+                    debug!(instance = %rs.fullname, "record has no usable address yet");
+                }
                 Err(e) => {
-                    if ignored.insert(rs.fullname.clone()) {
+                    if malformed.insert(rs.fullname.clone()) {
                         warn!(instance = %rs.fullname, error = %e, "ignoring a malformed record");
                     }
                 }
             },
             ServiceEvent::ServiceRemoved(_, fullname) => {
                 ignored.remove(&fullname);
+                malformed.remove(&fullname);
                 if registry.remove(&fullname).is_some() {
                     info!(instance = %fullname, "withdrawn by its node");
                 }

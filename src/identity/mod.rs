@@ -6,9 +6,12 @@
 //! fixed name. webpki uses only a trust anchor's subject and public key, so every node's root
 //! verifies every other node's leaf. Leaves use fresh per-process keys and name the node.
 
+pub mod ca;
 mod key;
+mod verify;
 
 pub use key::{MeshKey, MeshKeySource, default_key_path, load_or_create_default};
+pub use verify::{DenyError, DenyList};
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use rcgen::{
 };
 use ring::digest::{SHA256, digest};
 use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -132,11 +136,12 @@ impl MeshRoot {
             key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
             root: self.cert.clone(),
             mesh_id: self.mesh_id.clone(),
+            services: None,
         })
     }
 }
 
-fn leaf_params(node: &NodeName) -> Result<CertificateParams, IdentityError> {
+pub(crate) fn leaf_params(node: &NodeName) -> Result<CertificateParams, IdentityError> {
     let mut params = CertificateParams::new(vec![node.to_string(), ANY_NODE_SAN.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -153,7 +158,7 @@ fn leaf_params(node: &NodeName) -> Result<CertificateParams, IdentityError> {
 }
 
 /// The mesh id for a root public key: the first 8 bytes of its SHA-256, in hex.
-fn mesh_id_of(public_key: &[u8]) -> String {
+pub(crate) fn mesh_id_of(public_key: &[u8]) -> String {
     hex::encode(&digest(&SHA256, public_key).as_ref()[..8])
 }
 
@@ -170,6 +175,8 @@ pub struct NodeIdentity {
     pub fingerprint: String,
     /// The public mesh id.
     pub mesh_id: String,
+    /// The services this node may announce (`None`: any).
+    pub services: Option<Vec<crate::names::ServiceName>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
     root: CertificateDer<'static>,
@@ -194,9 +201,13 @@ impl NodeIdentity {
 
     /// TLS server configuration: TLS 1.3 only, client certificate required and chained to the
     /// mesh root.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, IdentityError> {
-        let verifier =
+    pub fn server_config(
+        &self,
+        deny: Arc<DenyList>,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
+        let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let verifier = Arc::new(verify::ClientVerifier { inner, deny });
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -210,11 +221,18 @@ impl NodeIdentity {
 
     /// TLS client configuration: TLS 1.3 only, the server must chain to the mesh root, and
     /// this node presents its own certificate.
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, IdentityError> {
-        let roots = self.roots()?;
+    pub fn client_config(
+        &self,
+        deny: Arc<DenyList>,
+    ) -> Result<rustls::ClientConfig, IdentityError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+            .build()
+            .map_err(|e| IdentityError::Quic(e.to_string()))?;
+        let verifier = Arc::new(verify::ServerVerifier { inner, deny });
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(
                 self.chain.clone(),
                 PrivateKeyDer::Pkcs8(self.key.clone_key()),
@@ -229,32 +247,47 @@ impl NodeIdentity {
 pub struct PeerIdentity {
     /// SHA-256 of the peer's leaf certificate.
     pub fingerprint: String,
-    /// The node name from the certificate's common name (the first DNS SAN as fallback).
+    /// The node name from the certificate's common name.
     pub node: String,
+    /// The services the certificate allows its node to announce (`None`: any).
+    pub services: Option<Vec<String>>,
 }
 
 impl PeerIdentity {
     /// Extracts the identity from a connection's verified peer certificates.
     pub fn from_certs(certs: &[CertificateDer<'static>]) -> Option<Self> {
         let leaf = certs.first()?;
-        let node = node_name_of(leaf).unwrap_or_else(|| "?".to_string());
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let node = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        let mut services: Option<Vec<String>> = None;
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(uri) = name
+                    && let Some(svc) = uri.strip_prefix(ca::SERVICE_URI_PREFIX)
+                {
+                    services.get_or_insert_with(Vec::new).push(svc.to_string());
+                }
+            }
+        }
         Some(Self {
             fingerprint: fingerprint(leaf),
             node,
+            services,
         })
     }
-}
 
-fn node_name_of(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    Some(cn)
+    /// Whether the certificate allows announcing `service`.
+    pub fn may_announce(&self, service: &str) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| s == service))
+    }
 }
 
 #[cfg(test)]

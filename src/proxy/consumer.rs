@@ -21,7 +21,7 @@ use crate::balance::{Balancer, Choice, InstanceStats};
 use crate::discovery::{Instance, Registry};
 use crate::names::ServiceName;
 use crate::transport::protocol::{Refusal, Reply, Request};
-use crate::transport::{DialError, PeerTarget, Pool};
+use crate::transport::{DialError, PeerTarget, Pool, peer_identity};
 
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
@@ -110,6 +110,8 @@ enum AttemptError {
     Stream(String),
     #[error("refused: {0}")]
     Refused(Refusal),
+    #[error("{0}")]
+    NotAuthorized(String),
 }
 
 impl ConsumerCtx {
@@ -148,7 +150,9 @@ impl ConsumerCtx {
     }
 
     fn usable(&self, i: &Instance) -> bool {
-        i.up && !self.is_rejected(&i.fingerprint) && !i.socket_addrs(self.local).is_empty()
+        i.up && !self.is_rejected(&i.fingerprint)
+            && !self.is_rejected(&format!("{}#{}", i.fullname, i.fingerprint))
+            && !i.socket_addrs(self.local).is_empty()
     }
 
     /// Every current candidate.
@@ -186,6 +190,14 @@ impl ConsumerCtx {
 
     async fn open(&self, cand: &Candidate) -> Result<(SendStream, RecvStream), AttemptError> {
         let conn = self.pool.get(&cand.target).await?;
+        if let Some(peer) = peer_identity(&conn)
+            && !peer.may_announce(self.service.as_str())
+        {
+            return Err(AttemptError::NotAuthorized(format!(
+                "the certificate of node {} does not allow it to announce {}",
+                peer.node, self.service
+            )));
+        }
         let lost = |e: &dyn std::fmt::Display| match conn.close_reason() {
             Some(reason) => AttemptError::Lost(reason.to_string()),
             None => AttemptError::Stream(e.to_string()),
@@ -350,6 +362,19 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                 }
                 ctx.balancer.failed(&pick.key, &e.to_string());
                 warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
+            }
+            Err(AttemptError::NotAuthorized(why)) => {
+                let record = format!(
+                    "{}#{}",
+                    pick.key,
+                    pick.target.fingerprint.as_deref().unwrap_or("")
+                );
+                ctx.rejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(record);
+                ctx.balancer.failed(&pick.key, &why);
+                warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
             }
             Err(AttemptError::Refused(r)) if !r.code.retry_elsewhere() => {
                 warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");

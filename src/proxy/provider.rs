@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::splice::{SpliceEnd, splice};
+use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::ServiceName;
 use crate::transport::peer_identity;
 use crate::transport::protocol::{RefusalCode, Reply, Request};
@@ -36,6 +37,10 @@ pub struct ServiceTarget {
     pub addr: SocketAddr,
     /// Whether the health check finds it up; streams are refused with "target down" if not.
     pub up: Arc<AtomicBool>,
+    /// Nodes admitted (`None`: every mesh member).
+    pub allow: Option<Vec<String>>,
+    /// Credentials sent to the target before any client byte.
+    pub redis_auth: Option<RedisAuth>,
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
@@ -92,7 +97,7 @@ async fn handle_connection(
         };
         next_id += 1;
         let span = info_span!("stream", %peer, id = next_id);
-        tracker.spawn(handle_stream(send, recv, cfg.clone()).instrument(span));
+        tracker.spawn(handle_stream(send, recv, cfg.clone(), peer.clone()).instrument(span));
     }
 }
 
@@ -105,7 +110,12 @@ async fn refuse(mut send: SendStream, mut recv: RecvStream, code: RefusalCode, d
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
-async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<ProviderConfig>) {
+async fn handle_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    cfg: Arc<ProviderConfig>,
+    peer: String,
+) {
     let req = match Request::read_from(&mut recv, cfg.header_timeout).await {
         Ok(r) => r,
         Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
@@ -114,12 +124,19 @@ async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<Prov
         let detail = format!("{} is not announced here", req.service);
         return refuse(send, recv, RefusalCode::UnknownService, detail).await;
     };
+    if let Some(allow) = &entry.allow
+        && !allow.contains(&peer)
+    {
+        let detail = format!("node {peer} may not use {}", req.service);
+        return refuse(send, recv, RefusalCode::NotAllowed, detail).await;
+    }
     let target = entry.addr;
     if !entry.up.load(Ordering::Relaxed) {
         let detail = format!("{} at {target} fails its health check", req.service);
         return refuse(send, recv, RefusalCode::TargetDown, detail).await;
     }
-    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await {
+    let mut tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await
+    {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             let detail = format!("{} at {target}: {e}", req.service);
@@ -137,6 +154,21 @@ async fn handle_stream(mut send: SendStream, mut recv: RecvStream, cfg: Arc<Prov
             return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
         }
     };
+    if let Some(auth) = &entry.redis_auth
+        && let Err(e) = auth.authenticate(&mut tcp, cfg.connect_timeout).await
+    {
+        // The application gets a Redis error it can show; the log says why.
+        warn!(service = %req.service, %target, error = %e, "credentials injection failed");
+        if send.write_all(&Reply::Ok.encode()).await.is_ok() {
+            let _ = send.write_all(AUTH_FAILED_REPLY).await;
+            let _ = send.finish();
+            // Keep reading (and dropping) what the client sends until it closes, so its
+            // side never sees a reset before it has read the error.
+            let drain = async { while let Ok(Some(_)) = recv.read_chunk(64 * 1024, true).await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        }
+        return;
+    }
     if send.write_all(&Reply::Ok.encode()).await.is_err() {
         debug!("consumer went away before the reply");
         return;

@@ -13,7 +13,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::identity::{ANY_NODE_SAN, IdentityError, NodeIdentity, PeerIdentity};
+use crate::identity::{ANY_NODE_SAN, DenyList, IdentityError, NodeIdentity, PeerIdentity};
 
 /// Tunables of the QUIC transport.
 #[derive(Debug, Clone)]
@@ -100,35 +100,52 @@ fn udp_socket(bind: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, En
     Ok(socket.into())
 }
 
+/// The QUIC server configuration for `identity`: mesh members only.
+pub fn server_config(
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    settings: &TransportSettings,
+) -> Result<quinn::ServerConfig, IdentityError> {
+    let crypto = QuicServerConfig::try_from(identity.server_config(deny.clone())?)
+        .map_err(|e| IdentityError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(settings)));
+    Ok(server)
+}
+
+/// The QUIC client configuration for `identity`.
+pub fn client_config(
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    settings: &TransportSettings,
+) -> Result<quinn::ClientConfig, IdentityError> {
+    let crypto = QuicClientConfig::try_from(identity.client_config(deny.clone())?)
+        .map_err(|e| IdentityError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(settings)));
+    Ok(client)
+}
+
 /// Builds this node's QUIC endpoint. With `serve`, it accepts connections from mesh members.
 pub fn endpoint(
     bind: SocketAddr,
     identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
     serve: bool,
     settings: &TransportSettings,
 ) -> Result<Endpoint, EndpointError> {
     let socket = udp_socket(bind, settings.udp_buffer)?;
-    let transport = Arc::new(transport_config(settings));
     let server = if serve {
-        let crypto = QuicServerConfig::try_from(identity.server_config()?)
-            .map_err(|e| IdentityError::Quic(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport.clone());
-        Some(server)
+        Some(server_config(identity, deny, settings)?)
     } else {
         None
     };
-    let mut endpoint = Endpoint::new(
+    let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         server,
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
-    let crypto = QuicClientConfig::try_from(identity.client_config()?)
-        .map_err(|e| IdentityError::Quic(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport);
-    endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
@@ -201,19 +218,31 @@ pub struct Pool {
     endpoint: Endpoint,
     settings: TransportSettings,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    /// The client configuration new connections use (replaced on identity reload).
+    client: Arc<std::sync::RwLock<quinn::ClientConfig>>,
     /// (peer key, reason) of every pooled connection that ended other than by our own close.
     lost: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl Pool {
     /// A pool dialling from `endpoint`.
-    pub fn new(endpoint: Endpoint, settings: TransportSettings) -> Self {
+    pub fn new(
+        endpoint: Endpoint,
+        client: quinn::ClientConfig,
+        settings: TransportSettings,
+    ) -> Self {
         Self {
             endpoint,
+            client: Arc::new(std::sync::RwLock::new(client)),
             settings,
             slots: Arc::default(),
             lost: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Replaces the client configuration for new connections (open ones are kept).
+    pub fn set_client_config(&self, client: quinn::ClientConfig) {
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
     }
 
     /// Notifications of lost peers: (peer key, reason).
@@ -267,7 +296,12 @@ impl Pool {
         let server_name = peer.node.as_deref().unwrap_or(ANY_NODE_SAN);
         let mut last = DialError::NoAddress;
         for &addr in &peer.addrs {
-            let connecting = match self.endpoint.connect(addr, server_name) {
+            let client = self
+                .client
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let connecting = match self.endpoint.connect_with(client, addr, server_name) {
                 Ok(c) => c,
                 Err(e) => {
                     last = DialError::Handshake {
