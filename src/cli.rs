@@ -70,6 +70,10 @@ pub struct Common {
     /// move elsewhere (QUIC keep-alive runs at a third of it) [default: 3s]
     #[arg(long, global = true, env = "AMBASSADOR_PEER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub peer_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT: withdraw, refuse new streams, and wait this long at most for open
+    /// connections to end (a second signal stops at once) [default: 30s]
+    #[arg(long, global = true, env = "AMBASSADOR_DRAIN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Option<Duration>,
     /// Log format
     #[arg(
         long,

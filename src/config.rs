@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub connect: Vec<ConnectConfig>,
     /// QUIC tunables.
     pub transport: TransportSettings,
+    /// Bound on the graceful drain at stop.
+    pub drain_timeout: Duration,
 }
 
 /// The TOML file of `ambassador run -c FILE`.
@@ -107,6 +109,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Peer timeout, e.g. "3s".
     pub peer_timeout: Option<String>,
+    /// Bound on the graceful drain at stop, e.g. "30s".
+    pub drain_timeout: Option<String>,
     /// Provider health-check interval, e.g. "2s".
     pub health_interval: Option<String>,
     /// `[announce.NAME]` sections.
@@ -272,6 +276,12 @@ impl NodeConfig {
             health_interval: Duration::from_secs(2),
             connect: Vec::new(),
             transport: TransportSettings::with_peer_timeout(peer_timeout),
+            drain_timeout: match (common.drain_timeout, &file.drain_timeout) {
+                (Some(t), _) => t,
+                (None, Some(t)) => crate::cli::parse_duration(t)
+                    .map_err(|e| Failure::usage(format!("drain_timeout: {e}")))?,
+                (None, None) => Duration::from_secs(30),
+            },
         })
     }
 

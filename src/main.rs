@@ -32,34 +32,27 @@ fn init_logging(format: LogFormat, verbose: u8) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Runs a node with SIGINT/SIGTERM as shutdown and SIGHUP as reload.
+/// Runs a node: SIGINT/SIGTERM stop it (drain first; again: at once), SIGHUP reloads.
 async fn run_node(cfg: NodeConfig) -> Result<(), Failure> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for (kind, control) in [
+        (SignalKind::interrupt(), Control::Stop),
+        (SignalKind::terminate(), Control::Stop),
+        (SignalKind::hangup(), Control::Reload),
+    ] {
+        let mut sig = signal(kind)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot handle signals: {e}")))?;
+        let tx = tx.clone();
         tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                if tx.send(Control::Reload).await.is_err() {
+            while sig.recv().await.is_some() {
+                if tx.send(control).await.is_err() {
                     break;
                 }
             }
         });
     }
-    ambassador::node::run(cfg, shutdown_signal(), rx).await
+    ambassador::node::run(cfg, rx).await
 }
 
 fn parse_date(text: &str) -> Result<time::OffsetDateTime, Failure> {

@@ -2,7 +2,6 @@
 //! `connect` and `run`. Data flows one way: discovery → registry → balancer → transport.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +36,8 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Signals a running node reacts to besides shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Stop: drain first (SIGINT/SIGTERM); a second one stops at once.
+    Stop,
     /// Reload the identity and the deny list (SIGHUP).
     Reload,
 }
@@ -213,11 +214,7 @@ fn reload(
 
 /// Runs a node until `shutdown` resolves (or a fatal error), then withdraws its announcements
 /// and stops. `controls` carries reload requests (SIGHUP).
-pub async fn run(
-    cfg: NodeConfig,
-    shutdown: impl Future<Output = ()>,
-    mut controls: mpsc::Receiver<Control>,
-) -> Result<(), Failure> {
+pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Result<(), Failure> {
     let identity = load_identity(&cfg)?;
     let node = identity.node.clone();
     let deny = match &cfg.deny_file {
@@ -260,6 +257,8 @@ pub async fn run(
     info!(node = %node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %source, "node up");
 
     let mut announced = Vec::new();
+    let mut provider_cfg: Option<Arc<ProviderConfig>> = None;
+    let stop_accepting = CancellationToken::new();
     if serve {
         let mut services = HashMap::new();
         for a in &cfg.announce {
@@ -297,7 +296,10 @@ pub async fn run(
             services,
             header_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            draining: AtomicBool::new(false),
+            activity: Default::default(),
         });
+        provider_cfg = Some(pcfg.clone());
         tracker.spawn(provider::serve(
             endpoint.clone(),
             pcfg,
@@ -366,6 +368,7 @@ pub async fn run(
             consumers.push((ctx.clone(), listen_addr.clone()));
             tracker.spawn(watch_pool(ctx.clone()));
             let (cancel, registry, fatal) = (cancel.clone(), registry.clone(), fatal_tx.clone());
+            let stop_accepting = stop_accepting.clone();
             let span = info_span!("listener", service = %c.spec.service);
             tracker.spawn(
                 async move {
@@ -402,7 +405,7 @@ pub async fn run(
                         }
                         Err(e) => warn!(error = %e, "listening (address unknown)"),
                     }
-                    serve_listener(listener, ctx).await;
+                    serve_listener(listener, ctx, stop_accepting).await;
                 }
                 .instrument(span),
             );
@@ -416,6 +419,7 @@ pub async fn run(
             quic_addr.to_string(),
         );
         let announced: Vec<Arc<Announced>> = announced.clone();
+        let consumers = consumers.clone();
         let policies: Vec<String> = cfg
             .connect
             .iter()
@@ -455,17 +459,55 @@ pub async fn run(
         tracker.spawn(async move { control::serve(&node, snapshot, cancel).await });
     }
 
-    tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
-            () = &mut shutdown => break Ok(()),
             Some(f) = fatal_rx.recv() => break Err(f),
-            Some(Control::Reload) = controls.recv() => {
-                info!("reload requested");
-                reload(&cfg, &node, &deny, &endpoint, &pool, serve, &cfg.transport, &mdns, &announced, quic_addr.port());
-            }
+            ctl = controls.recv() => match ctl {
+                Some(Control::Reload) => {
+                    info!("reload requested");
+                    reload(&cfg, &node, &deny, &endpoint, &pool, serve, &cfg.transport, &mdns, &announced, quic_addr.port());
+                }
+                Some(Control::Stop) | None => break Ok(()),
+            },
         }
     };
+    if outcome.is_ok() {
+        // Graceful drain: withdraw, refuse new streams, let open ones finish.
+        let active = || {
+            provider_cfg.as_ref().map_or(0, |p| p.activity.count())
+                + consumers
+                    .iter()
+                    .map(|(c, _)| c.activity.count())
+                    .sum::<usize>()
+        };
+        if let Some(p) = &provider_cfg {
+            p.draining.store(true, Ordering::Relaxed);
+        }
+        stop_accepting.cancel();
+        mdns.withdraw_all().await;
+        let open = active();
+        if open > 0 {
+            info!(open, timeout = ?cfg.drain_timeout, "draining: announcements withdrawn, new streams refused; waiting for open connections (signal again to stop at once)");
+            let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+            loop {
+                if active() == 0 {
+                    info!("drained");
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {
+                        warn!(open = active(), "drain timeout: closing the remaining connections");
+                        break;
+                    }
+                    ctl = controls.recv() => if matches!(ctl, Some(Control::Stop)) {
+                        warn!(open = active(), "second stop signal: closing the remaining connections now");
+                        break;
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
     info!("stopping: withdrawing announcements");
     cancel.cancel();
     mdns.shutdown().await;

@@ -14,12 +14,9 @@ proptest! {
 
     #[test]
     fn request_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-        match Request::decode(&bytes) {
-            Ok((req, used)) => {
-                prop_assert!(used <= bytes.len());
-                prop_assert_eq!(req.encode(), bytes[..used].to_vec());
-            }
-            Err(_) => {}
+        if let Ok((req, used)) = Request::decode(&bytes) {
+            prop_assert!(used <= bytes.len());
+            prop_assert_eq!(req.encode(), bytes[..used].to_vec());
         }
     }
 

@@ -97,6 +97,8 @@ pub struct ConsumerCtx {
     probing: Mutex<HashSet<String>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Open client connections, for the drain.
+    pub activity: super::Activity,
 }
 
 /// Why one attempt failed.
@@ -139,6 +141,7 @@ impl ConsumerCtx {
             probing: Mutex::default(),
             cancel,
             tracker,
+            activity: super::Activity::default(),
         }
     }
 
@@ -279,12 +282,14 @@ impl ConsumerCtx {
     }
 }
 
-/// Serves one listener until the context's cancellation fires.
-pub async fn serve_listener(listener: TcpListener, ctx: Arc<ConsumerCtx>) {
+/// Serves one listener until the context's cancellation or `stop` fires (a drain stops
+/// accepting while open connections go on).
+pub async fn serve_listener(listener: TcpListener, ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
     let mut next_id: u64 = 0;
     loop {
         let (tcp, client) = tokio::select! {
             () = ctx.cancel.cancelled() => return,
+            () = stop.cancelled() => return,
             acc = listener.accept() => match acc {
                 Ok(a) => a,
                 Err(e) => {
@@ -320,6 +325,7 @@ pub async fn watch_pool(ctx: Arc<ConsumerCtx>) {
 }
 
 async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
+    let _active = ctx.activity.enter();
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + ctx.wait;
     let mut tried = HashSet::new();

@@ -20,7 +20,7 @@ use crate::transport::peer_identity;
 use crate::transport::protocol::{RefusalCode, Reply, Request};
 
 /// What the provider serves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProviderConfig {
     /// Target of each announced service.
     pub services: HashMap<ServiceName, ServiceTarget>,
@@ -28,6 +28,10 @@ pub struct ProviderConfig {
     pub header_timeout: Duration,
     /// Bound on connecting to a target.
     pub connect_timeout: Duration,
+    /// Set while the node drains: new streams are refused with "draining".
+    pub draining: AtomicBool,
+    /// Open streams, for the drain.
+    pub activity: super::Activity,
 }
 
 /// An announced service's target and its health.
@@ -120,6 +124,10 @@ async fn handle_stream(
         Ok(r) => r,
         Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
     };
+    if cfg.draining.load(Ordering::Relaxed) {
+        let detail = "this node is stopping; use another instance".to_string();
+        return refuse(send, recv, RefusalCode::Draining, detail).await;
+    }
     let Some(entry) = cfg.services.get(&req.service) else {
         let detail = format!("{} is not announced here", req.service);
         return refuse(send, recv, RefusalCode::UnknownService, detail).await;
@@ -173,6 +181,7 @@ async fn handle_stream(
         debug!("consumer went away before the reply");
         return;
     }
+    let _active = cfg.activity.enter();
     let stats = splice(tcp, send, recv).await;
     match stats.end {
         SpliceEnd::Closed => {
