@@ -145,14 +145,38 @@ pub struct AnnounceArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379
-    #[arg(required = true, value_name = "SPEC")]
+    #[arg(required_unless_present = "from_env", value_name = "SPEC")]
     pub specs: Vec<String>,
     /// How long a client connection waits for a first instance to appear
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub wait: Duration,
-    /// Use these ambassador peers (HOST:QUIC_PORT) instead of discovery (one SPEC only)
+    /// Fixed backends instead of discovery (one SPEC only): ambassador peers (HOST:QUIC_PORT),
+    /// or plain TCP services with --direct
     #[arg(long = "backend", value_name = "HOST:PORT")]
     pub backends: Vec<String>,
+    /// Where backends come from: `dns-srv:NAME` (SRV records, re-resolved at their TTL) or
+    /// `mdns:TYPE` (a plain DNS-SD type such as _redis._tcp, with --direct) [default: the
+    /// mesh's mDNS announcements]
+    #[arg(long, value_name = "SOURCE")]
+    pub discover: Option<String>,
+    /// DNS server for dns-srv discovery [default: the system's resolver]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// Backends are plain TCP services, not ambassadors: no QUIC, NO ENCRYPTION between hosts
+    /// (the one-ambassador layout)
+    #[arg(long)]
+    pub direct: bool,
+    /// With --direct: Redis credentials file (`password` or `user password`) sent as AUTH to
+    /// each new backend connection
+    #[arg(long, env = "AMBASSADOR_REDIS_AUTH_FILE", value_name = "FILE")]
+    pub redis_auth_file: Option<PathBuf>,
+    /// Also listen for every Docker link variable NAME_PORT_<port>_TCP=tcp://HOST:PORT in the
+    /// environment, forwarding port <port> directly (plain TCP) to HOST:PORT
+    #[arg(long)]
+    pub from_env: bool,
+    /// Listen address of the --from-env listeners (0.0.0.0 inside a container)
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    pub listen_ip: std::net::IpAddr,
     /// How new connections are spread over healthy instances
     #[arg(long, value_enum, default_value_t = crate::balance::Policy::LeastConn)]
     pub policy: crate::balance::Policy,

@@ -24,12 +24,145 @@ use crate::transport::TransportSettings;
 pub struct ConnectConfig {
     /// The listener and service.
     pub spec: ConnectSpec,
-    /// Fixed ambassador peers; empty means discovery.
-    pub backends: Vec<SocketAddr>,
+    /// Where its backends come from.
+    pub source: Source,
+    /// Backends are plain TCP services (no ambassador, no encryption).
+    pub direct: bool,
+    /// Credentials injected into direct Redis backends.
+    pub redis_auth: Option<RedisAuth>,
     /// How long a client connection waits for a first instance.
     pub wait: Duration,
     /// Balancing policy.
     pub policy: Policy,
+}
+
+/// Where a consumer's backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The mesh's own mDNS announcements (the default).
+    Mesh,
+    /// A fixed list (reloaded on SIGHUP with `run -c`).
+    Static(Vec<SocketAddr>),
+    /// DNS SRV records.
+    DnsSrv {
+        /// The SRV name, e.g. `_redis._tcp.example.lan`.
+        name: String,
+        /// The DNS server (default: the system's).
+        server: Option<SocketAddr>,
+    },
+    /// A plain DNS-SD service type, e.g. `_redis._tcp.local.`.
+    MdnsType(String),
+}
+
+/// Builds and checks one consumer's configuration; `what` names it in errors.
+#[allow(clippy::too_many_arguments)]
+fn connect_config(
+    what: &str,
+    spec: ConnectSpec,
+    backends: &[String],
+    discover: Option<&str>,
+    dns_server: Option<SocketAddr>,
+    direct: bool,
+    redis_auth: Option<RedisAuth>,
+    wait: Duration,
+    policy: Policy,
+) -> Result<ConnectConfig, Failure> {
+    let err = |m: String| Failure::usage(format!("{what}: {m}"));
+    let source = match (discover, backends.is_empty()) {
+        (Some(_), false) => {
+            return Err(err("give either --backend or --discover, not both".into()));
+        }
+        (None, false) => Source::Static(parse_backends(backends)?),
+        (None, true) => Source::Mesh,
+        (Some(d), true) => match d.split_once(':') {
+            Some(("dns-srv", name)) if !name.is_empty() => Source::DnsSrv {
+                name: name.to_string(),
+                server: dns_server,
+            },
+            Some(("mdns", ty)) if ty.starts_with('_') => {
+                let ty = ty.trim_end_matches('.');
+                let ty = if ty.ends_with(".local") {
+                    format!("{ty}.")
+                } else {
+                    format!("{ty}.local.")
+                };
+                Source::MdnsType(ty)
+            }
+            _ => {
+                return Err(err(format!(
+                    "bad --discover {d:?}: expected dns-srv:NAME (e.g. dns-srv:_redis._tcp.example.lan) or mdns:TYPE (e.g. mdns:_redis._tcp)"
+                )));
+            }
+        },
+    };
+    if dns_server.is_some() && !matches!(source, Source::DnsSrv { .. }) {
+        return Err(err("--dns-server needs --discover dns-srv:NAME".into()));
+    }
+    if direct && source == Source::Mesh {
+        return Err(err(
+            "--direct needs --backend HOST:PORT, --discover dns-srv:NAME or --discover mdns:TYPE (mesh announcements are ambassadors)".into(),
+        ));
+    }
+    if !direct && matches!(source, Source::MdnsType(_)) {
+        return Err(err(
+            "--discover mdns:TYPE finds plain services: add --direct".into(),
+        ));
+    }
+    if redis_auth.is_some() && !direct {
+        return Err(err(
+            "Redis credentials are injected by the provider's ambassador: give them to `announce`, or use --direct".into(),
+        ));
+    }
+    if spec.listen_port.is_none() && source != Source::Mesh {
+        return Err(err(format!(
+            "the listen port is learnt from mesh announcements only: give {}:PORT",
+            spec.service
+        )));
+    }
+    Ok(ConnectConfig {
+        spec,
+        source,
+        direct,
+        redis_auth,
+        wait,
+        policy,
+    })
+}
+
+/// The classic Docker link variables: `NAME_PORT_<port>_TCP=tcp://HOST:PORT`, as (service,
+/// local port, target).
+pub fn docker_links(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<(ServiceName, u16, String)>, Failure> {
+    let mut out = Vec::new();
+    for (key, value) in vars {
+        let Some(rest) = key.strip_suffix("_TCP") else {
+            continue;
+        };
+        let Some((name, port)) = rest.rsplit_once("_PORT_") else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        if name.is_empty() || name.contains("_PORT_") {
+            continue;
+        }
+        let bad = |why: &str| {
+            Failure::usage(format!("{key}={value:?}: {why} (expected tcp://HOST:PORT)"))
+        };
+        let target = value
+            .strip_prefix("tcp://")
+            .ok_or_else(|| bad("not a tcp:// address"))?;
+        if port == 0 || !target.contains(':') {
+            return Err(bad("no port"));
+        }
+        let service = ServiceName::parse(&name.to_ascii_lowercase().replace('_', "-"))
+            .map_err(|e| bad(&e.to_string()))?;
+        out.push((service, port, target.to_string()));
+    }
+    out.sort_by_key(|(_, p, _)| *p);
+    Ok(out)
 }
 
 /// One service to announce, with its per-service options.
@@ -86,6 +219,8 @@ pub struct NodeConfig {
     pub transport: TransportSettings,
     /// Bound on the graceful drain at stop.
     pub drain_timeout: Duration,
+    /// The TOML file (`run -c`), re-read on SIGHUP for backends.
+    pub config_file: Option<PathBuf>,
 }
 
 /// The TOML file of `ambassador run -c FILE`.
@@ -147,9 +282,18 @@ pub struct FileConnect {
     pub listen: Option<String>,
     /// Wait bound for a first instance, e.g. "5s".
     pub wait: Option<String>,
-    /// Fixed ambassador peers (HOST:QUIC_PORT).
+    /// Fixed backends: ambassador peers (HOST:QUIC_PORT), or TCP services with `direct`.
     #[serde(default)]
     pub backends: Vec<String>,
+    /// `dns-srv:NAME` or `mdns:TYPE`.
+    pub discover: Option<String>,
+    /// DNS server for dns-srv discovery.
+    pub dns_server: Option<SocketAddr>,
+    /// Backends are plain TCP services.
+    #[serde(default)]
+    pub direct: bool,
+    /// Redis credentials file for direct backends.
+    pub redis_auth_file: Option<PathBuf>,
     /// Balancing policy.
     pub policy: Option<Policy>,
 }
@@ -282,6 +426,7 @@ impl NodeConfig {
                     .map_err(|e| Failure::usage(format!("drain_timeout: {e}")))?,
                 (None, None) => Duration::from_secs(30),
             },
+            config_file: None,
         })
     }
 
@@ -319,23 +464,60 @@ impl NodeConfig {
             .iter()
             .map(|s| ConnectSpec::parse(s).map_err(Failure::usage))
             .collect::<Result<Vec<_>, _>>()?;
-        check_unique(specs.iter().map(|c| &c.service))?;
-        let backends = parse_backends(&args.backends)?;
-        if !backends.is_empty() && specs.len() != 1 {
+        if (!args.backends.is_empty() || args.discover.is_some()) && specs.len() != 1 {
             return Err(Failure::usage(
-                "--backend applies to exactly one SPEC; use `ambassador run -c FILE` for several",
+                "--backend and --discover apply to exactly one SPEC; use `ambassador run -c FILE` for several",
             ));
         }
-        let mut cfg = Self::base(common, &FileConfig::default())?;
-        cfg.connect = specs
-            .into_iter()
-            .map(|spec| ConnectConfig {
+        let redis_auth = match &args.redis_auth_file {
+            Some(f) => Some(
+                RedisAuth::read_file(f, common.insecure_key_permissions).map_err(Failure::usage)?,
+            ),
+            None => None,
+        };
+        let mut connect = Vec::new();
+        for spec in specs {
+            connect.push(connect_config(
+                "connect",
                 spec,
-                backends: backends.clone(),
-                wait: args.wait,
-                policy: args.policy,
-            })
-            .collect();
+                &args.backends,
+                args.discover.as_deref(),
+                args.dns_server,
+                args.direct,
+                redis_auth.clone(),
+                args.wait,
+                args.policy,
+            )?);
+        }
+        if args.from_env {
+            let links = docker_links(std::env::vars())?;
+            if links.is_empty() {
+                return Err(Failure::usage(
+                    "--from-env found no NAME_PORT_<port>_TCP=tcp://HOST:PORT variable",
+                ));
+            }
+            for (service, port, target) in links {
+                let spec = ConnectSpec {
+                    service,
+                    listen_ip: args.listen_ip,
+                    listen_port: Some(port),
+                };
+                connect.push(connect_config(
+                    "--from-env",
+                    spec,
+                    &[target],
+                    None,
+                    None,
+                    true,
+                    None,
+                    args.wait,
+                    args.policy,
+                )?);
+            }
+        }
+        check_unique(connect.iter().map(|c| &c.spec.service))?;
+        let mut cfg = Self::base(common, &FileConfig::default())?;
+        cfg.connect = connect;
         Ok(cfg)
     }
 
@@ -396,12 +578,24 @@ impl NodeConfig {
                     .map_err(|e| Failure::usage(format!("[connect.{name}] wait: {e}")))?,
                 None => DEFAULT_WAIT,
             };
-            cfg.connect.push(ConnectConfig {
+            let redis_auth = match &c.redis_auth_file {
+                Some(f) => Some(
+                    RedisAuth::read_file(f, cfg.insecure_key_permissions)
+                        .map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?,
+                ),
+                None => None,
+            };
+            cfg.connect.push(connect_config(
+                &format!("[connect.{name}]"),
                 spec,
-                backends: parse_backends(&c.backends)?,
+                &c.backends,
+                c.discover.as_deref(),
+                c.dns_server,
+                c.direct,
+                redis_auth,
                 wait,
-                policy: c.policy.unwrap_or_default(),
-            });
+                c.policy.unwrap_or_default(),
+            )?);
         }
         if cfg.announce.is_empty() && cfg.connect.is_empty() {
             return Err(Failure::usage(

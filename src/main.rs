@@ -80,7 +80,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run(args) => {
             let file = FileConfig::load(&args.config)?;
-            let cfg = NodeConfig::from_file(common, &file)?;
+            let mut cfg = NodeConfig::from_file(common, &file)?;
+            cfg.config_file = Some(args.config.clone());
             run_node(cfg).await
         }
         Command::Ls(args) => ambassador::ls::run(common, args).await,

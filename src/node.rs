@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use quinn::Endpoint;
+use quinn::Endpoint as QuicEndpoint;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,14 +16,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::balance::{Backoff, Balancer};
-use crate::config::{AnnounceConfig, ConnectConfig, IdentitySource, NodeConfig};
+use crate::config::{
+    AnnounceConfig, ConnectConfig, FileConfig, IdentitySource, NodeConfig, Source,
+};
 use crate::control::{self, AnnounceStatus, ConnectStatus, NodeStatus};
-use crate::discovery::mdns::{BrowseFilter, Mdns, run_browser};
-use crate::discovery::{Registry, TxtRecord};
+use crate::discovery::mdns::{BrowseFilter, Mdns, run_browser, run_plain_browser};
+use crate::discovery::{Endpoint, EndpointSet, Registry, TxtRecord, dns_srv};
 use crate::error::Failure;
 use crate::identity::{DenyList, MeshRoot, NodeIdentity, ca};
-use crate::names::NodeName;
-use crate::proxy::consumer::{Backends, Candidate, ConsumerCtx, serve_listener, watch_pool};
+use crate::names::{NodeName, ServiceName};
+use crate::proxy::consumer::{Backends, ConsumerCtx, serve_listener, watch_pool};
 use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
 use crate::transport::{self, EndpointError, Pool, TransportSettings};
 
@@ -65,6 +67,47 @@ async fn target_up(addr: SocketAddr, bound: Duration) -> bool {
         tokio::time::timeout(bound, TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
+}
+
+fn static_endpoints(addrs: &[SocketAddr]) -> Vec<Endpoint> {
+    addrs
+        .iter()
+        .map(|a| Endpoint {
+            addr: *a,
+            weight: 1,
+            label: a.to_string(),
+        })
+        .collect()
+}
+
+/// Re-reads the config file's `[connect.NAME]` backends and applies them to the running
+/// static listeners (new connections only; open ones are kept).
+fn reload_backends(path: &std::path::Path, sets: &HashMap<ServiceName, Arc<EndpointSet>>) {
+    let file = match FileConfig::load(path) {
+        Ok(f) => f,
+        Err(e) => return warn!(error = %e, "config not reloaded"),
+    };
+    for (name, c) in &file.connect {
+        let Some(set) = ServiceName::parse(name).ok().and_then(|n| sets.get(&n)) else {
+            if !c.backends.is_empty() {
+                warn!(service = %name, "a new or non-static [connect] section needs a restart");
+            }
+            continue;
+        };
+        let mut addrs = Vec::new();
+        for b in &c.backends {
+            use std::net::ToSocketAddrs;
+            match b.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                Some(a) => addrs.push(a),
+                None => {
+                    return warn!(service = %name, backend = %b, "bad backend; config not reloaded");
+                }
+            }
+        }
+        if set.replace(static_endpoints(&addrs)) {
+            info!(service = %name, backends = ?addrs, "backends reloaded");
+        }
+    }
 }
 
 /// Loads or derives this node's identity, and checks it against the configuration.
@@ -161,7 +204,7 @@ fn reload(
     cfg: &NodeConfig,
     node: &NodeName,
     deny: &Arc<DenyList>,
-    endpoint: &Endpoint,
+    endpoint: &QuicEndpoint,
     pool: &Pool,
     serve: bool,
     settings: &TransportSettings,
@@ -332,9 +375,10 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
     }
 
     let mut consumers: Vec<(Arc<ConsumerCtx>, ListenAddr)> = Vec::new();
+    let mut static_sets: HashMap<ServiceName, Arc<EndpointSet>> = HashMap::new();
     if !cfg.connect.is_empty() {
         let registry = Arc::new(Registry::default());
-        if cfg.connect.iter().any(|c| c.backends.is_empty()) {
+        if cfg.connect.iter().any(|c| c.source == Source::Mesh) {
             let rx = mdns.browse().context("browsing mDNS")?;
             let filter = BrowseFilter {
                 mesh_id: identity.mesh_id.clone(),
@@ -344,17 +388,44 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
             tracker.spawn(async move { run_browser(rx, &reg, filter, c).await });
         }
         for (c, bound) in listeners {
-            let backends = if c.backends.is_empty() {
-                Backends::Discovered(registry.clone())
-            } else {
-                Backends::Static(
-                    c.backends
-                        .iter()
-                        .map(|a| Candidate::static_peer(*a))
-                        .collect(),
-                )
+            let backends = match &c.source {
+                Source::Mesh => Backends::Discovered(registry.clone()),
+                Source::Static(addrs) => {
+                    let set = Arc::new(EndpointSet::new(static_endpoints(addrs)));
+                    static_sets.insert(c.spec.service.clone(), set.clone());
+                    Backends::Endpoints {
+                        set,
+                        direct: c.direct,
+                    }
+                }
+                Source::DnsSrv { name, server } => {
+                    let resolver = dns_srv::resolver(*server)
+                        .map_err(|e| Failure::usage(format!("DNS resolver for {name}: {e}")))?;
+                    let set = Arc::new(EndpointSet::new(Vec::new()));
+                    let span = info_span!("dns-srv", service = %c.spec.service);
+                    tracker.spawn(
+                        dns_srv::run(resolver, name.clone(), set.clone(), cancel.clone())
+                            .instrument(span),
+                    );
+                    Backends::Endpoints {
+                        set,
+                        direct: c.direct,
+                    }
+                }
+                Source::MdnsType(ty) => {
+                    let rx = mdns.browse_type(ty).context("browsing mDNS")?;
+                    let set = Arc::new(EndpointSet::new(Vec::new()));
+                    tracker.spawn(run_plain_browser(rx, set.clone(), cancel.clone()));
+                    Backends::Endpoints {
+                        set,
+                        direct: c.direct,
+                    }
+                }
             };
-            let ctx = Arc::new(ConsumerCtx::new(
+            if c.direct {
+                warn!(service = %c.spec.service, "direct backends: traffic to them is plain TCP, not encrypted");
+            }
+            let mut ctx = ConsumerCtx::new(
                 c.spec.service.clone(),
                 backends,
                 pool.clone(),
@@ -363,7 +434,9 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
                 Balancer::new(c.policy, Backoff::default()),
                 cancel.clone(),
                 tracker.clone(),
-            ));
+            );
+            ctx.redis_auth = c.redis_auth.clone();
+            let ctx = Arc::new(ctx);
             let listen_addr = Arc::new(Mutex::new(None));
             consumers.push((ctx.clone(), listen_addr.clone()));
             tracker.spawn(watch_pool(ctx.clone()));
@@ -465,6 +538,9 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
             ctl = controls.recv() => match ctl {
                 Some(Control::Reload) => {
                     info!("reload requested");
+                    if let Some(path) = &cfg.config_file {
+                        reload_backends(path, &static_sets);
+                    }
                     reload(&cfg, &node, &deny, &endpoint, &pool, serve, &cfg.transport, &mdns, &announced, quic_addr.port());
                 }
                 Some(Control::Stop) | None => break Ok(()),

@@ -94,6 +94,11 @@ impl Mdns {
         }
     }
 
+    /// Browses another DNS-SD service type (e.g. `_redis._tcp.local.`).
+    pub fn browse_type(&self, ty: &str) -> Result<mdns_sd::Receiver<ServiceEvent>, MdnsError> {
+        Ok(self.daemon.browse(ty)?)
+    }
+
     /// Browses the mesh's service type.
     pub fn browse(&self) -> Result<mdns_sd::Receiver<ServiceEvent>, MdnsError> {
         Ok(self.daemon.browse(SERVICE_TYPE)?)
@@ -186,6 +191,54 @@ pub async fn run_browser(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Feeds `set` from a plain DNS-SD service type (not ambassadors): every resolved instance's
+/// IPv4 addresses with its SRV port, for `--direct` backends.
+pub async fn run_plain_browser(
+    rx: mdns_sd::Receiver<ServiceEvent>,
+    set: std::sync::Arc<super::EndpointSet>,
+    cancel: CancellationToken,
+) {
+    let mut instances: std::collections::BTreeMap<String, Vec<super::Endpoint>> =
+        Default::default();
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            ev = rx.recv_async() => match ev {
+                Ok(ev) => ev,
+                Err(_) => return,
+            },
+        };
+        match event {
+            ServiceEvent::ServiceResolved(rs) => {
+                let eps = instances.entry(rs.fullname.clone()).or_default();
+                for ip in rs
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_ip_addr())
+                    .filter(|ip| ip.is_ipv4())
+                {
+                    let addr = std::net::SocketAddr::new(ip, rs.port);
+                    if !eps.iter().any(|e| e.addr == addr) {
+                        eps.push(super::Endpoint {
+                            addr,
+                            weight: 1,
+                            label: rs.fullname.clone(),
+                        });
+                    }
+                }
+            }
+            ServiceEvent::ServiceRemoved(_, fullname) => {
+                instances.remove(&fullname);
+            }
+            _ => continue,
+        }
+        let all: Vec<super::Endpoint> = instances.values().flatten().cloned().collect();
+        if set.replace(all) {
+            info!(instances = instances.len(), "DNS-SD backends changed");
         }
     }
 }

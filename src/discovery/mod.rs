@@ -2,12 +2,14 @@
 //! (`_ambassador._udp.local.`, DESIGN §3) carried by mDNS; a record is only a hint, which the
 //! QUIC handshake later proves or refutes.
 
+pub mod dns_srv;
 pub mod mdns;
 mod record;
 
 pub use record::{Instance, RecordError, SERVICE_TYPE, TxtRecord};
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -116,3 +118,60 @@ impl Registry {
 
 /// How long a consumer waits at most for a first instance, by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// A fixed or resolved backend address (static list, DNS SRV, a plain DNS-SD service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect (an ambassador's QUIC port, or a plain TCP service with `--direct`).
+    pub addr: SocketAddr,
+    /// Balancing weight.
+    pub weight: u32,
+    /// Human-readable origin (SRV target, instance name).
+    pub label: String,
+}
+
+/// A replaceable set of endpoints; readers wait on its changes.
+pub struct EndpointSet {
+    list: Mutex<Vec<Endpoint>>,
+    changed: watch::Sender<u64>,
+}
+
+impl EndpointSet {
+    /// A set with these endpoints.
+    pub fn new(list: Vec<Endpoint>) -> Self {
+        Self {
+            list: Mutex::new(list),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Replaces the set; returns whether it changed.
+    pub fn replace(&self, list: Vec<Endpoint>) -> bool {
+        let mut cur = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if *cur == list {
+            return false;
+        }
+        *cur = list;
+        drop(cur);
+        self.changed.send_modify(|v| *v += 1);
+        true
+    }
+
+    /// The endpoints now.
+    pub fn get(&self) -> Vec<Endpoint> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the set is non-empty or `deadline` passes.
+    pub async fn wait_nonempty(&self, deadline: Instant) {
+        let mut rx = self.changed.subscribe();
+        while self.get().is_empty() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}

@@ -52,7 +52,9 @@ pub enum KeyError {
     )]
     Malformed,
     /// The file could not be read.
-    #[error("cannot read mesh key file {path}: {source}")]
+    #[error(
+        "cannot read mesh key file {path}: {source} (copy the mesh's key there, or make one with `ambassador mesh new --out {path}`)"
+    )]
     Read {
         /// The file.
         path: PathBuf,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::splice::{SpliceEnd, splice};
 use crate::balance::{Balancer, Choice, InstanceStats};
-use crate::discovery::{Instance, Registry};
+use crate::discovery::{Endpoint, EndpointSet, Instance, Registry};
+use crate::inject::{AUTH_FAILED_REPLY, InjectError, RedisAuth};
 use crate::names::ServiceName;
 use crate::transport::protocol::{Refusal, Reply, Request};
 use crate::transport::{DialError, PeerTarget, Pool, peer_identity};
@@ -37,6 +39,8 @@ pub struct Candidate {
     pub target: PeerTarget,
     /// Balancing weight.
     pub weight: u32,
+    /// A plain TCP backend (`--direct`): no ambassador, no QUIC, no encryption.
+    pub direct: bool,
 }
 
 impl Candidate {
@@ -49,19 +53,22 @@ impl Candidate {
                 addrs: inst.socket_addrs(local),
             },
             weight: inst.weight,
+            direct: false,
         }
     }
 
-    /// A fixed ambassador peer: any mesh member at that address.
-    pub fn static_peer(addr: SocketAddr) -> Self {
+    /// An endpoint from a static list, DNS SRV or plain DNS-SD: an ambassador peer that must
+    /// be a mesh member (any node name), or with `direct` a plain TCP backend.
+    pub fn from_endpoint(ep: &Endpoint, direct: bool) -> Self {
         Self {
-            key: format!("static:{addr}"),
+            key: format!("{}:{}", if direct { "tcp" } else { "peer" }, ep.addr),
             target: PeerTarget {
                 node: None,
                 fingerprint: None,
-                addrs: vec![addr],
+                addrs: vec![ep.addr],
             },
-            weight: 1,
+            weight: ep.weight,
+            direct,
         }
     }
 }
@@ -71,8 +78,13 @@ impl Candidate {
 pub enum Backends {
     /// The live set that discovery maintains.
     Discovered(Arc<Registry>),
-    /// A fixed list.
-    Static(Vec<Candidate>),
+    /// A replaceable list: static backends (reloaded on SIGHUP), DNS SRV, plain DNS-SD.
+    Endpoints {
+        /// The set.
+        set: Arc<EndpointSet>,
+        /// Plain TCP backends instead of ambassador peers.
+        direct: bool,
+    },
 }
 
 /// State of one consumer listener (one service).
@@ -99,6 +111,8 @@ pub struct ConsumerCtx {
     tracker: TaskTracker,
     /// Open client connections, for the drain.
     pub activity: super::Activity,
+    /// Credentials injected into direct Redis backends.
+    pub redis_auth: Option<RedisAuth>,
 }
 
 /// Why one attempt failed.
@@ -114,7 +128,18 @@ enum AttemptError {
     Refused(Refusal),
     #[error("{0}")]
     NotAuthorized(String),
+    #[error("the target rejected the credentials: {0}")]
+    AuthRejected(String),
 }
+
+/// An attempt that worked: a tunnel stream, or a direct TCP connection.
+enum Opened {
+    Stream(SendStream, RecvStream),
+    Direct(TcpStream),
+}
+
+/// Bound on connecting to a direct backend.
+const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ConsumerCtx {
     /// A new listener state.
@@ -142,6 +167,7 @@ impl ConsumerCtx {
             cancel,
             tracker,
             activity: super::Activity::default(),
+            redis_auth: None,
         }
     }
 
@@ -161,7 +187,11 @@ impl ConsumerCtx {
     /// Every current candidate.
     fn all_candidates(&self) -> Vec<Candidate> {
         match &self.backends {
-            Backends::Static(list) => list.clone(),
+            Backends::Endpoints { set, direct } => set
+                .get()
+                .iter()
+                .map(|e| Candidate::from_endpoint(e, *direct))
+                .collect(),
             Backends::Discovered(registry) => registry
                 .instances(&self.service)
                 .iter()
@@ -173,6 +203,9 @@ impl ConsumerCtx {
 
     /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
     async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+        if let Backends::Endpoints { set, .. } = &self.backends {
+            set.wait_nonempty(deadline).await;
+        }
         if let Backends::Discovered(registry) = &self.backends {
             let pred = |all: &[Instance]| {
                 all.iter()
@@ -191,7 +224,10 @@ impl ConsumerCtx {
         self.balancer.stats()
     }
 
-    async fn open(&self, cand: &Candidate) -> Result<(SendStream, RecvStream), AttemptError> {
+    async fn open(&self, cand: &Candidate) -> Result<Opened, AttemptError> {
+        if cand.direct {
+            return self.open_direct(cand).await;
+        }
         let conn = self.pool.get(&cand.target).await?;
         if let Some(peer) = peer_identity(&conn)
             && !peer.may_announce(self.service.as_str())
@@ -213,10 +249,38 @@ impl ConsumerCtx {
         // Write the header at once: a stream is invisible to the peer until its first byte.
         send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
         match Reply::read_from(&mut recv, self.reply_timeout).await {
-            Ok(Reply::Ok) => Ok((send, recv)),
+            Ok(Reply::Ok) => Ok(Opened::Stream(send, recv)),
             Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
             Err(e) => Err(lost(&e)),
         }
+    }
+
+    /// Connects a plain TCP backend, and authenticates to it when credentials are configured.
+    async fn open_direct(&self, cand: &Candidate) -> Result<Opened, AttemptError> {
+        let addr = *cand
+            .target
+            .addrs
+            .first()
+            .ok_or(AttemptError::Dial(DialError::NoAddress))?;
+        let mut tcp =
+            match tokio::time::timeout(DIRECT_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(AttemptError::Stream(format!("connect {addr}: {e}"))),
+                Err(_) => {
+                    return Err(AttemptError::Stream(format!(
+                        "connect {addr}: no answer within {DIRECT_CONNECT_TIMEOUT:?}"
+                    )));
+                }
+            };
+        let _ = tcp.set_nodelay(true);
+        if let Some(auth) = &self.redis_auth {
+            match auth.authenticate(&mut tcp, DIRECT_CONNECT_TIMEOUT).await {
+                Ok(()) => {}
+                Err(InjectError::Rejected(why)) => return Err(AttemptError::AuthRejected(why)),
+                Err(e) => return Err(AttemptError::Stream(e.to_string())),
+            }
+        }
+        Ok(Opened::Direct(tcp))
     }
 
     /// A peer is lost: eject its instances of this service until a probe reaches it again.
@@ -307,6 +371,16 @@ pub async fn serve_listener(listener: TcpListener, ctx: Arc<ConsumerCtx>, stop: 
     }
 }
 
+/// Copies both ways between the client and a direct backend; a failure resets both.
+async fn splice_tcp(mut client: TcpStream, mut backend: TcpStream) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        debug!(error = %e, "direct connection failed; resetting both sides");
+        for s in [&client, &backend] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
 /// Ejects the instances of peers whose pooled connection ends, as soon as it ends (keep-alive
 /// and idle timeout notice a vanished peer even when no client is connecting).
 pub async fn watch_pool(ctx: Arc<ConsumerCtx>) {
@@ -330,7 +404,13 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     let deadline = Instant::now() + ctx.wait;
     let mut tried = HashSet::new();
     for _ in 0..MAX_ATTEMPTS {
-        let cands = ctx.candidates(&tried, deadline).await;
+        // Wait for a first instance only; after a failure, use what is known now.
+        let until = if tried.is_empty() {
+            deadline
+        } else {
+            Instant::now()
+        };
+        let cands = ctx.candidates(&tried, until).await;
         let choices: Vec<Choice<'_>> = cands
             .iter()
             .map(|c| Choice {
@@ -344,7 +424,14 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
         let pick = &cands[idx];
         tried.insert(pick.key.clone());
         match ctx.open(pick).await {
-            Ok((send, recv)) => {
+            Ok(Opened::Direct(backend)) => {
+                ctx.balancer.succeeded(&pick.key);
+                let _open = ctx.balancer.opened(&pick.key);
+                debug!(backend = %pick.key, "direct connection open");
+                splice_tcp(tcp, backend).await;
+                return;
+            }
+            Ok(Opened::Stream(send, recv)) => {
                 ctx.balancer.succeeded(&pick.key);
                 let _open = ctx.balancer.opened(&pick.key);
                 debug!(instance = %pick.key, "stream open");
@@ -381,6 +468,13 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                     .insert(record);
                 ctx.balancer.failed(&pick.key, &why);
                 warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            }
+            Err(AttemptError::AuthRejected(why)) => {
+                warn!(backend = %pick.key, reason = %why, "credentials injection failed");
+                let mut tcp = tcp;
+                let _ = tcp.write_all(AUTH_FAILED_REPLY).await;
+                let _ = tcp.shutdown().await;
+                return;
             }
             Err(AttemptError::Refused(r)) if !r.code.retry_elsewhere() => {
                 warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");

@@ -124,6 +124,11 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
         res
     };
     let (a, b) = tokio::join!(upward, downward);
+    if a.is_err() || b.is_err() {
+        // Dropping a write half would shut it down (FIN) before the close sends the RST: a
+        // reset must stay a reset, so skip that shutdown.
+        w.forget();
+    }
     let end = if a.is_ok() && b.is_ok() {
         SpliceEnd::Closed
     } else {
