@@ -1,0 +1,669 @@
+#!/usr/bin/env bash
+# benches/mesh.sh: the ambassador pair against direct TCP, a socat pair and a stunnel (mutual TLS)
+# pair, side by side on loopback, in one run (issue 4).
+#
+#   benches/mesh.sh            full run (about 5 minutes on 2 cores), writes benches/results.md
+#   benches/mesh.sh --quick    a second or so per measurement, 500 held connections; does not write
+#                              the results file unless --write is given (CI smoke use)
+#
+# Options:
+#   --quick            short measurements (smoke test)
+#   --write/--no-write write benches/results.md or not (default: write, except with --quick)
+#   --out FILE         results file (default benches/results.md)
+#   --mdns             ambassador discovery through real mDNS on lo instead of --backend (static)
+#   --perf             also profile the ambassador pair (perf record) during one upload and one
+#                      download bulk run, and add the top symbols to the results
+#   --repeat N         rounds over all paths (default 3; quick 1): each figure is the median of
+#                      N runs, taken in interleaved rounds with a fresh proxy pair each time
+#   --hold N           idle connections to hold through the ambassador pair (default 10000; quick 500)
+#   --paths "a b"      subset of: direct socat stunnel ambassador
+#
+# Environment: AMBASSADOR_BIN=path/to/ambassador (default: cargo build --release, then
+# target/release/ambassador).
+#
+# Exit status: 0 when every measurement produced a figure (targets met or not), 1 when one failed,
+# 2 on bad usage, 77 when tools are missing and cannot be installed (not root): "SKIPPED: ...".
+#
+# What each path is (client -> ... -> target; all on 127.0.0.1, ports picked free at run time):
+#   direct      client -> target
+#   socat       client -> socat A -> socat B -> target (plaintext, fork per connection, nodelay)
+#   stunnel     client -> stunnel client -> stunnel server -> target (TLS 1.3, mutual: both sides
+#               verify the peer's chain to a throw-away CA, ECDSA P-256 certificates)
+#   ambassador  client -> ambassador connect -> QUIC -> ambassador announce -> target
+# Targets: redis-server (redis-benchmark, connection rate, idle connections) and iperf3 -s (bulk).
+# Every proxy pair is started fresh for each group of measurements, so that peak RSS (VmHWM) and
+# CPU time belong to that group only.
+
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+H="$HERE/helpers.py"
+
+QUICK=0
+WRITE=""
+OUT="$HERE/results.md"
+DISCOVERY=static
+PERF=0
+REPEAT=""
+HOLD=""
+SEL_PATHS="direct socat stunnel ambassador"
+
+usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --write) WRITE=1 ;;
+    --no-write) WRITE=0 ;;
+    --out) OUT=${2:?--out needs a file}; shift ;;
+    --mdns) DISCOVERY=mdns ;;
+    --perf) PERF=1 ;;
+    --repeat) REPEAT=${2:?--repeat needs a number}; shift ;;
+    --hold) HOLD=${2:?--hold needs a number}; shift ;;
+    --paths) SEL_PATHS=${2:?--paths needs a list}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "mesh.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+for p in $SEL_PATHS; do
+  case $p in direct|socat|stunnel|ambassador) ;; *) echo "mesh.sh: unknown path $p" >&2; exit 2 ;; esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  IPERF_T=1; N1=2000; N50=10000; CONN_T=1; CONN_MAX=5000; SETTLE=0.3
+  HOLD=${HOLD:-500}; REPEAT=${REPEAT:-1}; WRITE=${WRITE:-0}
+else
+  IPERF_T=2; N1=10000; N50=50000; CONN_T=2; CONN_MAX=100000; SETTLE=1
+  HOLD=${HOLD:-10000}; REPEAT=${REPEAT:-3}; WRITE=${WRITE:-1}
+fi
+case "$REPEAT$HOLD" in *[!0-9]*) echo "mesh.sh: --repeat and --hold take numbers" >&2; exit 2 ;; esac
+[ "$REPEAT" -ge 1 ] || REPEAT=1
+
+say() { printf '[mesh.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# ------------------------------------------------------------------ tools
+declare -A PKG=([iperf3]=iperf3 [socat]=socat [stunnel4]=stunnel4 [redis-server]=redis-server
+  [redis-benchmark]=redis-tools [redis-cli]=redis-tools [openssl]=openssl [python3]=python3
+  [cc]=gcc [timeout]=coreutils [awk]=gawk)
+[ "$PERF" = 1 ] && PKG[perf]=linux-perf
+missing_pkgs() {
+  local c out=()
+  for c in "${!PKG[@]}"; do
+    if [ "$c" = stunnel4 ]; then command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || out+=("${PKG[$c]}")
+    else command -v "$c" >/dev/null || out+=("${PKG[$c]}"); fi
+  done
+  printf '%s\n' "${out[@]}" | sort -u | grep -v '^$'
+}
+MISSING=$(missing_pkgs | xargs)
+if [ -n "${MISSING// /}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing: $MISSING"
+    # shellcheck disable=SC2086
+    { DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends $MISSING ||
+      { timeout 300 apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends $MISSING; }; } >/dev/null 2>&1
+    MISSING=$(missing_pkgs | xargs)
+  fi
+  if [ -n "${MISSING// /}" ]; then
+    echo "SKIPPED: benchmark tools missing: $MISSING (install them as root: apt-get install $MISSING, or run scripts/setup-debian.sh)"
+    exit 77
+  fi
+fi
+STUNNEL=$(command -v stunnel4 || command -v stunnel)
+# the interpreter itself, not a version-manager shim (a shim costs ~0.3 s per call)
+PY=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)
+[ -x "$PY" ] || PY=$(command -v python3)
+
+# ------------------------------------------------------------------ work dir, clean-up
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ambassador-bench.XXXXXX")
+PIDS=()
+kill_tree() { # PID: TERM the process and its children, wait (bounded), then KILL
+  local pid=$1 kids i
+  kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null)
+  kill -TERM "$pid" $kids 2>/dev/null
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" $kids 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return 0
+}
+cleanup() {
+  trap - EXIT INT TERM
+  exec 5>&- 2>/dev/null
+  local p
+  for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && kill_tree "$p"; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'echo "mesh.sh: interrupted" >&2; exit 130' INT TERM
+
+spawn() { # LOG CMD...: start in the background, remember the pid in LAST_PID
+  local log=$1; shift
+  "$@" >"$log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# Open files: 10,000 held connections need that many descriptors in the client, in each
+# ambassador and in redis-server.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
+NOFILE=$(ulimit -n)
+HOLD_NOTE=""
+if [ "$NOFILE" != unlimited ] && [ $((HOLD + 500)) -gt "$NOFILE" ]; then
+  HOLD=$((NOFILE - 500)); HOLD_NOTE="open-file limit $NOFILE: held count lowered to $HOLD"
+fi
+
+# ------------------------------------------------------------------ the ambassador binary
+AMB=${AMBASSADOR_BIN:-}
+if [ -z "$AMB" ]; then
+  say "building ambassador (cargo build --release)"
+  (cd "$ROOT" && timeout 1200 cargo build --release --quiet) || { echo "mesh.sh: cargo build failed" >&2; exit 1; }
+  AMB="$ROOT/target/release/ambassador"
+fi
+[ -x "$AMB" ] || { echo "mesh.sh: no ambassador binary at $AMB" >&2; exit 1; }
+# Which build this is: AMBASSADOR_BIN_DESC, else the git state of the tree the binary sits in.
+AMB_DESC=${AMBASSADOR_BIN_DESC:-}
+if [ -z "$AMB_DESC" ]; then
+  AMB_DESC="commit $(git -C "$(dirname "$AMB")" describe --always --dirty 2>/dev/null || echo unknown)"
+fi
+AMB_DESC="$("$AMB" --version 2>/dev/null), $AMB_DESC"
+# A private copy: a rebuild of target/ during the run must not change what later pairs run.
+cp "$AMB" "$WORK/ambassador" && AMB="$WORK/ambassador"
+export XDG_CONFIG_HOME="$WORK/xdg" # a throw-away mesh key
+mkdir -p "$XDG_CONFIG_HOME"
+
+cc -O2 -pthread -o "$WORK/connrate" "$HERE/connrate.c" || { echo "mesh.sh: cannot compile connrate.c" >&2; exit 1; }
+
+# ------------------------------------------------------------------ certificates for stunnel
+mkcerts() {
+  local d="$WORK/pki" n
+  mkdir -p "$d"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/ca.key" &&
+  openssl req -x509 -new -key "$d/ca.key" -subj /CN=bench-ca -days 2 -out "$d/ca.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign || return 1
+  for n in server client; do
+    printf 'subjectAltName=DNS:bench-%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$n" >"$d/$n.ext"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$n.key" &&
+    openssl req -new -key "$d/$n.key" -subj "/CN=bench-$n" -out "$d/$n.csr" &&
+    openssl x509 -req -in "$d/$n.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+      -extfile "$d/$n.ext" -out "$d/$n.crt" || return 1
+  done
+}
+mkcerts >"$WORK/pki.log" 2>&1 || { cat "$WORK/pki.log" >&2; echo "mesh.sh: openssl failed" >&2; exit 1; }
+
+# ------------------------------------------------------------------ helpers
+RES="$WORK/results.tsv"; : >"$RES"
+ERRORS=0
+declare -A PATH_ERRORS=()
+put() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RES"; }
+fail() { # PATH MESSAGE
+  say "ERROR $1: $2"
+  put "$1" error "$2"
+  ERRORS=$((ERRORS + 1)); PATH_ERRORS[$1]=$(( ${PATH_ERRORS[$1]:-0} + 1 ))
+}
+ports() { "$PY" "$H" ports "$1"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+mib() { awk -v k="$1" 'BEGIN{printf "%.2f", k/1024}'; }
+status_kib() { awk -v f="$2:" '$1==f{print $2; exit}' /proc/"$1"/status 2>/dev/null || echo 0; }
+cpu_ticks() { # utime+stime of the process and its reaped children
+  local s
+  s=$(cat /proc/"$1"/stat 2>/dev/null) || { echo 0; return; }
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $(( ${12} + ${13} + ${14} + ${15} ))
+}
+ctx_switches() { # voluntary + involuntary context switches of all threads of the process
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/{n+=$2} END{print n+0}'
+}
+nchildren() { cat /proc/"$1"/task/*/children 2>/dev/null | wc -w; }
+TCK=$(getconf CLK_TCK)
+
+listening() { # PORT: a TCP listener on it (checked in /proc, without connecting)
+  local hex; hex=$(printf '%04X' "$1")
+  grep -q ":$hex 00000000:0000 0A" /proc/net/tcp 2>/dev/null
+}
+wait_listening() { # PORT SECONDS
+  local end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ]; do listening "$1" && return 0; sleep 0.05; done
+  return 1
+}
+redis_ready() { # PORT SECONDS: PONG through the path
+  local end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ]; do
+    [ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+iperf_ready() { # PORT SECONDS: a small transfer through the path (also warms it up)
+  local end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ]; do
+    timeout 15 iperf3 -c 127.0.0.1 -p "$1" -n 8M >/dev/null 2>&1 && return 0
+    sleep 0.3
+  done
+  return 1
+}
+
+# ------------------------------------------------------------------ targets
+read -r REDIS_PORT IPERF_PORT < <(ports 2)
+spawn "$WORK/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --protected-mode no --maxclients $((HOLD + 1000)) --daemonize no
+REDIS_PID=$LAST_PID
+spawn "$WORK/iperf3.log" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
+IPERF_PID=$LAST_PID
+redis_ready "$REDIS_PORT" 10 || { cat "$WORK/redis.log" >&2; echo "mesh.sh: redis-server did not start" >&2; exit 1; }
+wait_listening "$IPERF_PORT" 10 || { cat "$WORK/iperf3.log" >&2; echo "mesh.sh: iperf3 -s did not start" >&2; exit 1; }
+
+# ------------------------------------------------------------------ proxy pairs
+PAIR_N=0
+PAIR_PORT=""
+PAIR_PIDS=()
+RUN_ID=$(printf '%x' $((RANDOM * 32768 + RANDOM)))
+start_pair() { # PATH TARGET_PORT: sets PAIR_PORT (where clients connect) and PAIR_PIDS (client side, server side)
+  local path=$1 tport=$2 pa pb d n
+  PAIR_N=$((PAIR_N + 1)); n=$PAIR_N
+  PAIR_PIDS=(); PAIR_PORT=""
+  d="$WORK/pair$n-$path"; mkdir -p "$d"
+  case $path in
+    direct)
+      PAIR_PORT=$tport; return 0 ;;
+    socat)
+      read -r pa pb < <(ports 2)
+      spawn "$d/b.log" socat "TCP-LISTEN:$pb,bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay" "TCP:127.0.0.1:$tport,nodelay"
+      local sb=$LAST_PID
+      spawn "$d/a.log" socat "TCP-LISTEN:$pa,bind=127.0.0.1,reuseaddr,fork,backlog=4096,nodelay" "TCP:127.0.0.1:$pb,nodelay"
+      PAIR_PIDS=("$LAST_PID" "$sb") ;;
+    stunnel)
+      read -r pa pb < <(ports 2)
+      local k="$WORK/pki"
+      cat >"$d/server.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+syslog = no
+[bench]
+accept = 127.0.0.1:$pb
+connect = 127.0.0.1:$tport
+cert = $k/server.crt
+key = $k/server.key
+CAfile = $k/ca.crt
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+EOF
+      cat >"$d/client.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+syslog = no
+[bench]
+client = yes
+accept = 127.0.0.1:$pa
+connect = 127.0.0.1:$pb
+cert = $k/client.crt
+key = $k/client.key
+CAfile = $k/ca.crt
+verifyChain = yes
+checkHost = bench-server
+sslVersionMin = TLSv1.3
+EOF
+      spawn "$d/server.log" "$STUNNEL" "$d/server.conf"
+      local sb=$LAST_PID
+      spawn "$d/client.log" "$STUNNEL" "$d/client.conf"
+      PAIR_PIDS=("$LAST_PID" "$sb") ;;
+    ambassador)
+      local qp svc=bench
+      read -r pa qp < <(ports 2)
+      [ "$DISCOVERY" = mdns ] && svc="b$RUN_ID-$n"
+      spawn "$d/announce.log" "$AMB" announce "$svc:7000=127.0.0.1:$tport" --interface lo \
+        --node "bprov-$RUN_ID-$n" --bind "127.0.0.1:$qp"
+      local sb=$LAST_PID
+      if [ "$DISCOVERY" = mdns ]; then
+        spawn "$d/connect.log" "$AMB" connect "$svc:$pa" --interface lo --node "bcons-$RUN_ID-$n" \
+          --bind 127.0.0.1:0 --wait 10s
+      else
+        spawn "$d/connect.log" "$AMB" connect "$svc:$pa" --interface lo --node "bcons-$RUN_ID-$n" \
+          --bind 127.0.0.1:0 --backend "127.0.0.1:$qp"
+      fi
+      PAIR_PIDS=("$LAST_PID" "$sb") ;;
+  esac
+  PAIR_PORT=$pa
+  PAIR_DIR=$d
+  if ! wait_listening "$PAIR_PORT" 15; then
+    tail -n 5 "$d"/*.log >&2
+    return 1
+  fi
+  [ -z "${pb:-}" ] || wait_listening "$pb" 5
+}
+stop_pair() {
+  local p
+  for p in "${PAIR_PIDS[@]}"; do kill_tree "$p"; done
+  PAIR_PIDS=()
+}
+pair_alive() { local p; for p in "${PAIR_PIDS[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; }
+SIDES=(c s)
+record_proc_names() {
+  case $1 in
+    socat) put socat proc_c "socat A (client side)"; put socat proc_s "socat B (server side)" ;;
+    stunnel) put stunnel proc_c "stunnel client"; put stunnel proc_s "stunnel server" ;;
+    ambassador) put ambassador proc_c "ambassador connect"; put ambassador proc_s "ambassador announce" ;;
+  esac
+}
+# peak RSS per side: VmHWM, or for a forking proxy (socat) the sampled peak of the process tree
+PEAK_PID=""
+peak_start() {
+  PEAK_PID=""
+  [ "$1" = socat ] || return 0
+  "$PY" "$H" peak "$WORK/peak.out" "${PAIR_PIDS[@]}" &
+  PEAK_PID=$!; PIDS+=("$PEAK_PID")
+}
+peak_put() { # PATH KEY: KEY_c, KEY_s (MiB), KEY (larger)
+  local path=$1 key=$2 i v max=0 pid
+  declare -A tree=()
+  if [ -n "$PEAK_PID" ]; then
+    kill -TERM "$PEAK_PID" 2>/dev/null
+    for i in $(seq 1 50); do kill -0 "$PEAK_PID" 2>/dev/null || break; sleep 0.1; done
+    wait "$PEAK_PID" 2>/dev/null
+    while read -r pid v; do tree[$pid]=$v; done <"$WORK/peak.out"
+  fi
+  for i in 0 1; do
+    pid=${PAIR_PIDS[$i]}
+    v=$(status_kib "$pid" VmHWM)
+    [ "${tree[$pid]:-0}" -gt "$v" ] && v=${tree[$pid]}
+    put "$path" "${key}_${SIDES[$i]}" "$(mib "$v")"
+    [ "$v" -gt "$max" ] && max=$v
+  done
+  put "$path" "$key" "$(mib "$max")"
+}
+
+# ------------------------------------------------------------------ measurements
+# Each call measures once and records raw figures; with --repeat the calls are interleaved
+# (rounds over all paths) and the report keeps the median of each figure.
+REP=0
+# redis-benchmark GET/SET at 1 and 50 clients, idle RSS, peak RSS, then the connection rate.
+phase_redis() {
+  local path=$1 port c n f t rps p50 p99 i line=""
+  if ! start_pair "$path" "$REDIS_PORT" || ! redis_ready "$PAIR_PORT" 20; then
+    fail "$path" "the $path pair to redis did not come up"; stop_pair; return
+  fi
+  port=$PAIR_PORT
+  if [ ${#PAIR_PIDS[@]} = 2 ]; then
+    record_proc_names "$path"
+    sleep "$SETTLE" # idle, after one PING went through (the QUIC connection exists)
+    local v max=0
+    for i in 0 1; do
+      v=$(status_kib "${PAIR_PIDS[$i]}" VmRSS)
+      put "$path" "rss_idle_${SIDES[$i]}" "$(mib "$v")"; [ "$v" -gt "$max" ] && max=$v
+    done
+    put "$path" rss_idle "$(mib "$max")"
+    peak_start "$path"
+  fi
+  for c in 1 50; do
+    n=$N1; [ "$c" = 50 ] && n=$N50
+    f="$WORK/rb-$path-$c-$REP.csv"
+    local t0=0 t1
+    [ ${#PAIR_PIDS[@]} = 2 ] && t0=$(( $(cpu_ticks "${PAIR_PIDS[0]}") + $(cpu_ticks "${PAIR_PIDS[1]}") ))
+    # bounded: at worst 200 requests/s
+    if ! timeout $((n / 100 + 30)) redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$n" -c "$c" --csv >"$f" 2>"$f.err"; then
+      fail "$path" "redis-benchmark -c $c failed: $(tail -n 2 "$f.err" | tr '\n' ' ')"; continue
+    fi
+    if [ ${#PAIR_PIDS[@]} = 2 ]; then
+      # CPU of both proxies per request (SET + GET runs; a forking proxy's children once reaped)
+      for i in $(seq 1 30); do [ "$(nchildren "${PAIR_PIDS[0]}")$(nchildren "${PAIR_PIDS[1]}")" = 00 ] && break; sleep 0.1; done
+      t1=$(( $(cpu_ticks "${PAIR_PIDS[0]}") + $(cpu_ticks "${PAIR_PIDS[1]}") ))
+      put "$path" "cpu_req_$c" "$(awk -v t="$((t1 - t0))" -v k="$TCK" -v n="$((2 * n))" 'BEGIN{printf "%.2f", t/k/n*1e6}')"
+    fi
+    while read -r t rps p50 p99; do
+      t=$(echo "$t" | tr 'A-Z' 'a-z')
+      put "$path" "${t}_rps_$c" "$rps"; put "$path" "${t}_p50_$c" "$p50"; put "$path" "${t}_p99_$c" "$p99"
+      [ "$t" = get ] && line+="GET@$c ${rps%.*}/s p50 $p50 ms; "
+    done < <("$PY" "$H" rbench "$f")
+  done
+  [ ${#PAIR_PIDS[@]} = 2 ] && peak_put "$path" rss_redis
+  # new connections per second: connect, PING, PONG, close; 32 in parallel
+  local out e
+  out=$(timeout $((CONN_T + 30)) "$WORK/connrate" 127.0.0.1 "$port" 32 "$CONN_T" "$CONN_MAX")
+  if [ -z "$out" ]; then
+    fail "$path" "connection-rate client failed"
+  else
+    put "$path" conn_rate "$(echo "$out" | sed 's/.*rate=\([0-9.]*\).*/\1/')"
+    put "$path" conn_p50 "$(echo "$out" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')"
+    e=$(echo "$out" | sed 's/.*errors=\([0-9]*\).*/\1/')
+    [ "$e" = 0 ] || put "$path" conn_errors "$e"
+    line+="$(echo "$out" | sed 's/.*rate=\([0-9]*\).*/\1/') conn/s"
+    [ "$e" = 0 ] || line+=" ($e failed)"
+  fi
+  say "$path: $line"
+  pair_alive || fail "$path" "a proxy process died during the redis measurements"
+  stop_pair
+}
+
+# iperf3 bulk: 1 and 8 streams, both directions; CPU seconds per GB of each proxy.
+phase_bulk() {
+  local path=$1 port cfg key flags f bps bytes c0 c1 s0 s1 x0 y0 i line=""
+  if ! start_pair "$path" "$IPERF_PORT" || ! iperf_ready "$PAIR_PORT" 30; then
+    fail "$path" "the $path pair to iperf3 did not come up"; stop_pair; return
+  fi
+  port=$PAIR_PORT
+  local two=0; [ ${#PAIR_PIDS[@]} = 2 ] && two=1
+  [ $two = 1 ] && peak_start "$path"
+  local cpu_c=0 cpu_s=0 ctx_c=0 ctx_s=0 total=0
+  for cfg in "up1:" "down1:-R" "up8:-P 8" "down8:-P 8 -R"; do
+    key=${cfg%%:*}; flags=${cfg#*:}
+    f="$WORK/iperf-$path-$key-$REP.json"
+    if [ $two = 1 ]; then
+      c0=$(cpu_ticks "${PAIR_PIDS[0]}"); s0=$(cpu_ticks "${PAIR_PIDS[1]}")
+      x0=$(ctx_switches "${PAIR_PIDS[0]}"); y0=$(ctx_switches "${PAIR_PIDS[1]}")
+    fi
+    # shellcheck disable=SC2086
+    timeout $((IPERF_T + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_T" -J $flags >"$f" 2>"$f.err"
+    if ! read -r bps bytes < <("$PY" "$H" iperf "$f" 2>>"$f.err"); then
+      fail "$path" "iperf3 $key failed: $(tail -n 2 "$f.err" | tr '\n' ' ')"; sleep 1; continue
+    fi
+    if [ $two = 1 ]; then
+      # a forking proxy's children count once reaped: wait for them (bounded)
+      for i in $(seq 1 30); do [ "$(nchildren "${PAIR_PIDS[0]}")$(nchildren "${PAIR_PIDS[1]}")" = 00 ] && break; sleep 0.1; done
+      c1=$(cpu_ticks "${PAIR_PIDS[0]}"); s1=$(cpu_ticks "${PAIR_PIDS[1]}")
+      cpu_c=$((cpu_c + c1 - c0)); cpu_s=$((cpu_s + s1 - s0))
+      ctx_c=$((ctx_c + $(ctx_switches "${PAIR_PIDS[0]}") - x0)); ctx_s=$((ctx_s + $(ctx_switches "${PAIR_PIDS[1]}") - y0))
+    fi
+    total=$((total + bytes))
+    bps=$(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}')
+    put "$path" "bulk_$key" "$bps"
+    line+="$key $bps Gbit/s; "
+  done
+  if [ $two = 1 ]; then
+    peak_put "$path" rss_bulk
+    if [ "$total" -gt 0 ]; then
+      put "$path" cpu_gb_c "$(awk -v t="$cpu_c" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+      put "$path" cpu_gb_s "$(awk -v t="$cpu_s" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+      if [ "$path" = ambassador ]; then # others' per-connection threads/children take their counts with them
+        put "$path" ctx_mb_c "$(awk -v t="$ctx_c" -v b="$total" 'BEGIN{printf "%.2f", t/(b/1e6)}')"
+        put "$path" ctx_mb_s "$(awk -v t="$ctx_s" -v b="$total" 'BEGIN{printf "%.2f", t/(b/1e6)}')"
+      fi
+      put "$path" cpu_gb "$(awk -v t="$((cpu_c + cpu_s))" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+      line+="$(awk -v t="$((cpu_c + cpu_s))" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.2f", t/k/(b/1e9)}') CPU s/GB"
+    fi
+  fi
+  say "$path: $line"
+  pair_alive || fail "$path" "a proxy process died during the bulk runs"
+  stop_pair
+}
+
+# perf profile of both ambassadors during one upload and one download run: where the CPU goes
+# (grouped, then the top symbols) and how many syscalls and context switches each byte costs.
+PROFILE="$WORK/profile.md"
+PERF_EVENTS="task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait"
+phase_profile() {
+  local port dir key flags side pid perfs name bytes bps
+  say "ambassador: perf profile of bulk runs"
+  if ! start_pair ambassador "$IPERF_PORT" || ! iperf_ready "$PAIR_PORT" 30; then
+    fail ambassador "the ambassador pair to iperf3 did not come up for profiling"; stop_pair; return
+  fi
+  port=$PAIR_PORT
+  {
+    echo "### Profile of the ambassador pair (perf, single-stream bulk, 3 s each way)"
+    echo
+    echo "perf record -F 1999 (flat, no call graphs) and perf stat on each ambassador process while iperf3"
+    echo "runs through the pair. Shares are of that process's samples (user + kernel)."
+    echo
+  } >"$PROFILE"
+  for dir in "up1:" "down1:-R"; do
+    key=${dir%%:*}; flags=${dir#*:}
+    perfs=()
+    for side in 0 1; do
+      pid=${PAIR_PIDS[$side]}
+      timeout 20 perf record -q -F 1999 -o "$WORK/perf-$key-$side.data" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
+      PIDS+=($!); perfs+=($!)
+      timeout 20 perf stat -x, -e "$PERF_EVENTS" -o "$WORK/perfstat-$key-$side.csv" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
+      PIDS+=($!); perfs+=($!)
+    done
+    sleep 0.3
+    # shellcheck disable=SC2086
+    timeout 40 iperf3 -c 127.0.0.1 -p "$port" -t 3 -J $flags >"$WORK/perf-$key.json" 2>/dev/null
+    for pid in "${perfs[@]}"; do wait "$pid"; done
+    read -r bps bytes < <("$PY" "$H" iperf "$WORK/perf-$key.json" 2>/dev/null) || { bps=0; bytes=0; }
+    for side in 0 1; do
+      name="ambassador connect (client side)"; [ "$side" = 1 ] && name="ambassador announce (server side)"
+      {
+        echo "#### $key ($( [ "$key" = up1 ] && echo "client→target" || echo "target→client")), $name: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s"
+        echo
+        echo '```'
+        "$PY" "$H" perfstat "$WORK/perfstat-$key-$side.csv" "$bytes"
+        echo
+        perf report -i "$WORK/perf-$key-$side.data" --no-children --sort dso,sym --stdio 2>/dev/null | "$PY" "$H" perfcat
+        echo
+        perf report -i "$WORK/perf-$key-$side.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+          grep -v '^#' | grep -v '^$' | head -n 15
+        echo '```'
+        echo
+      } >>"$PROFILE"
+    done
+  done
+  stop_pair
+}
+
+# 10,000 idle connections through one ambassador pair: RSS growth per connection.
+phase_hold() {
+  local port held out i line end
+  say "ambassador: holding $HOLD idle connections"
+  if ! start_pair ambassador "$REDIS_PORT" || ! redis_ready "$PAIR_PORT" 20; then
+    fail ambassador "the ambassador pair for the idle-connection test did not come up"; stop_pair; return
+  fi
+  port=$PAIR_PORT
+  put ambassador hold_count "$HOLD"
+  sleep "$SETTLE"
+  local r0=() r1=() r2=()
+  for i in 0 1; do r0[$i]=$(status_kib "${PAIR_PIDS[$i]}" VmRSS); done
+  rm -f "$WORK/hold.in"; mkfifo "$WORK/hold.in"
+  exec 5<>"$WORK/hold.in"
+  "$PY" "$HERE/hold.py" "$port" "$HOLD" --hold-max 300 <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
+  local hp=$!; PIDS+=("$hp")
+  end=$((SECONDS + 60 + HOLD / 50))
+  while [ $SECONDS -lt $end ] && ! grep -q '^held=' "$WORK/hold.out" && kill -0 $hp 2>/dev/null; do sleep 0.2; done
+  line=$(grep '^held=' "$WORK/hold.out")
+  if [ -z "$line" ]; then
+    fail ambassador "idle-connection holder did not finish opening: $(tail -n 3 "$WORK/hold.out" | tr '\n' ' ')"
+    exec 5>&-; kill_tree "$hp"; stop_pair; return
+  fi
+  say "ambassador: $line"
+  held=$(echo "$line" | sed 's/held=\([0-9]*\).*/\1/')
+  put ambassador hold_held "$held"
+  put ambassador hold_seconds "$(echo "$line" | sed 's/.*seconds=\([0-9.]*\).*/\1/')"
+  sleep "$SETTLE" # let allocations settle while idle
+  for i in 0 1; do
+    local pid=${PAIR_PIDS[$i]}
+    r1[$i]=$(status_kib "$pid" VmRSS)
+    put ambassador "hold_rss0_${SIDES[$i]}" "$(mib "${r0[$i]}")"
+    put ambassador "hold_rss1_${SIDES[$i]}" "$(mib "${r1[$i]}")"
+    put ambassador "hold_fds1_${SIDES[$i]}" "$(ls /proc/"$pid"/fd 2>/dev/null | wc -l)"
+    put ambassador "hold_threads1_${SIDES[$i]}" "$(status_kib "$pid" Threads)"
+    [ "$held" -gt 0 ] && put ambassador "hold_per_conn_${SIDES[$i]}" \
+      "$(awk -v a="${r0[$i]}" -v b="${r1[$i]}" -v n="$held" 'BEGIN{printf "%.2f", (b-a)/n}')"
+  done
+  echo close >&5
+  end=$((SECONDS + 60))
+  while [ $SECONDS -lt $end ] && ! grep -q '^closed=' "$WORK/hold.out" && kill -0 $hp 2>/dev/null; do sleep 0.2; done
+  exec 5>&-
+  local closed; closed=$(grep '^closed=' "$WORK/hold.out")
+  wait $hp 2>/dev/null
+  sleep "$SETTLE"
+  for i in 0 1; do
+    r2[$i]=$(status_kib "${PAIR_PIDS[$i]}" VmRSS)
+    put ambassador "hold_rss2_${SIDES[$i]}" "$(mib "${r2[$i]}")"
+  done
+  local note errs
+  errs=$(echo "$line" | sed 's/.*errors=//')
+  note="holder: ${closed:-did not report closing}; errors while opening: $errs"
+  redis_ready "$port" 5 && note+="; the pair still answers PING afterwards" || note+="; the pair does NOT answer PING afterwards"
+  pair_alive || note+="; an ambassador process died"
+  [ -n "$HOLD_NOTE" ] && note+="; $HOLD_NOTE"
+  put ambassador hold_note "$note"
+  say "ambassador: $note"
+  stop_pair
+}
+
+# ------------------------------------------------------------------ run
+T0=$SECONDS
+LOAD0=$(cut -d' ' -f1 /proc/loadavg)
+say "work dir $WORK; paths: $SEL_PATHS; ambassador discovery: $DISCOVERY; $([ $QUICK = 1 ] && echo quick || echo full) run"
+ORDER=($SEL_PATHS)
+for REP in $(seq 1 "$REPEAT"); do
+  # rotate the order of the paths each round, so that no path always runs first or last
+  k=$(( (REP - 1) % ${#ORDER[@]} ))
+  ROUND=("${ORDER[@]:$k}" "${ORDER[@]:0:$k}")
+  [ "$REPEAT" -gt 1 ] && say "round $REP of $REPEAT: ${ROUND[*]}"
+  for p in "${ROUND[@]}"; do phase_redis "$p"; done
+  for p in "${ROUND[@]}"; do phase_bulk "$p"; done
+done
+case " $SEL_PATHS " in *" ambassador "*) [ "$PERF" = 1 ] && phase_profile ;; esac
+case " $SEL_PATHS " in *" ambassador "*) [ "$HOLD" -gt 0 ] && phase_hold ;; esac
+
+# ------------------------------------------------------------------ report
+META="$WORK/meta.tsv"
+{
+  printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf 'kernel\t%s\n' "$(uname -r)"
+  printf 'nproc\t%s\n' "$(nproc)"
+  printf 'load\t1-min load average %s at the start, %s at the end (anything above ~0.5 means other work shared the CPUs)\n' "$LOAD0" "$(cut -d' ' -f1 /proc/loadavg)"
+  printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
+  printf 'ambassador\t%s\n' "$AMB_DESC"
+  printf 'discovery\t%s\n' "$([ "$DISCOVERY" = mdns ] && echo "mDNS on lo" || echo "static (connect --backend 127.0.0.1:QUIC_PORT)")"
+  printf 'tools\t%s; %s; %s; redis %s; %s\n' "$(iperf3 --version 2>&1 | head -n1 | awk '{print $1" "$2}')" \
+    "$(socat -V 2>/dev/null | awk '/socat version/{print "socat "$3; exit}')" \
+    "$("$STUNNEL" -version 2>&1 | awk '/^stunnel/{print $1" "$2; exit}')" \
+    "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')" "$(openssl version | awk '{print $1" "$2}')"
+  printf 'settings\tiperf3 -t %s; redis-benchmark -t set,get -n %s (1 client) / -n %s (50 clients); connection rate %s s x 32 threads; %s idle connections; median of %s\n' \
+    "$IPERF_T" "$N1" "$N50" "$CONN_T" "$HOLD" "$REPEAT"
+} >"$META"
+REPORT="$WORK/report.md"
+"$PY" "$H" report "$RES" "$META" "$([ $QUICK = 1 ] && echo quick || echo full)" >"$REPORT" || { echo "mesh.sh: report failed" >&2; exit 1; }
+[ -s "$PROFILE" ] && cat "$PROFILE" >>"$REPORT"
+echo
+cat "$REPORT"
+echo
+
+if [ "$WRITE" = 1 ]; then
+  MARK='<!-- Everything below this line is kept when benches/mesh.sh rewrites this file. -->'
+  KEEP=""
+  [ -f "$OUT" ] && KEEP=$(awk -v m="$MARK" 'f{print} $0==m{f=1}' "$OUT")
+  {
+    echo "# Benchmark results"
+    echo
+    echo "Written by \`benches/mesh.sh\` (issue 4): client → proxy pair → target, all on loopback,"
+    echo "each path measured in the same run. Rerun with \`benches/mesh.sh\` (about 5 minutes; see benches/README.md)."
+    echo
+    cat "$REPORT"
+    echo
+    echo "$MARK"
+    if [ -n "$KEEP" ]; then printf '%s\n' "$KEEP"; else printf '\n## Notes\n'; fi
+  } >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+  say "wrote $OUT"
+fi
+
+for p in $SEL_PATHS; do
+  if [ "${PATH_ERRORS[$p]:-0}" = 0 ]; then echo "summary: $p ok"; else echo "summary: $p ${PATH_ERRORS[$p]} error(s)"; fi
+done
+say "done in $((SECONDS - T0)) s"
+[ "$ERRORS" = 0 ]
