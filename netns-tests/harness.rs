@@ -315,8 +315,12 @@ impl Lan {
     fn command_in(&self, ns: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).args(args);
-        // A throw-away config dir, so that no default mesh key is ever made outside the test.
+        // A throw-away config dir, so that no default mesh key is ever made outside the test;
+        // and a runtime dir of its own, so that `ambassador status` in one test lists the nodes
+        // of that test only (status sockets live in $XDG_RUNTIME_DIR/ambassador, and
+        // namespaces share the filesystem).
         cmd.env("XDG_CONFIG_HOME", self.dir())
+            .env("XDG_RUNTIME_DIR", self.dir())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .process_group(0);

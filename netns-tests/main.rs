@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo test --release --test netns -- --nocapture`
 
+mod failover;
 mod harness;
 
 use std::fs;

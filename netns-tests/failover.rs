@@ -1,0 +1,816 @@
+//! Fail-over, load balancing and health across hosts (issue 3, point 7 a–d): several providers
+//! of one service, and a consumer whose clients must never see an instance die.
+//!
+//! Faults (a killed ambassador, a killed Redis, a cut link) are injected while client loops run
+//! on the consumer host, between two of their connections: every loop pauses at a gate for the
+//! instant of the injection (a few milliseconds). A connection that already handed bytes to the
+//! failing host cannot be saved by any proxy (its commands may have run there); what these tests
+//! claim is that no connection made after the fault fails, and how long the worst one waits.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::harness::{AMBASSADOR, Host, Lan, Proc, report, wait_until};
+use crate::{SEC, key_str, redis, start_redis};
+
+/// The consumer's default `--peer-timeout`, which the tests rely on (not passed explicitly, so
+/// the documented default is what is measured).
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Seconds since the Unix epoch, the clock the client script stamps its connections with.
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Starts Redis on `host`:6379 holding `who` = the host's name, and `ambassador announce` of it
+/// (node = the host's name, plus `extra` options).
+fn provider(lan: &Lan, host: &Host, key: &Path, extra: &[&str]) -> (Proc, Proc) {
+    let redis_p = start_redis(lan, host, 6379);
+    set_who(lan, host);
+    let mut args = vec![
+        "announce",
+        "redis:6379",
+        "--node",
+        &host.name,
+        "--mesh-key-file",
+        key_str(key),
+    ];
+    args.extend_from_slice(extra);
+    let announce = lan.ambassador(host, &format!("announce-{}", host.name), &args);
+    (redis_p, announce)
+}
+
+fn set_who(lan: &Lan, host: &Host) {
+    let set = redis(lan, host, 6379, &["SET", "who", &host.name]);
+    assert_eq!(set.stdout.trim(), "OK", "SET who on {}: {set:?}", host.name);
+}
+
+/// `ambassador connect SPECS... --node a` on `host`, plus `extra` options.
+fn consumer(lan: &Lan, host: &Host, key: &Path, specs: &[&str], extra: &[&str]) -> Proc {
+    let mut args = vec!["connect"];
+    args.extend_from_slice(specs);
+    args.extend_from_slice(&["--node", "a", "--mesh-key-file", key_str(key)]);
+    args.extend_from_slice(extra);
+    lan.ambassador(host, "connect-a", &args)
+}
+
+/// Runs `GET who` through `port` on `host` until every name of `want` has answered (each new
+/// connection is balanced anew), so the consumer knows every provider before measuring.
+fn wait_all_answer(lan: &Lan, host: &Host, port: u16, want: &[&str], timeout: Duration) {
+    let mut seen: Vec<String> = Vec::new();
+    let all = wait_until(timeout, Duration::from_millis(10), || {
+        let got = redis(lan, host, port, &["GET", "who"]);
+        let who = got.stdout.trim().to_string();
+        if !who.is_empty() && !seen.contains(&who) {
+            seen.push(who);
+        }
+        want.iter().all(|w| seen.iter().any(|s| s == w))
+    });
+    assert!(
+        all,
+        "through port {port} on {} only {seen:?} answered within {timeout:?}, expected {want:?}",
+        host.name
+    );
+}
+
+/// `n` sequential new connections (`redis-cli GET who`) through `port` on `host`; returns how
+/// many each provider answered.
+fn spread(lan: &Lan, host: &Host, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let script = format!("for i in $(seq {n}); do redis-cli -p {port} GET who; done");
+    let out = lan.sh(host, 120 * SEC, &script);
+    assert!(out.ok(), "the {n} connections failed: {out:?}");
+    let answers: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(answers.len(), n, "expected {n} answers: {out:?}");
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `ambassador status --json` (every node of this test: they share the test's runtime dir).
+fn status(lan: &Lan, host: &Host) -> serde_json::Value {
+    let out = lan.run(host, 10 * SEC, &[AMBASSADOR, "status", "--json"]);
+    assert!(out.ok(), "ambassador status failed: {out:?}");
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {out:?}"))
+}
+
+/// Per provider node, (health, total) of `service` as consumer node "a" reports it.
+fn consumer_view(lan: &Lan, host: &Host, service: &str) -> BTreeMap<String, (String, u64)> {
+    let all = status(lan, host);
+    let node = all
+        .as_array()
+        .expect("status --json prints an array")
+        .iter()
+        .find(|n| n["node"] == "a")
+        .unwrap_or_else(|| panic!("status does not list node a: {all}"));
+    let conn = node["connect"]
+        .as_array()
+        .expect("connect[]")
+        .iter()
+        .find(|c| c["service"] == service)
+        .unwrap_or_else(|| panic!("node a does not connect {service}: {node}"));
+    conn["instances"]
+        .as_array()
+        .expect("instances[]")
+        .iter()
+        .map(|i| {
+            // Instance keys are DNS-SD full names: `<service>@<node>._ambassador._udp.local.`.
+            let key = i["instance"].as_str().unwrap_or_default();
+            let node = key
+                .split_once('@')
+                .and_then(|(_, rest)| rest.split('.').next())
+                .unwrap_or(key)
+                .to_string();
+            (
+                node,
+                (
+                    i["health"].as_str().unwrap_or_default().to_string(),
+                    i["total"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Health (`up`) of `service` per node, as `ambassador ls --json` on `host` sees the records.
+fn ls_health(lan: &Lan, host: &Host, key: &Path, service: &str) -> BTreeMap<String, bool> {
+    let out = lan.run(
+        host,
+        20 * SEC,
+        &[
+            AMBASSADOR,
+            "ls",
+            "--json",
+            "--interface",
+            &host.ifname,
+            "--mesh-key-file",
+            key_str(key),
+        ],
+    );
+    assert!(out.ok(), "ambassador ls failed: {out:?}");
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("ls --json printed no JSON ({e}): {out:?}"));
+    rows.as_array()
+        .expect("ls --json prints an array")
+        .iter()
+        .filter(|r| r["service"] == service)
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or_default().to_string(),
+                r["up"]
+                    .as_bool()
+                    .unwrap_or_else(|| panic!("ls row without a boolean \"up\": {r}")),
+            )
+        })
+        .collect()
+}
+
+/// a. Round-robin over three providers spreads 300 connections 100 ± 10 each; weights 1:3 split
+/// 400 connections 1:3 within 10 %.
+#[test]
+fn round_robin_and_weights_spread_connections() {
+    let Some(lan) = Lan::new(&["a", "b", "c", "d"]) else {
+        return;
+    };
+    let (a, b, c, d) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("d"));
+    let key = lan.mesh_key("mesh");
+    for h in [&b, &c, &d] {
+        provider(&lan, h, &key, &[]);
+    }
+    // The weighted service: the same Redis of B and C, announced a second time as `redisw`
+    // by a node of its own with a weight (the weight is per announcing node).
+    for (h, weight) in [(&b, "1"), (&c, "3")] {
+        let node = format!("{}w", h.name);
+        lan.ambassador(
+            h,
+            &format!("announce-{node}"),
+            &[
+                "announce",
+                "redisw:6390=127.0.0.1:6379",
+                "--weight",
+                weight,
+                "--node",
+                &node,
+                "--mesh-key-file",
+                key_str(&key),
+            ],
+        );
+    }
+    consumer(
+        &lan,
+        &a,
+        &key,
+        &["redis", "redisw"],
+        &["--policy", "round-robin"],
+    );
+    wait_all_answer(&lan, &a, 6379, &["b", "c", "d"], 20 * SEC);
+    wait_all_answer(&lan, &a, 6390, &["b", "c"], 20 * SEC);
+
+    // Even round-robin.
+    let before = consumer_view(&lan, &a, "redis");
+    let t0 = Instant::now();
+    let counts = spread(&lan, &a, 6379, 300);
+    let took = t0.elapsed();
+    report(&format!(
+        "FIGURE round-robin over 3 providers, 300 connections: {counts:?} ({took:.2?}, {:.1} ms per connection)",
+        took.as_secs_f64() * 1000.0 / 300.0
+    ));
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["b", "c", "d"],
+        "unexpected answers: {counts:?}"
+    );
+    for (who, n) in &counts {
+        assert!(
+            (90..=110).contains(n),
+            "round-robin gave {who} {n} of 300 connections (want 100 ± 10): {counts:?}"
+        );
+    }
+    // The status socket counts the same connections.
+    let after = consumer_view(&lan, &a, "redis");
+    for (who, n) in &counts {
+        let was = before.get(who).map_or(0, |s| s.1);
+        let (health, total) = after
+            .get(who)
+            .unwrap_or_else(|| panic!("status lists no instance of {who}: {after:?}"));
+        assert_eq!(health, "healthy", "status: {after:?}");
+        assert_eq!(
+            (total - was) as usize,
+            *n,
+            "status counts another number of connections to {who}: before {before:?}, after {after:?}"
+        );
+    }
+
+    // Weights 1:3.
+    let counts = spread(&lan, &a, 6390, 400);
+    let (nb, nc) = (
+        counts.get("b").copied().unwrap_or(0),
+        counts.get("c").copied().unwrap_or(0),
+    );
+    report(&format!(
+        "FIGURE round-robin with weights 1:3, 400 connections: b {nb}, c {nc} (1:{:.2})",
+        nc as f64 / nb.max(1) as f64
+    ));
+    assert_eq!(nb + nc, 400, "unexpected answers: {counts:?}");
+    assert!(
+        (90..=110).contains(&nb) && (270..=330).contains(&nc),
+        "weights 1:3 gave b {nb}, c {nc} of 400 (want 100 and 300 within 10 %)"
+    );
+}
+
+/// A client running inside the consumer host: `threads` loops of short connections (connect,
+/// SET, GET, GET who, close), each connection one JSON line in the results file; the loops pause
+/// at the gate while `<gate>/hold` exists (each shows it with `<gate>/held-N`) and stop when
+/// `<gate>/stop` exists.
+const CLIENT: &str = r#"
+import json, os, socket, sys, threading, time
+
+out, gate, nthreads, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+results = open(out, "a", buffering=1)
+lock = threading.Lock()
+
+def line(r):
+    l = r.readline()
+    if not l.endswith(b"\r\n"):
+        raise IOError("connection closed mid-reply: %r" % l)
+    return l[:-2]
+
+def bulk(r):
+    h = line(r)
+    if not h.startswith(b"$"):
+        raise IOError("unexpected reply %r" % h)
+    n = int(h[1:])
+    if n < 0:
+        return None
+    d = r.read(n + 2)
+    if len(d) != n + 2:
+        raise IOError("short reply")
+    return d[:-2]
+
+def one(tid, i):
+    key, val = "k%d-%d" % (tid, i), "v%d-%d-%f" % (tid, i, time.time())
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        r = s.makefile("rb")
+        s.sendall(("SET %s %s\r\n" % (key, val)).encode())
+        l = line(r)
+        if l != b"+OK":
+            raise IOError("SET answered %r" % l)
+        s.sendall(("GET %s\r\n" % key).encode())
+        v = bulk(r)
+        if v != val.encode():
+            raise IOError("GET answered %r, not %r" % (v, val))
+        s.sendall(b"GET who\r\n")
+        who = bulk(r)
+        return "?" if who is None else who.decode()
+    finally:
+        s.close()
+
+def worker(tid):
+    i = 0
+    held = os.path.join(gate, "held-%d" % tid)
+    while not os.path.exists(os.path.join(gate, "stop")):
+        if os.path.exists(os.path.join(gate, "hold")):
+            open(held, "w").close()
+            while os.path.exists(os.path.join(gate, "hold")):
+                time.sleep(0.001)
+            os.remove(held)
+            continue
+        i += 1
+        t0, who, err = time.time(), None, None
+        try:
+            who = one(tid, i)
+        except Exception as e:
+            err = repr(e)
+        t1 = time.time()
+        with lock:
+            results.write(json.dumps({"tid": tid, "start": t0, "end": t1, "who": who, "err": err}) + "\n")
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
+/// One connection of the client.
+#[derive(Debug, Clone)]
+struct Conn {
+    start: f64,
+    end: f64,
+    who: Option<String>,
+    err: Option<String>,
+}
+
+impl Conn {
+    fn latency(&self) -> Duration {
+        Duration::from_secs_f64((self.end - self.start).max(0.0))
+    }
+}
+
+/// The client loops of [`CLIENT`], running on a host.
+struct Client {
+    proc: Proc,
+    results: PathBuf,
+    gate: PathBuf,
+    threads: usize,
+}
+
+impl Client {
+    fn start(lan: &Lan, host: &Host, port: u16, threads: usize) -> Client {
+        let script = lan.path("client.py");
+        fs::write(&script, CLIENT).expect("write client script");
+        let gate = lan.path("gate");
+        fs::create_dir_all(&gate).expect("gate dir");
+        let results = lan.path("client.jsonl");
+        let proc = lan.spawn(
+            host,
+            "client",
+            &[
+                "python3",
+                script.to_str().unwrap(),
+                results.to_str().unwrap(),
+                gate.to_str().unwrap(),
+                &threads.to_string(),
+                &port.to_string(),
+            ],
+        );
+        Client {
+            proc,
+            results,
+            gate,
+            threads,
+        }
+    }
+
+    /// Every connection finished so far.
+    fn conns(&self) -> Vec<Conn> {
+        let text = fs::read_to_string(&self.results).unwrap_or_default();
+        text.lines()
+            // A line being written has no newline yet, and does not parse.
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| Conn {
+                start: v["start"].as_f64().unwrap_or(0.0),
+                end: v["end"].as_f64().unwrap_or(0.0),
+                who: v["who"].as_str().map(str::to_string),
+                err: v["err"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+
+    /// Waits until `n` connections have finished.
+    fn wait_conns(&self, lan: &Lan, n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, Duration::from_millis(20), || {
+            self.conns().len() >= n
+        });
+        assert!(
+            ok,
+            "the client finished only {} connections within {timeout:?}; its log: {}",
+            self.conns().len(),
+            lan.log(&self.proc)
+        );
+    }
+
+    /// Runs `fault` while every loop waits between two connections; returns the epoch time
+    /// right after it.
+    fn between_connections(&self, lan: &Lan, fault: impl FnOnce()) -> f64 {
+        let hold = self.gate.join("hold");
+        fs::write(&hold, "").expect("create the hold file");
+        let held = wait_until(10 * SEC, Duration::from_millis(1), || {
+            (0..self.threads).all(|t| self.gate.join(format!("held-{t}")).exists())
+        });
+        assert!(
+            held,
+            "the client loops did not pause within 10 s; its log: {}",
+            lan.log(&self.proc)
+        );
+        fault();
+        let t = now_epoch();
+        fs::remove_file(&hold).expect("remove the hold file");
+        t
+    }
+
+    /// Stops the loops and returns every connection.
+    fn stop(&self, lan: &Lan) -> Vec<Conn> {
+        fs::write(self.gate.join("stop"), "").expect("create the stop file");
+        let status = lan.wait_exit(&self.proc, 40 * SEC);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the client did not stop cleanly ({status:?}); its log: {}",
+            lan.log(&self.proc)
+        );
+        self.conns()
+    }
+}
+
+/// Asserts that no connection failed; prints the failures otherwise.
+fn assert_no_failure(conns: &[Conn], what: &str) {
+    let failed: Vec<&Conn> = conns.iter().filter(|c| c.err.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} connections failed, e.g. {:?}",
+        failed.len(),
+        conns.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+fn count_who(conns: &[Conn]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for c in conns {
+        *counts
+            .entry(c.who.clone().unwrap_or_else(|| "(failed)".into()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn worst(conns: &[Conn]) -> Duration {
+    conns.iter().map(Conn::latency).max().unwrap_or_default()
+}
+
+fn median(conns: &[Conn]) -> Duration {
+    let mut l: Vec<Duration> = conns.iter().map(Conn::latency).collect();
+    l.sort();
+    l.get(l.len() / 2).copied().unwrap_or_default()
+}
+
+/// Occurrences of `needle` in the log of `p`.
+fn log_count(lan: &Lan, p: &Proc, needle: &str) -> usize {
+    lan.log(p).matches(needle).count()
+}
+
+/// Waits until `needle` occurs in the log of `p` more often than `before` times; returns when.
+fn wait_log_more(
+    lan: &Lan,
+    p: &Proc,
+    needle: &str,
+    before: usize,
+    timeout: Duration,
+) -> Option<f64> {
+    wait_until(timeout, Duration::from_millis(5), || {
+        log_count(lan, p, needle) > before
+    })
+    .then(now_epoch)
+}
+
+/// b. While short connections run, one provider host's ambassador is SIGKILLed: no connection
+/// fails, and the worst one waits about the peer timeout (detection), then is retried elsewhere.
+#[test]
+fn sigkilled_provider_is_failed_over_without_errors() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    let (_, announce_b) = provider(&lan, &b, &key, &[]);
+    provider(&lan, &c, &key, &[]);
+    let connect = consumer(&lan, &a, &key, &["redis"], &[]);
+    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+
+    let client = Client::start(&lan, &a, 6379, 4);
+    client.wait_conns(&lan, 200, 20 * SEC);
+    let lost_before = log_count(&lan, &connect, "peer connection lost");
+    let t_kill = client.between_connections(&lan, || {
+        lan.signal(&announce_b, "KILL");
+        assert!(
+            lan.wait_exit(&announce_b, 5 * SEC).is_some(),
+            "B's ambassador survived SIGKILL"
+        );
+    });
+    let t_detect = wait_log_more(
+        &lan,
+        &connect,
+        "peer connection lost",
+        lost_before,
+        PEER_TIMEOUT + 10 * SEC,
+    );
+    let after_detect = client.conns().len();
+    // Some more connections once the dead peer is known.
+    client.wait_conns(&lan, after_detect + 200, 20 * SEC);
+    let view = consumer_view(&lan, &a, "redis");
+    let conns = client.stop(&lan);
+
+    let detection = t_detect.map(|t| Duration::from_secs_f64(t - t_kill));
+    let before: Vec<Conn> = conns.iter().filter(|c| c.end < t_kill).cloned().collect();
+    let spike: Vec<Conn> = conns.iter().filter(|c| c.end >= t_kill).cloned().collect();
+    let slow = spike
+        .iter()
+        .filter(|c| c.latency() > Duration::from_millis(500))
+        .count();
+    report(&format!(
+        "FIGURE SIGKILL of a provider's ambassador: detection (kill to \"peer connection lost\" on the consumer) {detection:.2?}; \
+         worst connection {:.2?} ({slow} took > 0.5 s), median {:.2?} before the kill; {} connections, {:?} before the kill, {:?} after",
+        worst(&conns),
+        median(&before),
+        conns.len(),
+        count_who(&before),
+        count_who(&spike),
+    ));
+    assert_no_failure(&conns, "SIGKILL of B's ambassador");
+    let detection = detection.expect("the consumer never logged \"peer connection lost\"");
+    assert!(
+        detection < PEER_TIMEOUT + 2 * SEC,
+        "the dead peer was noticed only after {detection:?} (peer timeout {PEER_TIMEOUT:?})"
+    );
+    assert!(
+        worst(&conns) < PEER_TIMEOUT + 3 * SEC,
+        "a connection waited {:?}: more than the detection/retry bound",
+        worst(&conns)
+    );
+    assert!(
+        count_who(&before).get("b").is_some_and(|n| *n > 10),
+        "B carried too little before the kill to prove anything: {:?}",
+        count_who(&before)
+    );
+    // Once the loss is known, B is ejected and everything goes to C at once.
+    let t_detect = t_detect.unwrap();
+    let late: Vec<&Conn> = conns.iter().filter(|c| c.start > t_detect).collect();
+    assert!(late.len() >= 100, "too few connections after the detection");
+    assert!(
+        late.iter().all(|c| c.who.as_deref() == Some("c")),
+        "connections after the detection still reached B: {:?}",
+        count_who(&late.into_iter().cloned().collect::<Vec<_>>())
+    );
+    assert_eq!(
+        view.get("b").map(|s| s.0.as_str()),
+        Some("ejected"),
+        "status on A: {view:?}"
+    );
+    assert_eq!(
+        view.get("c").map(|s| s.0.as_str()),
+        Some("healthy"),
+        "status on A: {view:?}"
+    );
+}
+
+/// c. A provider's Redis is killed while its ambassador stays: no connection fails, the record
+/// is marked down within two health intervals, and a restarted Redis is used again.
+#[test]
+fn dead_target_is_marked_down_and_comes_back() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let health = ["--health-interval", "1s"];
+    let (redis_b, announce_b) = provider(&lan, &b, &key, &health);
+    provider(&lan, &c, &key, &health);
+    consumer(&lan, &a, &key, &["redis"], &[]);
+    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+    // A browse may miss a record that was multicast less than a second before: poll.
+    let both_up = BTreeMap::from([("b".to_string(), true), ("c".to_string(), true)]);
+    let mut seen = BTreeMap::new();
+    assert!(
+        wait_until(20 * SEC, Duration::from_millis(10), || {
+            seen = ls_health(&lan, &a, &key, "redis");
+            seen == both_up
+        }),
+        "ls on A before the kill: {seen:?}"
+    );
+
+    let client = Client::start(&lan, &a, 6379, 2);
+    client.wait_conns(&lan, 100, 20 * SEC);
+    let t_kill = client.between_connections(&lan, || {
+        lan.signal(&redis_b, "KILL");
+        assert!(
+            lan.wait_exit(&redis_b, 5 * SEC).is_some(),
+            "B's Redis survived SIGKILL"
+        );
+    });
+    let t_down = wait_log_more(&lan, &announce_b, "target is down", 0, 10 * SEC)
+        .map(|t| Duration::from_secs_f64(t - t_kill));
+    // Two health intervals after the kill, any browser on A finds B's record down: the first
+    // `ls` started after that moment that lists B at all must say down.
+    let marked_by = t_kill + (2 * INTERVAL + SEC / 2).as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64((marked_by - now_epoch()).max(0.0)));
+    let mut b_in_ls = None;
+    wait_until(10 * SEC, Duration::from_millis(10), || {
+        b_in_ls = ls_health(&lan, &a, &key, "redis").get("b").copied();
+        b_in_ls.is_some()
+    });
+    let n = client.conns().len();
+    client.wait_conns(&lan, n + 100, 20 * SEC);
+
+    // Redis comes back.
+    let t_restart = now_epoch();
+    start_redis(&lan, &b, 6379);
+    set_who(&lan, &b);
+    let t_up = wait_log_more(&lan, &announce_b, "target is up again", 0, 10 * SEC)
+        .map(|t| Duration::from_secs_f64(t - t_restart));
+    let seen_up = wait_until(10 * SEC, Duration::from_millis(10), || {
+        ls_health(&lan, &a, &key, "redis").get("b") == Some(&true)
+    });
+    let ls_up = Duration::from_secs_f64(now_epoch() - t_restart);
+    let back = wait_until(15 * SEC, Duration::from_millis(20), || {
+        client
+            .conns()
+            .iter()
+            .any(|c| c.start > t_restart && c.who.as_deref() == Some("b"))
+    });
+    let conns = client.stop(&lan);
+    let t_back = conns
+        .iter()
+        .filter(|c| c.start > t_restart && c.who.as_deref() == Some("b"))
+        .map(|c| Duration::from_secs_f64(c.end - t_restart))
+        .min();
+
+    // Connections to B while its Redis was down were refused by B's ambassador (target
+    // refused, then target down) and retried on C, or not tried at all once the record said
+    // down: every answer came from C.
+    let down_window: Vec<Conn> = conns
+        .iter()
+        .filter(|c| c.start > t_kill && c.end < t_restart)
+        .cloned()
+        .collect();
+    report(&format!(
+        "FIGURE Redis killed under its ambassador (health interval {INTERVAL:?}): \"target is down\" after {t_down:.2?}, \
+         ls on A started ≥ {:.2?} after the kill shows up={b_in_ls:?}; restarted: \"target is up again\" after {t_up:.2?}, \
+         ls shows it up after {ls_up:.2?}, the first connection answered by it ends {t_back:.2?} after the restart; \
+         worst connection {:.2?}, {} connections {:?}",
+        2 * INTERVAL + SEC / 2,
+        worst(&conns),
+        conns.len(),
+        count_who(&conns),
+    ));
+    assert_no_failure(&conns, "Redis on B killed and restarted");
+    let t_down = t_down.expect("B's ambassador never logged \"target is down\"");
+    assert!(
+        t_down <= 2 * INTERVAL + SEC / 2,
+        "the dead target was marked down after {t_down:?}, more than two health intervals"
+    );
+    assert_eq!(
+        b_in_ls,
+        Some(false),
+        "ls on A, started two health intervals after the kill, shows B's record as (up?)"
+    );
+    assert!(
+        down_window.len() > 20 && down_window.iter().all(|c| c.who.as_deref() == Some("c")),
+        "while B's Redis was down, connections went to {:?}",
+        count_who(&down_window)
+    );
+    assert!(
+        t_up.is_some(),
+        "B's ambassador never logged \"target is up again\""
+    );
+    assert!(seen_up, "ls on A never showed B's record up again");
+    assert!(
+        back,
+        "no connection reached B's restarted Redis within 15 s"
+    );
+}
+
+/// d. A provider host's link is cut, then restored, while connections run: traffic moves away
+/// without an error, then comes back.
+#[test]
+fn cut_link_moves_traffic_away_and_back() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    provider(&lan, &b, &key, &[]);
+    provider(&lan, &c, &key, &[]);
+    let connect = consumer(&lan, &a, &key, &["redis"], &[]);
+    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+
+    let client = Client::start(&lan, &a, 6379, 2);
+    client.wait_conns(&lan, 100, 20 * SEC);
+    let lost_before = log_count(&lan, &connect, "peer connection lost");
+    let link = |state: &str| {
+        let out = lan.run(&b, 10 * SEC, &["ip", "link", "set", &b.ifname, state]);
+        assert!(out.ok(), "ip link set {} {state} on B: {out:?}", b.ifname);
+    };
+    let t_cut = client.between_connections(&lan, || link("down"));
+    let t_detect = wait_log_more(
+        &lan,
+        &connect,
+        "peer connection lost",
+        lost_before,
+        PEER_TIMEOUT + 10 * SEC,
+    );
+    let n = client.conns().len();
+    client.wait_conns(&lan, n + 120, 20 * SEC);
+
+    // Restore the link as it was (taking it down dropped the routes through it).
+    let readmitted_before = log_count(&lan, &connect, "re-admitted");
+    link("up");
+    let t_restore = now_epoch();
+    let route = lan.run(
+        &b,
+        10 * SEC,
+        &["ip", "route", "replace", "224.0.0.0/4", "dev", &b.ifname],
+    );
+    assert!(route.ok(), "restoring B's multicast route: {route:?}");
+    let t_readmit = wait_log_more(&lan, &connect, "re-admitted", readmitted_before, 20 * SEC);
+    let back = wait_until(20 * SEC, Duration::from_millis(20), || {
+        client
+            .conns()
+            .iter()
+            .any(|c| c.start > t_restore && c.who.as_deref() == Some("b"))
+    });
+    let t_back = now_epoch();
+    let n = client.conns().len();
+    client.wait_conns(&lan, n + 100, 20 * SEC);
+    let conns = client.stop(&lan);
+
+    let since = |t: f64| Duration::from_secs_f64(t - t_cut);
+    let during: Vec<Conn> = conns
+        .iter()
+        .filter(|c| t_detect.is_some_and(|t| c.start > t) && c.end < t_restore)
+        .cloned()
+        .collect();
+    let first_back = conns
+        .iter()
+        .filter(|c| c.start > t_restore && c.who.as_deref() == Some("b"))
+        .map(|c| c.end)
+        .fold(f64::INFINITY, f64::min);
+    let after: Vec<Conn> = conns.iter().filter(|c| c.start > t_back).cloned().collect();
+    report(&format!(
+        "FIGURE link of a provider cut for {:.2?}: detection {:?}; worst connection {:.2?}; \
+         after the restore: re-admitted in {:?}, first connection to it after {:.2?}; \
+         {} connections, {:?} while cut (after detection), {:?} after it came back",
+        Duration::from_secs_f64(t_restore - t_cut),
+        t_detect.map(since),
+        worst(&conns),
+        t_readmit.map(|t| Duration::from_secs_f64(t - t_restore)),
+        Duration::from_secs_f64((first_back - t_restore).max(0.0)),
+        conns.len(),
+        count_who(&during),
+        count_who(&after),
+    ));
+    assert_no_failure(&conns, "B's link cut and restored");
+    let t_detect = t_detect.expect("the consumer never logged \"peer connection lost\"");
+    assert!(
+        since(t_detect) < PEER_TIMEOUT + 2 * SEC,
+        "the cut link was noticed only after {:?}",
+        since(t_detect)
+    );
+    assert!(
+        worst(&conns) < PEER_TIMEOUT + 3 * SEC,
+        "a connection waited {:?}: more than the detection/retry bound",
+        worst(&conns)
+    );
+    assert!(
+        during.len() >= 100 && during.iter().all(|c| c.who.as_deref() == Some("c")),
+        "while B was cut off, connections went to {:?}",
+        count_who(&during)
+    );
+    assert!(
+        back,
+        "no connection reached B within 20 s of the restored link"
+    );
+    assert!(
+        after.iter().any(|c| c.who.as_deref() == Some("b")),
+        "traffic did not keep returning to B: {:?}",
+        count_who(&after)
+    );
+}
