@@ -217,15 +217,20 @@ impl Balancer {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         s.open += 1;
-        s.total += 1;
         OpenGuard {
             balancer: self,
             key: key.to_string(),
         }
     }
 
-    /// Records a success: a failed instance is re-admitted at once.
+    /// Records a success (a connection carried): a failed instance is re-admitted at once.
     pub fn succeeded(&self, key: &str) {
+        self.lock().entry(key.to_string()).or_default().total += 1;
+        self.readmit(key);
+    }
+
+    /// Re-admits an instance that proved healthy (e.g. its peer answers a probe again).
+    pub fn readmit(&self, key: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         if s.failures > 0 || s.ejected_until.is_some() {

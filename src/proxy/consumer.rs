@@ -332,7 +332,7 @@ impl ConsumerCtx {
             match self.pool.get(&first.target).await {
                 Ok(_) => {
                     for c in &mine {
-                        self.balancer.succeeded(&c.key);
+                        self.balancer.readmit(&c.key);
                     }
                     break;
                 }
@@ -423,17 +423,20 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
         };
         let pick = &cands[idx];
         tried.insert(pick.key.clone());
+        // Counted as open while the attempt waits too, so least-conn steers new connections
+        // away from an instance that is slow to answer (or silently dead).
+        let open_guard = ctx.balancer.opened(&pick.key);
         match ctx.open(pick).await {
             Ok(Opened::Direct(backend)) => {
                 ctx.balancer.succeeded(&pick.key);
-                let _open = ctx.balancer.opened(&pick.key);
+                let _open = open_guard;
                 debug!(backend = %pick.key, "direct connection open");
                 splice_tcp(tcp, backend).await;
                 return;
             }
             Ok(Opened::Stream(send, recv)) => {
                 ctx.balancer.succeeded(&pick.key);
-                let _open = ctx.balancer.opened(&pick.key);
+                let _open = open_guard;
                 debug!(instance = %pick.key, "stream open");
                 let stats = splice(tcp, send, recv).await;
                 match stats.end {

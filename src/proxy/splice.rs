@@ -17,6 +17,8 @@ const CHUNK: usize = 64 * 1024;
 /// Reads shorter than this are copied into an exact-size buffer, so a small message does not
 /// pin a whole chunk while quinn waits for its acknowledgement.
 const SMALL: usize = 4 * 1024;
+/// Most QUIC chunks written to TCP in one vectored call.
+const BATCH: usize = 32;
 
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,15 +79,45 @@ async fn quic_to_tcp(
     w: &mut OwnedWriteHalf,
     count: &mut u64,
 ) -> Result<(), ()> {
+    // Take every chunk quinn has ready (one QUIC frame each, ~1.2 KB) and write them with one
+    // vectored call: one syscall and one TCP segment train per batch instead of per frame.
+    let mut chunks: [Bytes; BATCH] = std::array::from_fn(|_| Bytes::new());
     loop {
-        match recv.read_chunk(CHUNK, true).await.map_err(|_| ())? {
-            Some(chunk) => {
-                *count += chunk.bytes.len() as u64;
-                w.write_all(&chunk.bytes).await.map_err(|_| ())?;
-            }
+        let n = match recv.read_chunks(&mut chunks).await.map_err(|_| ())? {
+            Some(n) => n,
             None => return w.shutdown().await.map_err(|_| ()),
+        };
+        let batch = &mut chunks[..n];
+        *count += batch.iter().map(|c| c.len() as u64).sum::<u64>();
+        write_all_vectored(w, batch).await?;
+    }
+}
+
+/// Writes every chunk of `batch` (emptying them), with vectored writes.
+async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Result<(), ()> {
+    let mut first = 0;
+    while first < batch.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = batch[first..]
+            .iter()
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut written = w.write_vectored(&slices).await.map_err(|_| ())?;
+        if written == 0 {
+            return Err(());
+        }
+        while written > 0 && first < batch.len() {
+            let len = batch[first].len();
+            if written >= len {
+                written -= len;
+                batch[first] = Bytes::new();
+                first += 1;
+            } else {
+                let _ = batch[first].split_to(written);
+                written = 0;
+            }
         }
     }
+    Ok(())
 }
 
 fn reset_tcp(stream: &TcpStream) {

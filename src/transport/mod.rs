@@ -48,7 +48,7 @@ impl Default for TransportSettings {
             idle_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
             udp_buffer: 4 << 20,
-            max_streams: 65_536,
+            max_streams: 16_384,
         }
     }
 }
@@ -74,9 +74,28 @@ pub enum EndpointError {
     Io(#[from] std::io::Error),
 }
 
-fn transport_config(s: &TransportSettings) -> TransportConfig {
+/// Which side a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Accepts streams (the provider).
+    Server,
+    /// Only opens streams (the consumer): it accepts none, so reserves nothing for them.
+    Client,
+}
+
+fn transport_config(s: &TransportSettings, side: Side) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(s.max_streams));
+    let accepted = if side == Side::Server {
+        s.max_streams
+    } else {
+        0
+    };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(accepted));
+    // Probe for paths larger than Ethernet's 1500 bytes (jumbo frames, loopback): fewer
+    // packets to seal and acknowledge per byte. Discovery falls back safely to 1200+.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    t.mtu_discovery_config(Some(mtu));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(s.keep_alive));
     // An idle timeout is a few seconds at most: it always fits a VarInt of milliseconds.
@@ -109,7 +128,7 @@ pub fn server_config(
     let crypto = QuicServerConfig::try_from(identity.server_config(deny.clone())?)
         .map_err(|e| IdentityError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(settings)));
+    server.transport_config(Arc::new(transport_config(settings, Side::Server)));
     Ok(server)
 }
 
@@ -122,7 +141,7 @@ pub fn client_config(
     let crypto = QuicClientConfig::try_from(identity.client_config(deny.clone())?)
         .map_err(|e| IdentityError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config(settings)));
+    client.transport_config(Arc::new(transport_config(settings, Side::Client)));
     Ok(client)
 }
 
