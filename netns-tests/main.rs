@@ -5,6 +5,7 @@
 
 mod failover;
 mod harness;
+mod security;
 
 use std::fs;
 use std::io::{Read, Write};
