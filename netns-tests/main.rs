@@ -5,6 +5,7 @@
 
 mod failover;
 mod harness;
+mod migration;
 mod security;
 
 use std::fs;

@@ -1,0 +1,1912 @@
+//! Migration and discovery beyond one LAN (issue 6, point 7): graceful drain, a service moving
+//! to another host or port under load, DNS SRV records served by dnsmasq and changed during the
+//! test, static backends reloaded on SIGHUP, Docker link variables, and avahi interoperability
+//! (avahi-browse, avahi-publish, and avahi's reflector joining two subnets).
+//!
+//! avahi-daemon runs in a namespace with its own configuration, its own D-Bus system bus (a
+//! private `dbus-daemon` on a socket in the test's directory: avahi-browse and avahi-publish
+//! speak D-Bus only) and its own `/run` (a tmpfs in a private mount namespace, for its pid
+//! file), so several daemons, and the machine's own, never meet.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{ChildStdin, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::harness::{AMBASSADOR, Host, Lan, Proc, report, wait_until};
+use crate::{SEC, key_str, redis};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The time stamp that starts a plain log line (`2026-11-22T05:50:04.490514Z  INFO ...`), as
+/// seconds since the Unix epoch.
+fn log_epoch(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let s: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + mi * 60) as f64 + s)
+}
+
+/// When `p` first logged a line containing `needle`.
+fn first_log_time(lan: &Lan, p: &Proc, needle: &str) -> Option<f64> {
+    lan.log(p)
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(log_epoch)
+}
+
+/// Occurrences of `needle` in the log of `p`.
+fn log_count(lan: &Lan, p: &Proc, needle: &str) -> usize {
+    lan.log(p).matches(needle).count()
+}
+
+/// Runs `args` in `host` and asserts that it succeeds (topology steps).
+fn must_run(lan: &Lan, host: &Host, args: &[&str]) {
+    let out = lan.run(host, 10 * SEC, args);
+    assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
+}
+
+/// Runs `ip ARGS...` in the root namespace (acting on the test's own namespaces with `-n`).
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `redis-server` on `host`:`port`, bound to 127.0.0.1 and, with `lan_too`, to the host's
+/// LAN address (protected mode off: plain TCP backends are reached from other hosts), and
+/// stores `who` = `name`.
+fn redis_server(lan: &Lan, host: &Host, port: u16, lan_too: bool, name: &str) -> Proc {
+    let port_s = port.to_string();
+    let dir = lan.dir().to_str().unwrap().to_string();
+    let label = format!("redis-{}-{port}", host.name);
+    let host_ip = host.ip.to_string();
+    let mut args = vec!["redis-server", "--port", &port_s, "--bind", "127.0.0.1"];
+    if lan_too {
+        args.extend_from_slice(&[&host_ip, "--protected-mode", "no"]);
+    }
+    let rdb = format!("{label}.rdb");
+    args.extend_from_slice(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir,
+        "--dbfilename",
+        &rdb,
+    ]);
+    let p = lan.spawn(host, &label, &args);
+    assert!(
+        wait_until(10 * SEC, 20 * MS, || redis(lan, host, port, &["PING"])
+            .stdout
+            .trim()
+            == "PONG"),
+        "redis-server on {}:{port} did not come up",
+        host.name
+    );
+    let set = redis(lan, host, port, &["SET", "who", name]);
+    assert_eq!(set.stdout.trim(), "OK", "SET who on {}: {set:?}", host.name);
+    p
+}
+
+/// `GET who` through 127.0.0.1:`port` on `host` (a new connection); empty when it failed.
+fn who(lan: &Lan, host: &Host, port: u16) -> String {
+    redis(lan, host, port, &["GET", "who"])
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// Polls `GET who` through `port` on `host` until it answers `want`; returns how long it took.
+fn wait_who(lan: &Lan, host: &Host, port: u16, want: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    let ok = wait_until(timeout, 20 * MS, || {
+        last = who(lan, host, port);
+        last == want
+    });
+    assert!(
+        ok,
+        "through port {port} on {} no answer {want:?} within {timeout:?} (last: {last:?})",
+        host.name
+    );
+    t0.elapsed()
+}
+
+/// `n` new connections through `port` on `host`, each `GET who`; how many each name answered.
+fn spread(lan: &Lan, host: &Host, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let script = format!("for i in $(seq {n}); do redis-cli -p {port} GET who; done");
+    let out = lan.sh(host, 60 * SEC, &script);
+    assert!(out.ok(), "{n} connections through {port}: {out:?}");
+    let mut counts = BTreeMap::new();
+    for l in out.stdout.lines() {
+        *counts.entry(l.trim().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `total_connections_received` of the Redis on `host`:`port` (the query's own connection
+/// included).
+fn connections_received(lan: &Lan, host: &Host, port: u16) -> u64 {
+    let info = redis(lan, host, port, &["INFO", "stats"]);
+    info.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total_connections_received:"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no total_connections_received in {info:?}"))
+}
+
+/// Waits until a UDP socket listens on `port` in `host`.
+fn wait_udp_listen(lan: &Lan, host: &Host, port: u16, timeout: Duration) -> bool {
+    wait_until(timeout, 20 * MS, || {
+        let out = lan.run(host, 5 * SEC, &["ss", "-Hlun", &format!("sport = :{port}")]);
+        out.ok() && !out.stdout.trim().is_empty()
+    })
+}
+
+/// One client connection held open by `socat` on a host, driven from this process: commands
+/// go in as RESP, replies come back through a reader thread.
+struct Held {
+    proc: Proc,
+    stdin: Option<ChildStdin>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Held {
+    /// Connects to 127.0.0.1:`port` on `host`.
+    fn open(lan: &Lan, host: &Host, label: &str, port: u16) -> Held {
+        let (proc, stdin, stdout) = lan.spawn_piped(
+            host,
+            label,
+            &["socat", "STDIO", &format!("TCP:127.0.0.1:{port}")],
+            true,
+            true,
+        );
+        let mut out = stdout.expect("socat stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = out.read(&mut b) {
+                if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Held {
+            proc,
+            stdin,
+            rx,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one command and waits for its reply: a status or error line, an integer, a bulk
+    /// string (`(nil)` for a null); `Err` when the connection closed or nothing came in 10 s.
+    fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let stdin = self.stdin.as_mut().ok_or("closed by the test")?;
+        stdin
+            .write_all(req.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("write: {e}"))?;
+        let deadline = Instant::now() + 10 * SEC;
+        loop {
+            if let Some(reply) = take_reply(&mut self.buf) {
+                return Ok(reply);
+            }
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(b) => self.buf.extend_from_slice(&b),
+                Err(mpsc::RecvTimeoutError::Timeout) => return Err("no reply in 10 s".into()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("connection closed".into());
+                }
+            }
+        }
+    }
+
+    /// Whether the connection was closed by the other side within `timeout`.
+    fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(b) => self.buf.extend_from_slice(&b),
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Closes the client's side (socat half-closes, then exits).
+    fn close(&mut self) {
+        self.stdin.take();
+    }
+}
+
+/// Takes one complete RESP reply off the front of `buf`.
+fn take_reply(buf: &mut Vec<u8>) -> Option<String> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = String::from_utf8_lossy(&buf[..eol]).to_string();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.parse().ok()?;
+        if n < 0 {
+            buf.drain(..eol + 2);
+            return Some("(nil)".into());
+        }
+        let end = eol + 2 + n as usize;
+        if buf.len() < end + 2 {
+            return None;
+        }
+        let s = String::from_utf8_lossy(&buf[eol + 2..end]).to_string();
+        buf.drain(..end + 2);
+        return Some(s);
+    }
+    buf.drain(..eol + 2);
+    // A status reply without its `+` (`OK`); errors (`-ERR ...`) and integers as they come.
+    Some(line.strip_prefix('+').map_or(line.clone(), str::to_string))
+}
+
+/// A held session's `GET who`, asserting it answers `want`.
+fn held_who(held: &mut Held, want: &str, what: &str) {
+    assert_eq!(
+        held.cmd(&["GET", "who"]).as_deref(),
+        Ok(want),
+        "{what}: the held connection ({})",
+        held.proc.label
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Graceful drain.
+
+/// Point 1: SIGTERM drains: the record is withdrawn, a new stream is refused with the typed
+/// "draining" refusal and the consumer retries it on another instance, the open connection
+/// keeps working until its client closes it, then the node exits 0. With `--drain-timeout 2s`
+/// (and SIGINT) a connection that stays open is closed after the timeout, exit 0; a second
+/// SIGTERM stops at once.
+#[test]
+fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    redis_server(&lan, &b, 6379, false, "b");
+    let announce = |node: &str, specs: &[&str], extra: &[&str]| {
+        let mut args = vec!["announce"];
+        args.extend_from_slice(specs);
+        args.extend_from_slice(&[
+            "--node",
+            node,
+            "--bind",
+            "0.0.0.0:7443",
+            "--mesh-key-file",
+            key_str(&key),
+        ]);
+        args.extend_from_slice(extra);
+        lan.ambassador(&b, &format!("announce-{node}"), &args)
+    };
+    // `cache`, the same Redis under another name, has a second instance on C.
+    redis_server(&lan, &c, 6379, false, "c");
+    lan.ambassador(
+        &c,
+        "announce-c",
+        &[
+            "announce",
+            "cache:6390=127.0.0.1:6379",
+            "--node",
+            "c",
+            "--bind",
+            "0.0.0.0:7443",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    // The mDNS consumer of `redis` (only on B), and a static consumer of `cache` that keeps
+    // dialling B and C in turn whatever the records say (so that a new connection during the
+    // drain does reach B, meets the refusal, and is retried on C).
+    let connect = lan.ambassador(
+        &a,
+        "connect-a",
+        &[
+            "connect",
+            "redis:6379",
+            "--node",
+            "a",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    let (b_quic, c_quic) = (format!("{}:7443", b.ip), format!("{}:7443", c.ip));
+    let fixed = lan.ambassador(
+        &a,
+        "connect-a-static",
+        &[
+            "connect",
+            "cache:16379",
+            "--backend",
+            &b_quic,
+            "--backend",
+            &c_quic,
+            "--policy",
+            "round-robin",
+            "--node",
+            "a-static",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+
+    // (a) SIGTERM with one open connection, which the client closes later.
+    let b1 = announce("b1", &["redis:6379", "cache:6390=127.0.0.1:6379"], &[]);
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    wait_who(&lan, &a, 16379, "b", 15 * SEC);
+    let both = spread(&lan, &a, 16379, 4);
+    assert_eq!(
+        both,
+        BTreeMap::from([("b".into(), 2), ("c".into(), 2)]),
+        "round-robin over B and C before the drain"
+    );
+    let mut held = Held::open(&lan, &a, "held-1", 6379);
+    held_who(&mut held, "b", "before the drain");
+    let t0 = Instant::now();
+    lan.signal(&b1, "TERM");
+    assert!(
+        lan.wait_log(&b1, "draining:", 3 * SEC),
+        "no \"draining:\" line within 3 s of SIGTERM"
+    );
+    let draining_line = lan
+        .log(&b1)
+        .lines()
+        .find(|l| l.contains("draining:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        draining_line.contains("open=1"),
+        "the drain should wait for exactly the one open connection: {draining_line}"
+    );
+    assert!(
+        lan.wait_log(&connect, "withdrawn by its node", 3 * SEC),
+        "A did not see B's withdrawal within 3 s of SIGTERM"
+    );
+    let withdrawn_after = t0.elapsed();
+    // New connections through the static consumer: round-robin sends one of the first two to
+    // B, which refuses it; the consumer retries it on C. The client sees no error.
+    let during = spread(&lan, &a, 16379, 4);
+    assert_eq!(
+        during,
+        BTreeMap::from([("c".into(), 4)]),
+        "new connections during B's drain"
+    );
+    assert!(
+        lan.wait_log(&b1, "refused stream", 2 * SEC),
+        "B did not log the refused stream"
+    );
+    let refusal_line = lan
+        .log(&b1)
+        .lines()
+        .find(|l| l.contains("refused stream"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        refusal_line.contains("code=draining"),
+        "the refusal is not the typed \"draining\" one: {refusal_line}"
+    );
+    let retried = lan
+        .log(&fixed)
+        .lines()
+        .find(|l| l.contains("draining"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        retried.contains("trying another"),
+        "the static consumer did not retry the \"draining\" refusal elsewhere: {retried:?}"
+    );
+    // The open connection still works, and writes still land on B.
+    held_who(&mut held, "b", "during the drain");
+    assert_eq!(
+        held.cmd(&["SET", "during-drain", "kept"]).as_deref(),
+        Ok("OK")
+    );
+    assert_eq!(
+        redis(&lan, &b, 6379, &["GET", "during-drain"])
+            .stdout
+            .trim(),
+        "kept"
+    );
+    std::thread::sleep(SEC);
+    assert!(
+        lan.running(&b1),
+        "B stopped while a connection was still open"
+    );
+    let t_close = Instant::now();
+    held.close();
+    let status = lan
+        .wait_exit(&b1, 5 * SEC)
+        .expect("B did not exit within 5 s of its last connection closing");
+    let exit_after_close = t_close.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status after the drain");
+    assert!(lan.log(&b1).contains("drained"), "no \"drained\" line");
+    assert!(!lan.log(&b1).contains("drain timeout"));
+    report(&format!(
+        "FIGURE drain: A saw the withdrawal {withdrawn_after:.2?} after SIGTERM; exit 0 {exit_after_close:.2?} after the last connection closed"
+    ));
+
+    // (b) SIGINT with --drain-timeout 2s and a connection that stays open.
+    let b2 = announce("b2", &["redis:6379"], &["--drain-timeout", "2s"]);
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    let mut held = Held::open(&lan, &a, "held-2", 6379);
+    held_who(&mut held, "b", "before the drain (b)");
+    let t0 = Instant::now();
+    lan.signal(&b2, "INT");
+    assert!(lan.wait_log(&b2, "draining:", 3 * SEC));
+    let status = lan
+        .wait_exit(&b2, 10 * SEC)
+        .expect("B did not exit within 10 s with --drain-timeout 2s");
+    let took_timeout = t0.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after the drain timeout"
+    );
+    assert!(
+        lan.log(&b2).contains("drain timeout"),
+        "no \"drain timeout\" line"
+    );
+    assert!(
+        (1800 * MS..6 * SEC).contains(&took_timeout),
+        "with --drain-timeout 2s, B exited {took_timeout:?} after SIGINT"
+    );
+    assert!(
+        held.closed_within(5 * SEC),
+        "the connection left open was not closed after the drain timeout"
+    );
+
+    // (c) A second SIGTERM stops at once.
+    let b3 = announce("b3", &["redis:6379"], &[]);
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    let mut held = Held::open(&lan, &a, "held-3", 6379);
+    held_who(&mut held, "b", "before the drain (c)");
+    lan.signal(&b3, "TERM");
+    assert!(lan.wait_log(&b3, "draining:", 3 * SEC));
+    let t0 = Instant::now();
+    lan.signal(&b3, "TERM");
+    let status = lan
+        .wait_exit(&b3, 5 * SEC)
+        .expect("B did not exit within 5 s of a second SIGTERM");
+    let took = t0.elapsed();
+    assert!(
+        lan.log(&b3).contains("second stop signal"),
+        "no \"second stop signal\" line"
+    );
+    assert!(took < 3 * SEC, "the second signal took {took:?} to stop B");
+    assert_eq!(status.code(), Some(0), "exit status after a second signal");
+    assert!(held.closed_within(5 * SEC));
+    report(&format!(
+        "FIGURE drain: with --drain-timeout 2s B exited {took_timeout:.2?} after SIGINT; a second SIGTERM stopped B in {took:.2?}"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Migration under load.
+
+/// A client on the consumer host: `threads` loops of one new connection per request
+/// (`GET who`), each connection one JSON line in the results file, until the stop file exists.
+const WHO_CLIENT: &str = r#"
+import json, os, socket, sys, threading, time
+
+out, stop, nthreads, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+results = open(out, "a", buffering=1)
+lock = threading.Lock()
+
+def one():
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        s.sendall(b"GET who\r\n")
+        r = s.makefile("rb")
+        h = r.readline()
+        if not h.startswith(b"$") or not h.endswith(b"\r\n"):
+            raise IOError("unexpected reply %r" % h)
+        n = int(h[1:-2])
+        if n < 0:
+            raise IOError("who is not set")
+        v = r.read(n + 2)
+        if len(v) != n + 2:
+            raise IOError("short reply %r" % v)
+        return v[:-2].decode()
+    finally:
+        s.close()
+
+def worker():
+    while not os.path.exists(stop):
+        t0, who, err = time.time(), None, None
+        try:
+            who = one()
+        except Exception as e:
+            err = repr(e)
+        with lock:
+            results.write(json.dumps({"start": t0, "end": time.time(), "who": who, "err": err}) + "\n")
+
+threads = [threading.Thread(target=worker) for _ in range(nthreads)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
+/// One connection of [`WHO_CLIENT`].
+#[derive(Debug, Clone)]
+struct Conn {
+    start: f64,
+    who: Option<String>,
+    err: Option<String>,
+}
+
+fn read_conns(path: &Path) -> Vec<Conn> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| Conn {
+            start: v["start"].as_f64().unwrap_or(0.0),
+            who: v["who"].as_str().map(str::to_string),
+            err: v["err"].as_str().map(str::to_string),
+        })
+        .collect()
+}
+
+fn count_who<'a>(conns: impl IntoIterator<Item = &'a Conn>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for c in conns {
+        *counts
+            .entry(c.who.clone().unwrap_or_else(|| "(failed)".into()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Where the service runs: a host, the announcing node's name, and its Redis port.
+struct Site<'a> {
+    host: &'a Host,
+    node: &'a str,
+    port: u16,
+}
+
+/// The service moves from `from` to `to` (start `to`'s announce, wait until the consumer uses
+/// it, SIGTERM `from`'s) while two apps on `a` make one connection per request: a
+/// redis-benchmark loop (`-k 0`) and a client that records which instance answered each
+/// connection. No request fails; no connection started after the drain began reaches `from`;
+/// `from`'s Redis gets no connection after its ambassador exited.
+fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
+    redis_server(lan, from.host, from.port, false, from.node);
+    redis_server(lan, to.host, to.port, false, to.node);
+    let announce = |s: &Site| {
+        let spec = format!("redis:6379=127.0.0.1:{}", s.port);
+        lan.ambassador(
+            s.host,
+            &format!("announce-{}", s.node),
+            &[
+                "announce",
+                &spec,
+                "--node",
+                s.node,
+                "--mesh-key-file",
+                key_str(key),
+            ],
+        )
+    };
+    let old = announce(&from);
+    let connect = lan.ambassador(
+        a,
+        "connect-a",
+        &[
+            "connect",
+            "redis:6379",
+            "--node",
+            "a",
+            "--mesh-key-file",
+            key_str(key),
+        ],
+    );
+    wait_who(lan, a, 6379, from.node, 15 * SEC);
+
+    // The apps.
+    let script = lan.path("who-client.py");
+    fs::write(&script, WHO_CLIENT).expect("write the client script");
+    let results = lan.path("who-client.jsonl");
+    let stop = lan.path("stop");
+    let client = lan.spawn(
+        a,
+        "who-client",
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            results.to_str().unwrap(),
+            stop.to_str().unwrap(),
+            "2",
+            "6379",
+        ],
+    );
+    let bench_script = format!(
+        "i=0; while [ ! -e '{}' ]; do \
+           redis-benchmark -p 6379 -k 0 -c 4 -n 300 -t set,get -q </dev/null || exit 1; \
+           i=$((i+1)); echo; echo \"iteration $i done\"; \
+         done",
+        stop.display()
+    );
+    let bench = lan.spawn(a, "benchmark", &["sh", "-c", &bench_script]);
+    let conns_after = |t: f64, who: &str| {
+        read_conns(&results)
+            .iter()
+            .filter(|c| c.start > t && c.who.as_deref() == Some(who))
+            .count()
+    };
+    assert!(
+        wait_until(20 * SEC, 20 * MS, || conns_after(0.0, from.node) >= 50),
+        "the client made too few connections to {} before the move: {:?}",
+        from.node,
+        count_who(&read_conns(&results))
+    );
+
+    // The move: start the new instance and let the consumer find it.
+    let t_new = now_epoch();
+    let new = announce(&to);
+    assert!(
+        wait_until(20 * SEC, 20 * MS, || conns_after(t_new, to.node) >= 5),
+        "the consumer did not use the new instance {} within 20 s",
+        to.node
+    );
+    let found_new = now_epoch() - t_new;
+    let iterations_before = log_count(lan, &bench, "done");
+    let n0 = connections_received(lan, from.host, from.port);
+    let t_term = now_epoch();
+    lan.signal(&old, "TERM");
+    let status = lan
+        .wait_exit(&old, 15 * SEC)
+        .expect("the old instance's ambassador did not exit within 15 s of SIGTERM");
+    let n1 = connections_received(lan, from.host, from.port);
+    let t_exit = now_epoch();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status of the drained ambassador"
+    );
+    // After the move: more connections, and at least one more complete benchmark run.
+    assert!(
+        wait_until(30 * SEC, 20 * MS, || conns_after(t_exit, to.node) >= 200
+            && log_count(lan, &bench, "done") >= iterations_before + 2),
+        "the apps did not go on after the move: {:?}, {} benchmark runs",
+        count_who(read_conns(&results).iter().filter(|c| c.start > t_exit)),
+        log_count(lan, &bench, "done")
+    );
+    let n2 = connections_received(lan, from.host, from.port);
+    fs::write(&stop, "").expect("create the stop file");
+    let bench_status = lan.wait_exit(&bench, 60 * SEC);
+    let client_status = lan.wait_exit(&client, 60 * SEC);
+    let conns = read_conns(&results);
+
+    // When the drain began: the old node stores its draining flag before it logs either line.
+    let t_drain = first_log_time(lan, &old, "draining:")
+        .or_else(|| first_log_time(lan, &old, "stopping:"))
+        .expect("the old ambassador logged neither \"draining:\" nor \"stopping:\"");
+    let refused = log_count(lan, &old, "code=draining");
+    let after_drain: Vec<&Conn> = conns.iter().filter(|c| c.start > t_drain).collect();
+    let bench_log = lan.log(&bench);
+    let runs = log_count(lan, &bench, "done");
+    report(&format!(
+        "FIGURE migration {}→{}: new instance used {found_new:.2}s after its start; drain began {:.3}s after SIGTERM, \
+         exit after {:.2}s ({refused} streams refused with \"draining\" and retried); {} client connections {:?}, \
+         after the drain began {:?}; {runs} redis-benchmark runs (-k 0); old Redis got {} connections from just before SIGTERM to the exit, {} after the exit",
+        from.node,
+        to.node,
+        t_drain - t_term,
+        t_exit - t_term,
+        conns.len(),
+        count_who(&conns),
+        count_who(after_drain.iter().copied()),
+        n1 - n0 - 1,
+        n2 - n1 - 1,
+    ));
+    let failed: Vec<&Conn> = conns.iter().filter(|c| c.err.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} client connections failed, e.g. {:?}",
+        failed.len(),
+        conns.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        client_status.map(|s| s.success()),
+        Some(true),
+        "the client: {}",
+        lan.log(&client)
+    );
+    assert_eq!(
+        bench_status.map(|s| s.success()),
+        Some(true),
+        "a redis-benchmark run failed: {bench_log}"
+    );
+    for l in bench_log.split(['\r', '\n']) {
+        let lower = l.to_lowercase();
+        assert!(
+            !lower.contains("error") && !lower.contains("could not") && !lower.contains("closed"),
+            "redis-benchmark reported: {l}"
+        );
+    }
+    assert!(
+        after_drain.len() >= 200
+            && after_drain
+                .iter()
+                .all(|c| c.who.as_deref() == Some(to.node)),
+        "connections started after the drain began went to {:?}",
+        count_who(after_drain.iter().copied())
+    );
+    assert_eq!(
+        n2 - n1 - 1,
+        0,
+        "{}'s Redis received connections after its ambassador exited",
+        from.node
+    );
+    // The goodbye reaches browsers as a removal after about a second.
+    assert!(
+        lan.wait_log(&connect, "withdrawn by its node", 5 * SEC),
+        "the consumer never saw the old instance withdrawn"
+    );
+    assert!(lan.running(&new));
+}
+
+/// Point 2a: Redis moves from host B to host C under load: no failed request, new connections on C.
+#[test]
+fn migration_to_another_host_loses_no_request() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    migrate(
+        &lan,
+        &a,
+        &key,
+        Site {
+            host: &b,
+            node: "b",
+            port: 6379,
+        },
+        Site {
+            host: &c,
+            node: "c",
+            port: 6379,
+        },
+    );
+}
+
+/// Point 2b: Only the target port changes on host B (two announcing nodes on B: the old port 6379,
+/// the new port 6380), under load: no failed request, new connections on the new port.
+#[test]
+fn migration_to_another_port_loses_no_request() {
+    let Some(lan) = Lan::new(&["a", "b"]) else {
+        return;
+    };
+    let (a, b) = (lan.host("a"), lan.host("b"));
+    let key = lan.mesh_key("mesh");
+    migrate(
+        &lan,
+        &a,
+        &key,
+        Site {
+            host: &b,
+            node: "b-6379",
+            port: 6379,
+        },
+        Site {
+            host: &b,
+            node: "b-6380",
+            port: 6380,
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. DNS SRV discovery.
+
+/// Starts dnsmasq on `host`:53 answering only `records` (with TTL `ttl` seconds), logging
+/// every query; waits until it listens.
+fn dnsmasq(lan: &Lan, host: &Host, label: &str, ttl: u32, records: &[String]) -> Proc {
+    let listen = format!("--listen-address={}", host.ip);
+    let ttl = format!("--local-ttl={ttl}");
+    let mut args = vec![
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--port=53",
+        &listen,
+        "--bind-interfaces",
+        &ttl,
+        "--pid-file=",
+        "--user=root",
+        "--log-facility=-",
+        "--log-queries",
+    ];
+    args.extend(records.iter().map(String::as_str));
+    let p = lan.spawn(host, label, &args);
+    assert!(
+        wait_udp_listen(lan, host, 53, 10 * SEC),
+        "dnsmasq on {} did not listen: {}",
+        host.name,
+        lan.log(&p)
+    );
+    p
+}
+
+/// The SRV and address records of one phase: the ambassador service `_redis._tcp` at
+/// `mesh` (QUIC port 7443) and the plain service `_redisd._tcp` at `direct` (Redis port 6379).
+fn srv_records(mesh: &[&Host], direct: &[&Host]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut hosts: Vec<&Host> = mesh.iter().chain(direct).copied().collect();
+    hosts.sort_by_key(|h| h.name.clone());
+    hosts.dedup_by_key(|h| h.name.clone());
+    for h in hosts {
+        out.push(format!("--host-record={}.example.lan,{}", h.name, h.ip));
+    }
+    for h in mesh {
+        out.push(format!(
+            "--srv-host=_redis._tcp.example.lan,{}.example.lan,7443,0,1",
+            h.name
+        ));
+    }
+    for h in direct {
+        out.push(format!(
+            "--srv-host=_redisd._tcp.example.lan,{}.example.lan,6379,0,1",
+            h.name
+        ));
+    }
+    out
+}
+
+/// Point 3: Backends from DNS SRV records served by dnsmasq, for ambassador peers (flags) and
+/// for `--direct` TCP backends (a `run -c` file). The records move from B to C during the
+/// test: new connections follow within seconds, connections open before the change stay on B
+/// and keep working. Records with TTL 0 are re-resolved no faster than the 1 s floor. A record
+/// naming a host of another mesh is never used (its identity is checked).
+#[test]
+fn dns_srv_records_changed_during_the_test_are_followed() {
+    let Some(lan) = Lan::new(&["a", "b", "c", "d", "e"]) else {
+        return;
+    };
+    let (a, b, c, d, e) = (
+        lan.host("a"),
+        lan.host("b"),
+        lan.host("c"),
+        lan.host("d"),
+        lan.host("e"),
+    );
+    let key = lan.mesh_key("mesh");
+    let rogue_key = lan.mesh_key("rogue");
+    for (h, k) in [(&b, &key), (&c, &key), (&e, &rogue_key)] {
+        redis_server(&lan, h, 6379, true, &h.name);
+        lan.ambassador(
+            h,
+            &format!("announce-{}", h.name),
+            &[
+                "announce",
+                "redis:6379",
+                "--bind",
+                "0.0.0.0:7443",
+                "--node",
+                &h.name,
+                "--mesh-key-file",
+                key_str(k),
+            ],
+        );
+    }
+    let mut dns = dnsmasq(&lan, &d, "dnsmasq-1", 1, &srv_records(&[&b], &[&b]));
+    let dns_server = format!("{}:53", d.ip);
+    let mesh = lan.ambassador(
+        &a,
+        "connect-a-mesh",
+        &[
+            "connect",
+            "redis:6379",
+            "--discover",
+            "dns-srv:_redis._tcp.example.lan",
+            "--dns-server",
+            &dns_server,
+            "--node",
+            "a-mesh",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    let config = lan.path("srv.toml");
+    fs::write(
+        &config,
+        format!(
+            "mesh_key_file = \"{}\"\nnode = \"a-direct\"\n\n[connect.redisd]\nport = 6390\n\
+             discover = \"dns-srv:_redisd._tcp.example.lan\"\ndns_server = \"{dns_server}\"\n\
+             direct = true\n",
+            key.display()
+        ),
+    )
+    .expect("write the config file");
+    let direct = lan.ambassador(&a, "run-a-direct", &["run", "-c", config.to_str().unwrap()]);
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    wait_who(&lan, &a, 6390, "b", 15 * SEC);
+    assert!(lan.log(&mesh).contains("SRV backends changed"));
+    assert!(lan.log(&direct).contains("SRV backends changed"));
+    let mut held_mesh = Held::open(&lan, &a, "held-mesh", 6379);
+    let mut held_direct = Held::open(&lan, &a, "held-direct", 6390);
+    held_who(&mut held_mesh, "b", "before the change");
+    held_who(&mut held_direct, "b", "before the change");
+
+    // The records move to C (dnsmasq restarted with other records).
+    lan.signal(&dns, "TERM");
+    assert!(
+        lan.wait_exit(&dns, 5 * SEC).is_some(),
+        "dnsmasq did not stop"
+    );
+    let t0 = Instant::now();
+    dns = dnsmasq(&lan, &d, "dnsmasq-2", 0, &srv_records(&[&c], &[&c]));
+    wait_who(&lan, &a, 6379, "c", 10 * SEC);
+    let mesh_moved = t0.elapsed();
+    wait_who(&lan, &a, 6390, "c", 10 * SEC);
+    let direct_moved = t0.elapsed();
+    report(&format!(
+        "FIGURE DNS SRV change B→C (dnsmasq restarted): new connections on C after {mesh_moved:.2?} (mesh), {direct_moved:.2?} (direct)"
+    ));
+    assert!(
+        direct_moved < 6 * SEC,
+        "the SRV change took {direct_moved:?} to be followed"
+    );
+    // Every new connection now goes to C; the open ones stay on B and keep working.
+    for port in [6379, 6390] {
+        let counts = spread(&lan, &a, port, 10);
+        assert_eq!(
+            counts,
+            BTreeMap::from([("c".to_string(), 10)]),
+            "port {port} after the change"
+        );
+    }
+    held_who(&mut held_mesh, "b", "after the change");
+    held_who(&mut held_direct, "b", "after the change");
+    assert_eq!(
+        held_mesh.cmd(&["SET", "via", "held-mesh"]).as_deref(),
+        Ok("OK")
+    );
+    assert_eq!(
+        held_direct.cmd(&["SET", "via2", "held-direct"]).as_deref(),
+        Ok("OK")
+    );
+    assert_eq!(
+        redis(&lan, &b, 6379, &["GET", "via"]).stdout.trim(),
+        "held-mesh"
+    );
+    assert_eq!(
+        redis(&lan, &b, 6379, &["GET", "via2"]).stdout.trim(),
+        "held-direct"
+    );
+
+    // These records have TTL 0: each consumer re-resolves once a second (the floor), neither
+    // more often nor less.
+    const WINDOW: Duration = Duration::from_secs(4);
+    let names = ["_redis._tcp.example.lan", "_redisd._tcp.example.lan"];
+    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
+    std::thread::sleep(WINDOW);
+    for (name, before) in names.iter().zip(before) {
+        let n = srv_queries(&lan, &dns, name) - before;
+        report(&format!(
+            "FIGURE SRV records with TTL 0: {n} queries for {name} in {WINDOW:?}"
+        ));
+        assert!(
+            (2..=6).contains(&n),
+            "{n} SRV queries for {name} in {WINDOW:?} with TTL 0 (expected one a second)"
+        );
+    }
+    lan.signal(&dns, "TERM");
+    assert!(
+        lan.wait_exit(&dns, 5 * SEC).is_some(),
+        "dnsmasq did not stop"
+    );
+
+    // A record naming a node of another mesh, next to C's: never used. (TTL 3 s now.)
+    let changed_before = log_count(&lan, &mesh, "SRV backends changed");
+    let dns = dnsmasq(&lan, &d, "dnsmasq-3", 3, &srv_records(&[&c, &e], &[&c]));
+    assert!(
+        wait_until(10 * SEC, 20 * MS, || log_count(
+            &lan,
+            &mesh,
+            "SRV backends changed"
+        ) > changed_before),
+        "the consumer did not pick up the records of C and E"
+    );
+    let counts = spread(&lan, &a, 6379, 20);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("c".to_string(), 20)]),
+        "with E (another mesh) in the records"
+    );
+    assert!(
+        lan.log(&mesh).contains("peer failed the mesh handshake"),
+        "the consumer never tried (and rejected) E"
+    );
+    // With TTL 3 s, re-resolution follows the TTL: about one query in 3 s, not one a second.
+    const WINDOW3: Duration = Duration::from_secs(6);
+    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
+    std::thread::sleep(WINDOW3);
+    for (name, before) in names.iter().zip(before) {
+        let n = srv_queries(&lan, &dns, name) - before;
+        report(&format!(
+            "FIGURE SRV records with TTL 3 s: {n} queries for {name} in {WINDOW3:?}"
+        ));
+        assert!(
+            (1..=3).contains(&n),
+            "{n} SRV queries for {name} in {WINDOW3:?} with TTL 3 s (expected one in 3 s)"
+        );
+    }
+}
+
+/// SRV queries for `name` that dnsmasq `dns` logged so far.
+fn srv_queries(lan: &Lan, dns: &Proc, name: &str) -> usize {
+    log_count(lan, dns, &format!("query[SRV] {name} from"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Static backends and reload.
+
+fn write_run_config(path: &Path, key: &Path, mesh: &[String], direct: &[String]) {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "mesh_key_file = \"{}\"\n\n[connect.redis]\nport = 6400\nbackends = [{}]\n\n[connect.redisd]\nport = 6401\nbackends = [{}]\ndirect = true\n",
+        key.display(),
+        list(mesh),
+        list(direct)
+    );
+    fs::write(path, text).expect("write the config file");
+}
+
+/// Point 4: Static backends: `--backend` (ambassador peers, and plain TCP with `--direct`), and
+/// `run -c FILE` with `[connect.*]` sections that SIGHUP reloads: changed backends apply to new
+/// connections, open connections are kept; a bad file is refused and the old backends stay.
+#[test]
+fn static_backends_and_sighup_reload() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    for h in [&b, &c] {
+        redis_server(&lan, h, 6379, true, &h.name);
+        lan.ambassador(
+            h,
+            &format!("announce-{}", h.name),
+            &[
+                "announce",
+                "redis:6379",
+                "--bind",
+                "0.0.0.0:7443",
+                "--node",
+                &h.name,
+                "--mesh-key-file",
+                key_str(&key),
+            ],
+        );
+    }
+    let quic = |h: &Host| format!("{}:7443", h.ip);
+    let tcp = |h: &Host| format!("{}:6379", h.ip);
+
+    // Flags.
+    lan.ambassador(
+        &a,
+        "connect-a-flag-mesh",
+        &[
+            "connect",
+            "redis:6379",
+            "--backend",
+            &quic(&b),
+            "--node",
+            "a1",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    lan.ambassador(
+        &a,
+        "connect-a-flag-direct",
+        &[
+            "connect",
+            "redisd:6390",
+            "--direct",
+            "--backend",
+            &tcp(&c),
+            "--node",
+            "a2",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    wait_who(&lan, &a, 6390, "c", 15 * SEC);
+    assert_eq!(
+        spread(&lan, &a, 6379, 10),
+        BTreeMap::from([("b".into(), 10)])
+    );
+    assert_eq!(
+        spread(&lan, &a, 6390, 10),
+        BTreeMap::from([("c".into(), 10)])
+    );
+
+    // A file, reloaded on SIGHUP.
+    let config = lan.path("run.toml");
+    write_run_config(&config, &key, &[quic(&b)], &[tcp(&b)]);
+    let run = lan.ambassador(
+        &a,
+        "run-a",
+        &["run", "-c", config.to_str().unwrap(), "--node", "a3"],
+    );
+    wait_who(&lan, &a, 6400, "b", 15 * SEC);
+    wait_who(&lan, &a, 6401, "b", 15 * SEC);
+    let mut held_mesh = Held::open(&lan, &a, "held-mesh", 6400);
+    let mut held_direct = Held::open(&lan, &a, "held-direct", 6401);
+    held_who(&mut held_mesh, "b", "before the reload");
+    held_who(&mut held_direct, "b", "before the reload");
+
+    let reload = |what: &str| {
+        let before = log_count(&lan, &run, "backends reloaded");
+        lan.signal(&run, "HUP");
+        assert!(
+            wait_until(5 * SEC, 10 * MS, || log_count(
+                &lan,
+                &run,
+                "backends reloaded"
+            ) >= before + 2),
+            "{what}: no \"backends reloaded\" for both sections within 5 s"
+        );
+    };
+    write_run_config(&config, &key, &[quic(&c)], &[tcp(&c)]);
+    reload("B → C");
+    for port in [6400, 6401] {
+        assert_eq!(
+            spread(&lan, &a, port, 10),
+            BTreeMap::from([("c".into(), 10)]),
+            "port {port} after the reload to C"
+        );
+    }
+    held_who(&mut held_mesh, "b", "after the reload");
+    held_who(&mut held_direct, "b", "after the reload");
+    assert_eq!(held_mesh.cmd(&["SET", "kept", "mesh"]).as_deref(), Ok("OK"));
+    assert_eq!(
+        redis(&lan, &b, 6379, &["GET", "kept"]).stdout.trim(),
+        "mesh"
+    );
+
+    // Both: new connections spread over both.
+    write_run_config(&config, &key, &[quic(&b), quic(&c)], &[tcp(&b), tcp(&c)]);
+    reload("B and C");
+    for port in [6400, 6401] {
+        let counts = spread(&lan, &a, port, 30);
+        assert!(
+            counts.len() == 2 && counts.contains_key("b") && counts.contains_key("c"),
+            "port {port} with both backends: {counts:?}"
+        );
+    }
+
+    // A bad file: refused, the backends stay.
+    fs::write(
+        &config,
+        format!(
+            "mesh_key_file = \"{}\"\n[connect.redis]\nport = 6400\nbackends = [\"not an address\"]\n",
+            key.display()
+        ),
+    )
+    .expect("write the bad config");
+    let refused_before = log_count(&lan, &run, "not reloaded");
+    lan.signal(&run, "HUP");
+    assert!(
+        wait_until(5 * SEC, 10 * MS, || log_count(&lan, &run, "not reloaded")
+            > refused_before),
+        "a bad file was not refused"
+    );
+    let counts = spread(&lan, &a, 6400, 20);
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        20,
+        "after a bad reload: {counts:?}"
+    );
+    assert!(counts.len() == 2, "after a bad reload: {counts:?}");
+    assert!(lan.running(&run), "a bad reload stopped the node");
+    held_who(&mut held_direct, "b", "after three reloads");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Docker link variables.
+
+/// Point 5: `connect --from-env` with the full set of variables Docker sets for two links
+/// (`--link redis:redis --link cache:cache`): listens on each linked port and forwards it
+/// directly to the linked address; `--listen-ip 0.0.0.0` serves other hosts; a malformed link
+/// variable is a usage error (exit 2).
+#[test]
+fn docker_link_variables_are_forwarded() {
+    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
+        return;
+    };
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let key = lan.mesh_key("mesh");
+    redis_server(&lan, &b, 6379, true, "b");
+    redis_server(&lan, &c, 6380, true, "c");
+    // What `docker run --link NAME:ALIAS` sets for a port of the linked container (the classic
+    // ambassador got these with the target's address and port).
+    let docker_vars = |alias: &str, port: u16, target: &str| -> Vec<String> {
+        let up = alias.to_uppercase();
+        let p = format!("{up}_PORT_{port}_TCP");
+        let (addr, tport) = target.rsplit_once(':').unwrap();
+        vec![
+            format!("{up}_NAME=/web/{alias}"),
+            format!("{up}_PORT=tcp://{target}"),
+            format!("{p}=tcp://{target}"),
+            format!("{p}_ADDR={addr}"),
+            format!("{p}_PORT={tport}"),
+            format!("{p}_PROTO=tcp"),
+            format!("{up}_ENV_REDIS_VERSION=7.0.15"),
+        ]
+    };
+    let mut vars = docker_vars("redis", 6379, &format!("{}:6379", b.ip));
+    vars.extend(docker_vars("cache", 6380, &format!("{}:6380", c.ip)));
+    let with_env = |label: &str, vars: &[String], extra: &[&str]| {
+        let mut args: Vec<&str> = vec!["env"];
+        args.extend(vars.iter().map(String::as_str));
+        args.extend_from_slice(&[
+            AMBASSADOR,
+            "connect",
+            "--from-env",
+            "--node",
+            label,
+            "--mesh-key-file",
+            key_str(&key),
+        ]);
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = with_env("a", &vars, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let connect = lan.spawn(&a, "connect-a", &args);
+    wait_who(&lan, &a, 6379, "b", 10 * SEC);
+    wait_who(&lan, &a, 6380, "c", 10 * SEC);
+    set_through(&lan, &a, 6379, "linked", "yes");
+    assert_eq!(
+        redis(&lan, &b, 6379, &["GET", "linked"]).stdout.trim(),
+        "yes"
+    );
+    // Plain TCP straight from A: B's Redis sees A's address (not a local ambassador's).
+    let info = redis(&lan, &a, 6379, &["CLIENT", "INFO"]);
+    assert!(
+        info.stdout.contains(&format!("addr={}:", a.ip))
+            && info.stdout.contains(&format!("laddr={}:6379", b.ip)),
+        "B's Redis does not see a direct connection from A: {info:?}"
+    );
+    // Loopback only by default.
+    let outside = lan.run(
+        &c,
+        5 * SEC,
+        &["redis-cli", "-h", &a.ip.to_string(), "-p", "6379", "PING"],
+    );
+    assert!(
+        !outside.stdout.contains("PONG"),
+        "the default listener is reachable from another host: {outside:?}"
+    );
+    let log = lan.log(&connect);
+    assert!(
+        log.contains("127.0.0.1:6379") && log.contains("127.0.0.1:6380"),
+        "listeners not logged: {log}"
+    );
+
+    // A container's ambassador serving other containers: --listen-ip 0.0.0.0.
+    // The listen port is the variable's; the target's port may differ.
+    let vars = docker_vars("db", 6381, &format!("{}:6379", b.ip));
+    let args = with_env("a-any", &vars, &["--listen-ip", "0.0.0.0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lan.spawn(&a, "connect-a-any", &args);
+    assert!(lan.wait_tcp_listen(&a, 6381, 10 * SEC));
+    let remote = lan.run(
+        &c,
+        10 * SEC,
+        &[
+            "redis-cli",
+            "-h",
+            &a.ip.to_string(),
+            "-p",
+            "6381",
+            "GET",
+            "who",
+        ],
+    );
+    assert_eq!(
+        remote.stdout.trim(),
+        "b",
+        "from C through A:6381: {remote:?}"
+    );
+
+    // A malformed link variable.
+    let bad = [format!("REDIS_PORT_6379_TCP=udp://{}:6379", b.ip)];
+    let args = with_env("a-bad", &bad, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lan.run(&a, 10 * SEC, &args);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(2),
+        "a malformed link variable: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("REDIS_PORT_6379_TCP"),
+        "the error does not name the variable: {out:?}"
+    );
+}
+
+fn set_through(lan: &Lan, host: &Host, port: u16, key: &str, value: &str) {
+    let out = redis(lan, host, port, &["SET", key, value]);
+    assert_eq!(out.stdout.trim(), "OK", "SET {key} through {port}: {out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. avahi interoperability.
+
+/// An avahi-daemon on a host, with its private system bus (`None` without D-Bus).
+struct Avahi {
+    bus: Option<String>,
+}
+
+impl Avahi {
+    /// Starts (optionally) a private D-Bus system bus and avahi-daemon on `host`, for
+    /// `interfaces`; with `reflector`, avahi reflects mDNS between them.
+    fn start(lan: &Lan, host: &Host, interfaces: &str, reflector: bool, dbus: bool) -> Avahi {
+        let name = &host.name;
+        let bus = dbus.then(|| {
+            let socket = lan.path(&format!("bus-{name}"));
+            let conf = lan.path(&format!("bus-{name}.conf"));
+            fs::write(
+                &conf,
+                format!(
+                    r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+                    socket.display()
+                ),
+            )
+            .expect("write the bus config");
+            let p = lan.spawn(
+                host,
+                &format!("dbus-{name}"),
+                &[
+                    "dbus-daemon",
+                    &format!("--config-file={}", conf.display()),
+                    "--nofork",
+                    "--nopidfile",
+                ],
+            );
+            assert!(
+                wait_until(10 * SEC, 10 * MS, || socket.exists()),
+                "dbus-daemon on {name} did not start: {}",
+                lan.log(&p)
+            );
+            format!("unix:path={}", socket.display())
+        });
+        let conf = lan.path(&format!("avahi-{name}.conf"));
+        fs::write(
+            &conf,
+            format!(
+                "[server]\nhost-name=avahi-{name}-{id}\nuse-ipv4=yes\nuse-ipv6=no\n\
+                 allow-interfaces={interfaces}\nenable-dbus={dbus}\n\
+                 ratelimit-interval-usec=1000000\nratelimit-burst=1000\n\
+                 [wide-area]\nenable-wide-area=no\n\
+                 [publish]\npublish-hinfo=no\npublish-workstation=no\n\
+                 [reflector]\nenable-reflector={reflector}\n",
+                id = lan.id,
+                dbus = if dbus { "yes" } else { "no" },
+                reflector = if reflector { "yes" } else { "no" },
+            ),
+        )
+        .expect("write the avahi config");
+        // A private /run (pid file, socket): the machine's own avahi, or another namespace's,
+        // must not be taken for this one.
+        let script =
+            "mount -t tmpfs tmpfs /run && exec avahi-daemon --no-drop-root --no-chroot -f \"$0\"";
+        let bus_env = format!(
+            "DBUS_SYSTEM_BUS_ADDRESS={}",
+            bus.as_deref().unwrap_or("unix:path=/nonexistent")
+        );
+        let p = lan.spawn(
+            host,
+            &format!("avahi-{name}"),
+            &[
+                "env",
+                &bus_env,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                script,
+                conf.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            lan.wait_log(&p, "Server startup complete", 15 * SEC),
+            "avahi-daemon on {name} did not start: {}",
+            lan.log(&p)
+        );
+        Avahi { bus }
+    }
+
+    /// `env DBUS_SYSTEM_BUS_ADDRESS=... ARGS...`: an avahi tool talking to this daemon.
+    fn tool_args(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec![format!(
+            "DBUS_SYSTEM_BUS_ADDRESS={}",
+            self.bus.as_deref().expect("this avahi has no D-Bus")
+        )];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all
+    }
+
+    fn run(&self, lan: &Lan, host: &Host, args: &[&str]) -> crate::harness::Out {
+        let tail = self.tool_args(args);
+        let mut all = vec!["env"];
+        all.extend(tail.iter().map(String::as_str));
+        lan.run(host, 15 * SEC, &all)
+    }
+
+    fn spawn(&self, lan: &Lan, host: &Host, label: &str, args: &[&str]) -> Proc {
+        let tail = self.tool_args(args);
+        let mut all = vec!["env"];
+        all.extend(tail.iter().map(String::as_str));
+        lan.spawn(host, label, &all)
+    }
+}
+
+/// One resolved line of `avahi-browse -p -r`: instance, host name, address, port, TXT.
+#[derive(Debug, Clone)]
+struct Browsed {
+    instance: String,
+    address: String,
+    port: u16,
+    txt: BTreeMap<String, String>,
+}
+
+/// Parses the resolved (`=`) lines of `avahi-browse -prt` (instance names unescaped).
+fn parse_browse(out: &str) -> Vec<Browsed> {
+    let unescape = |s: &str| {
+        let mut r = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(ch) = chars.next() {
+            match (ch, chars.peek()) {
+                ('\\', Some(d)) if d.is_ascii_digit() => {
+                    let digits: String = (0..3).filter_map(|_| chars.next()).collect();
+                    r.push(digits.parse::<u8>().map_or('?', char::from));
+                }
+                ('\\', Some(_)) => r.extend(chars.next()),
+                _ => r.push(ch),
+            }
+        }
+        r
+    };
+    out.lines()
+        .filter(|l| l.starts_with("=;"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.splitn(10, ';').collect();
+            if f.len() < 10 {
+                return None;
+            }
+            let txt = f[9]
+                .split("\" \"")
+                .map(|kv| kv.trim_matches('"'))
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Some(Browsed {
+                instance: unescape(f[3]),
+                address: f[7].to_string(),
+                port: f[8].parse().ok()?,
+                txt,
+            })
+        })
+        .collect()
+}
+
+/// `ambassador status --json` on `host` (every node of this test).
+fn status(lan: &Lan, host: &Host) -> serde_json::Value {
+    let out = lan.run(host, 10 * SEC, &[AMBASSADOR, "status", "--json"]);
+    assert!(out.ok(), "ambassador status: {out:?}");
+    serde_json::from_str(&out.stdout).expect("status --json prints JSON")
+}
+
+/// Point 6a/6b: avahi-browse (avahi-daemon in its own namespace) lists every announced service with
+/// its TXT keys; a plain `_redis._tcp` service published by avahi-publish is usable with
+/// `connect --direct --discover mdns:_redis._tcp`, and its withdrawal is followed.
+#[test]
+fn avahi_browses_announcements_and_publishes_a_plain_service() {
+    let Some(lan) = Lan::new(&["a", "b", "c", "v"]) else {
+        return;
+    };
+    let (a, b, c, v) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("v"));
+    let key = lan.mesh_key("mesh");
+    redis_server(&lan, &b, 6379, false, "b");
+    // B: redis (up) with weight 3, and `cache` whose target does not answer (h=down).
+    lan.ambassador(
+        &b,
+        "announce-b",
+        &[
+            "announce",
+            "redis:6379",
+            "cache:6380",
+            "--weight",
+            "3",
+            "--node",
+            "b",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    redis_server(&lan, &c, 6379, false, "c");
+    lan.ambassador(
+        &c,
+        "announce-c",
+        &[
+            "announce",
+            "redis:6379",
+            "--node",
+            "c",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    let avahi = Avahi::start(&lan, &v, &v.ifname, false, true);
+
+    let want = ["redis@b", "cache@b", "redis@c"];
+    let mut seen = Vec::new();
+    let all = wait_until(20 * SEC, 200 * MS, || {
+        let out = avahi.run(&lan, &v, &["avahi-browse", "-rpt", "_ambassador._udp"]);
+        seen = parse_browse(&out.stdout);
+        want.iter()
+            .all(|w| seen.iter().any(|s| s.instance == *w && !s.txt.is_empty()))
+    });
+    assert!(all, "avahi-browse on V shows {seen:#?}, expected {want:?}");
+    // What the nodes say of themselves.
+    let nodes = status(&lan, &b);
+    let node = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("status lists no node {name}: {nodes}"))
+    };
+    let quic_port = |name: &str| -> u16 {
+        node(name)["quic"]
+            .as_str()
+            .and_then(|q| q.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("quic port in status")
+    };
+    let mesh_id = node("b")["mesh"].as_str().unwrap().to_string();
+    let ls = lan.run(
+        &a,
+        20 * SEC,
+        &[AMBASSADOR, "ls", "--json", "--mesh-key-file", key_str(&key)],
+    );
+    let ls: serde_json::Value = serde_json::from_str(&ls.stdout).expect("ls --json");
+    let fingerprint = |node: &str| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .and_then(|r| r["fingerprint"].as_str())
+            .map(str::to_string)
+    };
+    for (inst, host, svc, port, weight, health) in [
+        ("redis@b", &b, "redis", "6379", "3", "up"),
+        ("cache@b", &b, "cache", "6380", "3", "down"),
+        ("redis@c", &c, "redis", "6379", "1", "up"),
+    ] {
+        let r = seen.iter().find(|s| s.instance == inst).unwrap();
+        let t = &r.txt;
+        let get = |k: &str| t.get(k).map(String::as_str);
+        assert_eq!(get("v"), Some("1"), "{inst}: TXT {t:?}");
+        assert_eq!(get("svc"), Some(svc), "{inst}: TXT {t:?}");
+        assert_eq!(get("port"), Some(port), "{inst}: TXT {t:?}");
+        assert_eq!(get("node"), Some(host.name.as_str()), "{inst}: TXT {t:?}");
+        assert_eq!(get("mesh"), Some(mesh_id.as_str()), "{inst}: TXT {t:?}");
+        assert_eq!(get("w"), Some(weight), "{inst}: TXT {t:?}");
+        assert_eq!(get("h"), Some(health), "{inst}: TXT {t:?}");
+        let id = get("id").unwrap_or_default();
+        assert!(
+            id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{inst}: id {id:?}"
+        );
+        if let Some(fp) = fingerprint(&host.name) {
+            assert_eq!(id, fp, "{inst}: avahi's id differs from ls's fingerprint");
+        }
+        assert_eq!(r.address, host.ip.to_string(), "{inst}: address");
+        assert_eq!(r.port, quic_port(&host.name), "{inst}: SRV port");
+    }
+    report(&format!(
+        "FIGURE avahi-browse -rpt _ambassador._udp: {} resolved entries, TXT of redis@b: {:?}",
+        seen.len(),
+        seen.iter().find(|s| s.instance == "redis@b").unwrap().txt
+    ));
+
+    // A plain _redis._tcp service published by avahi on V.
+    redis_server(&lan, &v, 6379, true, "v");
+    let publish = avahi.spawn(
+        &lan,
+        &v,
+        "avahi-publish",
+        &["avahi-publish", "-s", "myredis", "_redis._tcp", "6379"],
+    );
+    assert!(
+        lan.wait_log(&publish, "Established under name", 10 * SEC),
+        "avahi-publish failed: {}",
+        lan.log(&publish)
+    );
+    let connect = lan.ambassador(
+        &a,
+        "connect-a",
+        &[
+            "connect",
+            "redis:6379",
+            "--direct",
+            "--discover",
+            "mdns:_redis._tcp",
+            "--node",
+            "a",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    let took = wait_who(&lan, &a, 6379, "v", 15 * SEC);
+    assert_eq!(spread(&lan, &a, 6379, 5), BTreeMap::from([("v".into(), 5)]));
+    // Withdrawn by avahi-publish's exit: followed.
+    lan.signal(&publish, "TERM");
+    assert!(
+        wait_until(10 * SEC, 20 * MS, || lan
+            .log(&connect)
+            .contains("DNS-SD backends changed instances=0")),
+        "the consumer did not follow the withdrawal: {}",
+        lan.log(&connect)
+    );
+    report(&format!(
+        "FIGURE avahi-publish'd _redis._tcp reached through connect --direct after {took:.2?}"
+    ));
+}
+
+/// Point 6c: Two subnets joined by a router namespace running avahi-daemon with `enable-reflector`:
+/// a consumer on one subnet finds a provider on the other (which it cannot see without the
+/// reflector) and reaches it through the mesh, routed by the router.
+#[test]
+fn avahi_reflector_carries_announcements_across_subnets() {
+    let Some(lan) = Lan::new(&["a", "r", "b"]) else {
+        return;
+    };
+    let (a, r, b) = (lan.host("a"), lan.host("r"), lan.host("b"));
+    let key = lan.mesh_key("mesh");
+    // B moves to its own bridge and subnet 10.78.X.0/24; R gets a second interface there.
+    let x = a.ip.octets()[2];
+    let far_net = format!("10.78.{x}.0/24");
+    let near_net = format!("10.77.{x}.0/24");
+    let r_far = Ipv4Addr::new(10, 78, x, 1);
+    let b_ip = Ipv4Addr::new(10, 78, x, 10);
+    let sw = lan.switch_ns().to_string();
+    ip(&["-n", &sw, "link", "add", "br1", "type", "bridge"]);
+    ip(&["-n", &sw, "link", "set", "br1", "up"]);
+    ip(&["-n", &sw, "link", "set", &b.port, "nomaster"]);
+    ip(&["-n", &sw, "link", "set", &b.port, "master", "br1"]);
+    ip(&[
+        "-n", &sw, "link", "add", "q1", "type", "veth", "peer", "name", "eth1", "netns", &r.ns,
+    ]);
+    ip(&["-n", &sw, "link", "set", "q1", "master", "br1"]);
+    ip(&["-n", &sw, "link", "set", "q1", "up"]);
+    ip(&[
+        "-n",
+        &r.ns,
+        "addr",
+        "add",
+        &format!("{r_far}/24"),
+        "dev",
+        "eth1",
+    ]);
+    ip(&["-n", &r.ns, "link", "set", "eth1", "up"]);
+    must_run(&lan, &r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ip(&["-n", &b.ns, "addr", "flush", "dev", &b.ifname]);
+    ip(&[
+        "-n",
+        &b.ns,
+        "addr",
+        "add",
+        &format!("{b_ip}/24"),
+        "dev",
+        &b.ifname,
+    ]);
+    ip(&[
+        "-n",
+        &b.ns,
+        "route",
+        "replace",
+        "224.0.0.0/4",
+        "dev",
+        &b.ifname,
+    ]);
+    ip(&[
+        "-n",
+        &b.ns,
+        "route",
+        "add",
+        &near_net,
+        "via",
+        &r_far.to_string(),
+    ]);
+    ip(&[
+        "-n",
+        &a.ns,
+        "route",
+        "add",
+        &far_net,
+        "via",
+        &r.ip.to_string(),
+    ]);
+    let b_far = Host {
+        ip: b_ip,
+        ..b.clone()
+    };
+    // Routed, not bridged: A reaches B through R.
+    let ping = lan.run(
+        &a,
+        10 * SEC,
+        &["redis-cli", "-h", &b_ip.to_string(), "-p", "9", "PING"],
+    );
+    assert!(
+        format!("{}{}", ping.stdout, ping.stderr).contains("refused"),
+        "A cannot reach B across R: {ping:?}"
+    );
+
+    redis_server(&lan, &b_far, 6379, false, "b");
+    lan.ambassador(
+        &b_far,
+        "announce-b",
+        &[
+            "announce",
+            "redis:6379",
+            "--node",
+            "b",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    let ls_a = || {
+        let out = lan.run(
+            &a,
+            20 * SEC,
+            &[
+                AMBASSADOR,
+                "ls",
+                "--json",
+                "--timeout",
+                "2s",
+                "--mesh-key-file",
+                key_str(&key),
+            ],
+        );
+        assert!(out.ok(), "ls on A: {out:?}");
+        serde_json::from_str::<serde_json::Value>(&out.stdout).expect("ls --json")
+    };
+    // Without the reflector, A does not see B.
+    let before = ls_a();
+    assert_eq!(
+        before.as_array().map(Vec::len),
+        Some(0),
+        "A sees B's subnet without a reflector: {before}"
+    );
+
+    Avahi::start(&lan, &r, "eth0,eth1", true, false);
+    let t0 = Instant::now();
+    lan.ambassador(
+        &a,
+        "connect-a",
+        &[
+            "connect",
+            "redis",
+            "--node",
+            "a",
+            "--mesh-key-file",
+            key_str(&key),
+        ],
+    );
+    // The listen port comes from B's reflected record.
+    assert!(
+        lan.wait_tcp_listen(&a, 6379, 15 * SEC),
+        "A never learned redis's port through the reflector"
+    );
+    wait_who(&lan, &a, 6379, "b", 15 * SEC);
+    let took = t0.elapsed();
+    set_through(&lan, &a, 6379, "across", "subnets");
+    assert_eq!(
+        redis(&lan, &b_far, 6379, &["GET", "across"]).stdout.trim(),
+        "subnets"
+    );
+    // A second browser on A's subnet: avahi 0.8's reflector puts the records it has cached
+    // into the queries it reflects as known answers, so B stays silent, and it answers a
+    // repeated question from its cache only once a second: a browser that starts just after
+    // another may see nothing in its first seconds. Poll.
+    let mut after = serde_json::Value::Null;
+    let mut attempts = 0;
+    let seen = wait_until(20 * SEC, 10 * MS, || {
+        attempts += 1;
+        after = ls_a();
+        after
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["node"] == "b"))
+    });
+    assert!(seen, "ls on A through the reflector: {after}");
+    let row = after
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["node"] == "b"))
+        .unwrap();
+    assert_eq!(row["addrs"][0].as_str(), Some(b_ip.to_string().as_str()));
+    assert_eq!(row["mesh_match"].as_bool(), Some(true));
+    report(&format!(
+        "FIGURE avahi reflector: A ({}) reached B ({b_ip}) across R {took:.2?} after connect started; \
+         `ls` (2 s each) listed B at attempt {attempts}",
+        a.ip
+    ));
+}
