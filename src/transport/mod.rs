@@ -48,7 +48,7 @@ impl Default for TransportSettings {
             idle_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
             udp_buffer: 4 << 20,
-            max_streams: 16_384,
+            max_streams: 12_288,
         }
     }
 }
