@@ -13,6 +13,7 @@ PKGS=(
   socat stunnel4 iperf3             # classic proxies and load tools (tests, benchmarks)
   avahi-daemon avahi-utils dnsmasq-base
   procps psmisc ca-certificates
+  python3 dbus faketime             # test clients, private buses for avahi, expired-clock peers
 )
 
 missing=()

@@ -469,11 +469,13 @@ impl NodeConfig {
                 "--backend and --discover apply to exactly one SPEC; use `ambassador run -c FILE` for several",
             ));
         }
-        let redis_auth = match &args.redis_auth_file {
-            Some(f) => Some(
+        let redis_auth = match (&args.redis_auth_file, args.direct) {
+            (Some(f), _) => Some(
                 RedisAuth::read_file(f, common.insecure_key_permissions).map_err(Failure::usage)?,
             ),
-            None => None,
+            // AMBASSADOR_REDIS_AUTH applies to direct backends (else it is the provider's).
+            (None, true) => redis_auth(None, common.insecure_key_permissions)?,
+            (None, false) => None,
         };
         let mut connect = Vec::new();
         for spec in specs {

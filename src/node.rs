@@ -130,6 +130,14 @@ fn load_identity(cfg: &NodeConfig) -> Result<NodeIdentity, Failure> {
             id
         }
     };
+    if matches!(cfg.identity, IdentitySource::MeshKey { .. })
+        && let Some(a) = cfg.announce.iter().find(|a| a.allow.is_some())
+    {
+        return Err(Failure::usage(format!(
+            "--allow for {} needs CA mode (--identity DIR): with a shared mesh key every member can take any node name",
+            a.spec.service
+        )));
+    }
     if let Some(allowed) = &identity.services {
         for a in &cfg.announce {
             if !allowed.contains(&a.spec.service) {
@@ -217,6 +225,7 @@ fn reload(
         Ok(_) => {}
         Err(e) => warn!(error = %e, "deny list not reloaded; the old one stays"),
     }
+    pool.close_denied(deny);
     let identity = match load_identity(cfg) {
         Ok(id) if id.node == *node => id,
         Ok(id) => {
@@ -340,6 +349,7 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
             header_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             draining: AtomicBool::new(false),
+            deny: deny.clone(),
             activity: Default::default(),
         });
         provider_cfg = Some(pcfg.clone());

@@ -79,6 +79,14 @@ impl DenyList {
         Ok(n)
     }
 
+    /// Whether a certificate fingerprint (hex SHA-256) is denied.
+    pub fn denies_fingerprint(&self, fp: &str) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fp)
+    }
+
     /// Whether the certificate is denied.
     pub fn denies(&self, cert: &CertificateDer<'_>) -> bool {
         let fp = fingerprint(cert);

@@ -22,11 +22,13 @@ use crate::balance::{Balancer, Choice, InstanceStats};
 use crate::discovery::{Endpoint, EndpointSet, Instance, Registry};
 use crate::inject::{AUTH_FAILED_REPLY, InjectError, RedisAuth};
 use crate::names::ServiceName;
-use crate::transport::protocol::{Refusal, Reply, Request};
+use crate::transport::protocol::{FLAG_PROBE, Refusal, Reply, Request};
 use crate::transport::{DialError, PeerTarget, Pool, peer_identity};
 
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
+/// Bound on the answer to a probe stream.
+const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two probes of a lost peer.
 const PROBE_MAX: Duration = Duration::from_secs(5);
 
@@ -138,6 +140,13 @@ enum Opened {
     Direct(TcpStream),
 }
 
+/// A record whose handshake failed is never used again: keyed by the identity it claims *and*
+/// the addresses it gives, so a forged copy of a real record (same fingerprint, another
+/// address) never shuts out the real one.
+fn rejection_key(t: &PeerTarget) -> String {
+    format!("{}@{:?}", t.fingerprint.as_deref().unwrap_or("-"), t.addrs)
+}
+
 /// Bound on connecting to a direct backend.
 const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -179,7 +188,8 @@ impl ConsumerCtx {
     }
 
     fn usable(&self, i: &Instance) -> bool {
-        i.up && !self.is_rejected(&i.fingerprint)
+        let target = Candidate::from_instance(i, self.local).target;
+        i.up && !self.is_rejected(&rejection_key(&target))
             && !self.is_rejected(&format!("{}#{}", i.fullname, i.fingerprint))
             && !i.socket_addrs(self.local).is_empty()
     }
@@ -310,6 +320,34 @@ impl ConsumerCtx {
             .spawn(async move { ctx.probe(key).await }.instrument(span));
     }
 
+    /// One liveness check: a probe stream must get an answer (the handshake alone proves
+    /// little: with TLS 1.3 a peer that refuses our certificate says so only afterwards).
+    async fn probe_once(&self, target: &PeerTarget) -> Result<(), String> {
+        let conn = self.pool.get(target).await.map_err(|e| e.to_string())?;
+        let work = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let req = Request {
+                service: self.service.clone(),
+                flags: FLAG_PROBE,
+            };
+            send.write_all(&req.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            Reply::read_from(&mut recv, PROBE_REPLY_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match work.await {
+            Ok(Reply::Ok) => Ok(()),
+            Ok(Reply::Refused(r)) => Err(format!("refused: {r}")),
+            Err(e) => match conn.close_reason() {
+                Some(reason) => Err(format!("connection lost: {reason}")),
+                None => Err(e),
+            },
+        }
+    }
+
     /// Re-dials a lost peer with a growing pause until it answers (its instances are then
     /// re-admitted) or discovery forgets it.
     async fn probe(self: Arc<Self>, peer_key: String) {
@@ -329,8 +367,8 @@ impl ConsumerCtx {
                 debug!("peer forgotten by discovery; probe ends");
                 break;
             };
-            match self.pool.get(&first.target).await {
-                Ok(_) => {
+            match self.probe_once(&first.target).await {
+                Ok(()) => {
                     for c in &mine {
                         self.balancer.readmit(&c.key);
                     }
@@ -450,12 +488,10 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                 return;
             }
             Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
-                if let Some(fp) = &pick.target.fingerprint {
-                    ctx.rejected
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(fp.clone());
-                }
+                ctx.rejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(rejection_key(&pick.target));
                 ctx.balancer.failed(&pick.key, &e.to_string());
                 warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
             }
@@ -484,7 +520,21 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                 return;
             }
             Err(e @ (AttemptError::Dial(_) | AttemptError::Lost(_))) => {
-                info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");
+                let text = e.to_string();
+                if [
+                    "certificate",
+                    "Revoked",
+                    "revoked",
+                    "UnknownIssuer",
+                    "Expired",
+                ]
+                .iter()
+                .any(|w| text.contains(w))
+                {
+                    warn!(instance = %pick.key, error = %e, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");
+                } else {
+                    info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");
+                }
                 ctx.peer_lost(&pick.target.key(), &e.to_string());
             }
             Err(e) => {

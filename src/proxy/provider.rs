@@ -14,10 +14,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::splice::{SpliceEnd, splice};
+use crate::identity::DenyList;
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::ServiceName;
 use crate::transport::peer_identity;
-use crate::transport::protocol::{RefusalCode, Reply, Request};
+use crate::transport::protocol::{FLAG_PROBE, RefusalCode, Reply, Request};
 
 /// What the provider serves.
 #[derive(Debug)]
@@ -32,6 +33,9 @@ pub struct ProviderConfig {
     pub draining: AtomicBool,
     /// Open streams, for the drain.
     pub activity: super::Activity,
+    /// Revoked certificates: also checked per stream, so a revocation reaches connections
+    /// that were open before it.
+    pub deny: Arc<DenyList>,
 }
 
 /// An announced service's target and its health.
@@ -83,9 +87,12 @@ async fn handle_connection(
             return;
         }
     };
-    let peer = peer_identity(&conn)
-        .map(|p| p.node)
-        .unwrap_or_else(|| "?".into());
+    let identity = peer_identity(&conn);
+    let fingerprint = identity
+        .as_ref()
+        .map(|p| p.fingerprint.clone())
+        .unwrap_or_default();
+    let peer = identity.map(|p| p.node).unwrap_or_else(|| "?".into());
     info!(%peer, "peer connected");
     let mut next_id: u64 = 0;
     loop {
@@ -99,6 +106,11 @@ async fn handle_connection(
                 }
             },
         };
+        if cfg.deny.denies_fingerprint(&fingerprint) {
+            warn!(%peer, %fingerprint, "peer certificate revoked (deny list): closing its connection");
+            conn.close(VarInt::from_u32(2), b"certificate revoked");
+            return;
+        }
         next_id += 1;
         let span = info_span!("stream", %peer, id = next_id);
         tracker.spawn(handle_stream(send, recv, cfg.clone(), peer.clone()).instrument(span));
@@ -137,6 +149,17 @@ async fn handle_stream(
     {
         let detail = format!("node {peer} may not use {}", req.service);
         return refuse(send, recv, RefusalCode::NotAllowed, detail).await;
+    }
+    if req.flags & FLAG_PROBE != 0 {
+        // A consumer checking that this node is alive and accepts it: answer, connect nothing.
+        let reply = if entry.up.load(Ordering::Relaxed) {
+            Reply::Ok
+        } else {
+            Reply::refuse(RefusalCode::TargetDown, "target down")
+        };
+        let _ = send.write_all(&reply.encode()).await;
+        let _ = send.finish();
+        return;
     }
     let target = entry.addr;
     if !entry.up.load(Ordering::Relaxed) {

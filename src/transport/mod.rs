@@ -264,6 +264,26 @@ impl Pool {
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
     }
 
+    /// Closes pooled connections to peers whose certificate is now denied (after a reload).
+    pub fn close_denied(&self, deny: &DenyList) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            if let Ok(guard) = slot.try_lock()
+                && let Some(conn) = guard.as_ref()
+                && peer_identity(conn).is_some_and(|p| deny.denies_fingerprint(&p.fingerprint))
+            {
+                tracing::warn!("closing the connection to a peer whose certificate is now revoked");
+                conn.close(VarInt::from_u32(2), b"certificate revoked");
+            }
+        }
+    }
+
     /// Notifications of lost peers: (peer key, reason).
     pub fn subscribe_lost(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
         self.lost.subscribe()
@@ -314,6 +334,7 @@ impl Pool {
     async fn dial(&self, peer: &PeerTarget) -> Result<Connection, DialError> {
         let server_name = peer.node.as_deref().unwrap_or(ANY_NODE_SAN);
         let mut last = DialError::NoAddress;
+        let mut identity_failure: Option<DialError> = None;
         for &addr in &peer.addrs {
             let client = self
                 .client
@@ -338,8 +359,10 @@ impl Pool {
                         addr,
                         reason: e.to_string(),
                     };
+                    // A failed identity at one address (a forged or stale record) does not
+                    // condemn the others: try them all, and report the identity failure.
                     if last.is_identity_failure() {
-                        return Err(last);
+                        identity_failure = Some(last.clone());
                     }
                     continue;
                 }
@@ -357,15 +380,16 @@ impl Pool {
                 && *expected != got
             {
                 conn.close(VarInt::from_u32(1), b"identity mismatch");
-                return Err(DialError::IdentityMismatch {
+                identity_failure = Some(DialError::IdentityMismatch {
                     addr,
                     expected: expected.clone(),
                     got,
                 });
+                continue;
             }
             return Ok(conn);
         }
-        Err(last)
+        Err(identity_failure.unwrap_or(last))
     }
 }
 

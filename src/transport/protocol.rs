@@ -18,6 +18,8 @@ pub const VERSION: u8 = 1;
 const MAGIC: [u8; 2] = *b"AM";
 /// Length of the fixed part of a request or reply.
 pub const FIXED_LEN: usize = 5;
+/// Request flag: a liveness probe. The provider answers as it would, but connects nothing.
+pub const FLAG_PROBE: u8 = 0x01;
 /// Longest service name on the wire.
 pub const MAX_NAME: usize = 63;
 
@@ -26,7 +28,7 @@ pub const MAX_NAME: usize = 63;
 pub struct Request {
     /// The service to reach.
     pub service: ServiceName,
-    /// Reserved flags (0 in version 1; unknown bits are ignored).
+    /// Flags ([`FLAG_PROBE`]; unknown bits are ignored).
     pub flags: u8,
 }
 
