@@ -1,14 +1,13 @@
 //! `ambassador ls`: browse the mesh like `avahi-browse` does, and print what is announced.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mdns_sd::ServiceEvent;
 use serde::Serialize;
 
 use crate::cli::{Common, LsArgs};
-use crate::discovery::Instance;
 use crate::discovery::mdns::{Mdns, instance_from_resolved};
+use crate::discovery::{Instance, Registry};
 use crate::error::Failure;
 use crate::identity::{MeshKey, MeshRoot, default_key_path};
 
@@ -48,20 +47,14 @@ fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
 pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Instance>, Failure> {
     let mdns = Mdns::new(interfaces).map_err(|e| Failure::Runtime(e.into()))?;
     let rx = mdns.browse().map_err(|e| Failure::Runtime(e.into()))?;
-    let mut seen: BTreeMap<String, Instance> = BTreeMap::new();
+    // The registry merges repeated resolutions (IPv4, IPv6, loopback) as a running node does.
+    let seen = Registry::default();
     let deadline = tokio::time::Instant::now() + timeout;
     while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, rx.recv_async()).await {
         match ev {
             ServiceEvent::ServiceResolved(rs) => {
-                if let Ok(mut inst) = instance_from_resolved(&rs) {
-                    if let Some(old) = seen.get(&inst.fullname) {
-                        for a in &old.addrs {
-                            if !inst.addrs.contains(a) {
-                                inst.addrs.push(*a);
-                            }
-                        }
-                    }
-                    seen.insert(inst.fullname.clone(), inst);
+                if let Ok(inst) = instance_from_resolved(&rs) {
+                    seen.upsert(inst);
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
@@ -71,7 +64,7 @@ pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Inst
         }
     }
     mdns.shutdown().await;
-    Ok(seen.into_values().collect())
+    Ok(seen.all())
 }
 
 /// Runs `ambassador ls`.

@@ -226,6 +226,10 @@ fn reload(
         Err(e) => warn!(error = %e, "deny list not reloaded; the old one stays"),
     }
     pool.close_denied(deny);
+    if let IdentitySource::MeshKey { .. } = cfg.identity {
+        // A mesh-key node's certificate is made at start; nothing to re-read.
+        return;
+    }
     let identity = match load_identity(cfg) {
         Ok(id) if id.node == *node => id,
         Ok(id) => {
@@ -237,10 +241,6 @@ fn reload(
             return;
         }
     };
-    if let IdentitySource::MeshKey { .. } = cfg.identity {
-        // A mesh-key node's certificate is made at start; nothing to re-read.
-        return;
-    }
     if serve {
         match transport::server_config(&identity, deny, settings) {
             Ok(sc) => endpoint.set_server_config(Some(sc)),

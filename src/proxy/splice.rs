@@ -97,11 +97,16 @@ async fn quic_to_tcp(
 async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Result<(), ()> {
     let mut first = 0;
     while first < batch.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = batch[first..]
-            .iter()
-            .map(|c| std::io::IoSlice::new(c))
-            .collect();
-        let mut written = w.write_vectored(&slices).await.map_err(|_| ())?;
+        // A fixed array on the stack: no allocation per batch on the copy loop.
+        let mut slices = [std::io::IoSlice::new(&[]); BATCH];
+        let pending = &batch[first..];
+        for (slot, chunk) in slices.iter_mut().zip(pending) {
+            *slot = std::io::IoSlice::new(chunk);
+        }
+        let mut written = w
+            .write_vectored(&slices[..pending.len().min(BATCH)])
+            .await
+            .map_err(|_| ())?;
         if written == 0 {
             return Err(());
         }
