@@ -1614,12 +1614,16 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
     let avahi = Avahi::start(&lan, &v, &v.ifname, false, true);
 
     let want = ["redis@b", "cache@b", "redis@c"];
+    // Instance names are `svc@node_<mesh8>`.
+    let base = |i: &str| i.rsplit_once('_').map_or(i, |(b, _)| b).to_string();
     let mut seen = Vec::new();
     let all = wait_until(20 * SEC, 200 * MS, || {
         let out = avahi.run(&lan, &v, &["avahi-browse", "-rpt", "_ambassador._udp"]);
         seen = parse_browse(&out.stdout);
-        want.iter()
-            .all(|w| seen.iter().any(|s| s.instance == *w && !s.txt.is_empty()))
+        want.iter().all(|w| {
+            seen.iter()
+                .any(|s| base(&s.instance) == *w && !s.txt.is_empty())
+        })
     });
     assert!(all, "avahi-browse on V shows {seen:#?}, expected {want:?}");
     // What the nodes say of themselves.
@@ -1660,7 +1664,12 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
         ("cache@b", &b, "cache", "6380", "3", "down"),
         ("redis@c", &c, "redis", "6379", "1", "up"),
     ] {
-        let r = seen.iter().find(|s| s.instance == inst).unwrap();
+        let r = seen.iter().find(|s| base(&s.instance) == inst).unwrap();
+        assert_eq!(
+            r.instance,
+            format!("{inst}_{}", &mesh_id[..8]),
+            "instance name of {inst}"
+        );
         let t = &r.txt;
         let get = |k: &str| t.get(k).map(String::as_str);
         assert_eq!(get("v"), Some("1"), "{inst}: TXT {t:?}");
@@ -1684,7 +1693,10 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
     report(&format!(
         "FIGURE avahi-browse -rpt _ambassador._udp: {} resolved entries, TXT of redis@b: {:?}",
         seen.len(),
-        seen.iter().find(|s| s.instance == "redis@b").unwrap().txt
+        seen.iter()
+            .find(|s| base(&s.instance) == "redis@b")
+            .unwrap()
+            .txt
     ));
 
     // A plain _redis._tcp service published by avahi on V.

@@ -48,7 +48,7 @@ fn another_mesh_is_never_reached() {
 
     // Discovery: the record of the other mesh is seen and ignored.
     let (consumer, addr) = ours.connect(&unique("cons"), "echo", &["--wait", "1s"]);
-    consumer.expect_log(&["another mesh", &format!("instance=echo@{prov}.")], READY);
+    consumer.expect_log(&["another mesh", &format!("instance=echo@{prov}_")], READY);
     for _ in 0..5 {
         let (data, _err, took) = try_exchange(addr);
         assert!(data.is_empty(), "got data from another mesh: {data:?}");
@@ -283,7 +283,7 @@ fn sigterm_withdraws_and_exits_zero() {
     );
     let left = Duration::from_secs(3).saturating_sub(start.elapsed());
     consumer.expect_log(
-        &["withdrawn", &format!("echo@{prov}.")],
+        &["withdrawn", &format!("echo@{prov}_")],
         left.max(Duration::from_millis(500)),
     );
 

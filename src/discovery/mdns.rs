@@ -48,8 +48,13 @@ impl Mdns {
         quic_port: u16,
         txt: &TxtRecord,
     ) -> Result<String, MdnsError> {
-        let instance = format!("{}@{}", txt.service, node);
-        let host = format!("{node}.local.");
+        // Node names are unique within a mesh, not across meshes: two meshes on one LAN may
+        // each have a node `b`. The mesh id's first 8 hex digits make the names unique across
+        // meshes, so another mesh's `redis@b` never replaces ours in a browser's cache (nor its
+        // host name's addresses ours). The suffix has a fixed length, so the names stay unique.
+        let tag = txt.mesh.get(..8).unwrap_or(&txt.mesh);
+        let instance = format!("{}@{}_{tag}", txt.service, node);
+        let host = format!("{node}-{tag}.local.");
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,
             &instance,
@@ -59,8 +64,8 @@ impl Mdns {
             txt.to_properties(),
         )?
         .enable_addr_auto();
-        // The instance name embeds the node name, unique by construction: probing for
-        // conflicts would only delay the first announcement by ~1 s.
+        // The instance name embeds the node name and the mesh, unique by construction:
+        // probing for conflicts would only delay the first announcement by ~1 s.
         info.set_requires_probe(false);
         let fullname = info.get_fullname().to_string();
         self.daemon.register(info)?;

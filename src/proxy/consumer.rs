@@ -31,6 +31,22 @@ const MAX_ATTEMPTS: usize = 4;
 const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two probes of a lost peer.
 const PROBE_MAX: Duration = Duration::from_secs(5);
+/// Pause between probes of a peer that refuses this node's certificate.
+const PROBE_REFUSED: Duration = Duration::from_secs(30);
+
+/// True when an error says the peer refused this node's certificate in the TLS handshake
+/// (revoked, expired, unknown issuer), as opposed to a peer that is unreachable.
+fn refuses_our_certificate(error: &str) -> bool {
+    [
+        "certificate",
+        "Revoked",
+        "revoked",
+        "UnknownIssuer",
+        "Expired",
+    ]
+    .iter()
+    .any(|w| error.contains(w))
+}
 
 /// One place a stream can be opened to.
 #[derive(Debug, Clone)]
@@ -352,6 +368,7 @@ impl ConsumerCtx {
     /// re-admitted) or discovery forgets it.
     async fn probe(self: Arc<Self>, peer_key: String) {
         let mut pause = Duration::from_millis(250);
+        let mut told = false;
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -373,6 +390,15 @@ impl ConsumerCtx {
                         self.balancer.readmit(&c.key);
                     }
                     break;
+                }
+                Err(e) if refuses_our_certificate(&e) => {
+                    // Revoked, expired or of another mesh in its eyes: that changes only with an
+                    // operator's hand, so ask again rarely instead of every few seconds.
+                    if !told {
+                        told = true;
+                        info!(error = %e, retry = ?PROBE_REFUSED, "the peer refuses this node's certificate; probing it rarely");
+                    }
+                    pause = PROBE_REFUSED;
                 }
                 Err(e) => debug!(error = %e, "peer still unreachable"),
             }
@@ -520,17 +546,7 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                 return;
             }
             Err(e @ (AttemptError::Dial(_) | AttemptError::Lost(_))) => {
-                let text = e.to_string();
-                if [
-                    "certificate",
-                    "Revoked",
-                    "revoked",
-                    "UnknownIssuer",
-                    "Expired",
-                ]
-                .iter()
-                .any(|w| text.contains(w))
-                {
+                if refuses_our_certificate(&e.to_string()) {
                     warn!(instance = %pick.key, error = %e, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");
                 } else {
                     info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");

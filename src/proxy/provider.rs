@@ -106,13 +106,15 @@ async fn handle_connection(
                 }
             },
         };
-        if cfg.deny.denies_fingerprint(&fingerprint) {
-            warn!(%peer, %fingerprint, "peer certificate revoked (deny list): closing its connection");
-            conn.close(VarInt::from_u32(2), b"certificate revoked");
-            return;
-        }
         next_id += 1;
         let span = info_span!("stream", %peer, id = next_id);
+        if cfg.deny.denies_fingerprint(&fingerprint) {
+            // Revoked after its handshake (deny list reloaded): its open streams go on, as a
+            // reload drops nothing, but every new one is refused.
+            let detail = format!("the certificate of node {peer} is revoked (deny list)");
+            tracker.spawn(refuse(send, recv, RefusalCode::NotAllowed, detail).instrument(span));
+            continue;
+        }
         tracker.spawn(handle_stream(send, recv, cfg.clone(), peer.clone()).instrument(span));
     }
 }

@@ -377,7 +377,7 @@ impl Mesh {
 /// Waits until the consumer has discovered `service` announced by `node`.
 pub fn await_discovered(consumer: &Proc, service: &str, node: &str) {
     consumer.expect_log(
-        &["discovered", &format!("instance={service}@{node}.")],
+        &["discovered", &format!("instance={service}@{node}_")],
         READY,
     );
 }
