@@ -121,11 +121,13 @@ fn consumer_view(lan: &Lan, host: &Host, service: &str) -> BTreeMap<String, (Str
         .expect("instances[]")
         .iter()
         .map(|i| {
-            // Instance keys are DNS-SD full names: `<service>@<node>._ambassador._udp.local.`.
+            // Instance keys are DNS-SD full names:
+            // `<service>@<node>_<mesh8>._ambassador._udp.local.`.
             let key = i["instance"].as_str().unwrap_or_default();
             let node = key
                 .split_once('@')
                 .and_then(|(_, rest)| rest.split('.').next())
+                .map(|n| n.rsplit_once('_').map_or(n, |(node, _)| node))
                 .unwrap_or(key)
                 .to_string();
             (

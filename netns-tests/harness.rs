@@ -321,9 +321,14 @@ impl Lan {
         // namespaces share the filesystem).
         cmd.env("XDG_CONFIG_HOME", self.dir())
             .env("XDG_RUNTIME_DIR", self.dir())
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .process_group(0);
+        // Log filters are the test's, not the caller's; `NETNS_RUST_LOG` sets one to debug with
+        // (e.g. `NETNS_RUST_LOG=info,mdns_sd=debug`).
+        match std::env::var("NETNS_RUST_LOG") {
+            Ok(filter) if !filter.is_empty() => cmd.env("RUST_LOG", filter),
+            _ => cmd.env_remove("RUST_LOG"),
+        };
         cmd
     }
 

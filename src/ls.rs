@@ -45,7 +45,7 @@ fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
 
 /// Browses for `timeout` and returns every instance seen (and not withdrawn meanwhile).
 pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Instance>, Failure> {
-    let mdns = Mdns::new(interfaces).map_err(|e| Failure::Runtime(e.into()))?;
+    let mdns = Mdns::new(interfaces, None).map_err(|e| Failure::Runtime(e.into()))?;
     let rx = mdns.browse().map_err(|e| Failure::Runtime(e.into()))?;
     // The registry merges repeated resolutions (IPv4, IPv6, loopback) as a running node does.
     let seen = Registry::default();

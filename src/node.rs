@@ -298,7 +298,7 @@ pub async fn run(cfg: NodeConfig, mut controls: mpsc::Receiver<Control>) -> Resu
     let client =
         transport::client_config(&identity, &deny, &cfg.transport).context("TLS client set-up")?;
     let pool = Pool::new(endpoint.clone(), client, cfg.transport.clone());
-    let mdns = Arc::new(Mdns::new(&cfg.interfaces).context("starting mDNS")?);
+    let mdns = Arc::new(Mdns::new(&cfg.interfaces, Some(quic_addr)).context("starting mDNS")?);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);

@@ -1,6 +1,7 @@
 //! mDNS/DNS-SD through `mdns-sd`: announcing this node's services and browsing the mesh's.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,14 +26,20 @@ pub struct Mdns {
 }
 
 impl Mdns {
-    /// Starts the daemon; with `interfaces` non-empty, only those interfaces are used.
-    pub fn new(interfaces: &[String]) -> Result<Self, MdnsError> {
+    /// Starts the daemon; with `interfaces` non-empty, only those interfaces are used. With
+    /// `quic` an IPv4 address, mDNS runs over IPv4 only: an IPv6 answer (which carries only
+    /// the AAAA records) would resolve an instance to addresses that socket cannot dial, and
+    /// its known answer then keeps the IPv4 answer from ever coming.
+    pub fn new(interfaces: &[String], quic: Option<SocketAddr>) -> Result<Self, MdnsError> {
         let daemon = ServiceDaemon::new()?;
         if !interfaces.is_empty() {
             daemon.disable_interface(IfKind::All)?;
             for name in interfaces {
                 daemon.enable_interface(IfKind::Name(name.clone()))?;
             }
+        }
+        if quic.is_some_and(|a| a.is_ipv4()) {
+            daemon.disable_interface(vec![IfKind::IPv6, IfKind::LoopbackV6])?;
         }
         Ok(Self {
             daemon,
