@@ -503,13 +503,13 @@ phase_profile() {
   fi
   port=$PAIR_PORT
   {
-    echo "### Profile of the ambassador pair (perf, single-stream bulk, 3 s each way)"
+    echo "### Profile of the ambassador pair (perf, bulk: 1 stream each way, 8 streams up; 3 s each)"
     echo
     echo "perf record -F 1999 (flat, no call graphs) and perf stat on each ambassador process while iperf3"
     echo "runs through the pair. Shares are of that process's samples (user + kernel)."
     echo
   } >"$PROFILE"
-  for dir in "up1:" "down1:-R"; do
+  for dir in "up1:" "down1:-R" "up8:-P 8"; do
     key=${dir%%:*}; flags=${dir#*:}
     perfs=()
     for side in 0 1; do
@@ -527,7 +527,7 @@ phase_profile() {
     for side in 0 1; do
       name="ambassador connect (client side)"; [ "$side" = 1 ] && name="ambassador announce (server side)"
       {
-        echo "#### $key ($( [ "$key" = up1 ] && echo "client→target" || echo "target→client")), $name: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s"
+        echo "#### $key ($(case $key in up1) echo "client→target";; down1) echo "target→client";; *) echo "8 streams, client→target";; esac)), $name: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s"
         echo
         echo '```'
         "$PY" "$H" perfstat "$WORK/perfstat-$key-$side.csv" "$bytes"

@@ -101,7 +101,8 @@ async fn handle_connection(
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(e) => {
-                    info!(%peer, reason = %e, "peer disconnected");
+                    let path = conn.stats().path;
+                    info!(%peer, reason = %e, mtu = path.current_mtu, rtt = ?path.rtt, "peer disconnected");
                     return;
                 }
             },
