@@ -11,8 +11,8 @@
 #   --write/--no-write write benches/results.md or not (default: write, except with --quick)
 #   --out FILE         results file (default benches/results.md)
 #   --mdns             ambassador discovery through real mDNS on lo instead of --backend (static)
-#   --perf             also profile the ambassador pair (perf record) during one upload and one
-#                      download bulk run, and add the top symbols to the results
+#   --perf             also profile the ambassador pair (perf record) during single-stream bulk
+#                      runs both ways and an 8-stream upload, and add the top symbols to the results
 #   --repeat N         rounds over all paths (default 3; quick 1): each figure is the median of
 #                      N runs, taken in interleaved rounds with a fresh proxy pair each time
 #   --hold N           idle connections to hold through the ambassador pair (default 10000; quick 500)
@@ -491,7 +491,7 @@ phase_bulk() {
   stop_pair
 }
 
-# perf profile of both ambassadors during one upload and one download run: where the CPU goes
+# perf profile of both ambassadors during bulk runs (1 stream each way, 8 streams up): where the CPU goes
 # (grouped, then the top symbols) and how many syscalls and context switches each byte costs.
 PROFILE="$WORK/profile.md"
 PERF_EVENTS="task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait"
