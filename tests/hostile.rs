@@ -20,7 +20,10 @@ use ambassador::transport::{TransportSettings, client_config};
 use common::{Mesh, Target, await_discovered, quic_port, unique};
 
 /// Silent streams the hostile peer holds open at once.
-const SILENT: usize = 2000;
+const SILENT: usize = 1500;
+/// Streams of one connection the provider lets wait for their header
+/// (`MAX_AWAITING_HEADER` in src/proxy/provider.rs).
+const AWAITING_CAP: usize = 1024;
 
 /// Resident set size of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -126,22 +129,7 @@ fn silent_and_malformed_streams_cost_only_themselves() {
             .await
             .expect("the hostile peer is a mesh member: its handshake succeeds");
 
-        // 1. Streams that start a header and never finish it (the magic only).
-        let mut silent = Vec::with_capacity(SILENT);
-        for _ in 0..SILENT {
-            silent.push(send_raw(&conn, b"AM").await);
-        }
-        // The tunnel serves a real consumer while they hang.
-        let mut rss_peak = rss_kib(provider_pid);
-        for _ in 0..20 {
-            tokio::task::spawn_blocking(move || echo_once(addr))
-                .await
-                .expect("join")
-                .expect("the tunnel stopped working while silent streams hang");
-            rss_peak = rss_peak.max(rss_kib(provider_pid));
-        }
-
-        // 2. Malformed, unknown-version and oversized headers: refused at once, each alone.
+        // 1. Malformed, unknown-version and oversized headers: refused at once, each alone.
         let t0 = Instant::now();
         let mut malformed = Vec::new();
         for (what, bytes, detail) in [
@@ -160,21 +148,49 @@ fn silent_and_malformed_streams_cost_only_themselves() {
             "malformed headers waited for the header timeout ({malformed_took:?}) instead of being refused at once"
         );
 
-        // 3. The silent streams are refused after the header bound, each with a typed reply.
-        let mut refused = 0;
+        // 2. Streams that start a header and never finish it (the magic only): more than the
+        //    provider lets wait on one connection.
+        let mut silent = Vec::with_capacity(SILENT);
+        for _ in 0..SILENT {
+            silent.push(send_raw(&conn, b"AM").await);
+        }
+        // The tunnel serves a real consumer while they hang.
+        let mut rss_peak = rss_kib(provider_pid);
+        for _ in 0..20 {
+            tokio::task::spawn_blocking(move || echo_once(addr))
+                .await
+                .expect("join")
+                .expect("the tunnel stopped working while silent streams hang");
+            rss_peak = rss_peak.max(rss_kib(provider_pid));
+        }
+
+        // 3. Each silent stream gets a typed refusal: after the header bound for those the
+        //    provider let wait, at once for the rest.
+        let (mut timed_out, mut capped) = (0, 0);
         for (send, reply) in silent {
             let got = reply.await.expect("join");
-            if let Ok(Reply::Refused(r)) = &got
-                && r.code == RefusalCode::BadRequest
-                && r.detail.contains("no header within")
-            {
-                refused += 1;
-            } else {
-                panic!("a silent stream got {got:?}, not a bad-request refusal");
+            match &got {
+                Ok(Reply::Refused(r))
+                    if r.code == RefusalCode::BadRequest && r.detail.contains("no header within") =>
+                {
+                    timed_out += 1
+                }
+                Ok(Reply::Refused(r))
+                    if r.code == RefusalCode::BadRequest
+                        && r.detail.contains("already wait for their header") =>
+                {
+                    capped += 1
+                }
+                _ => panic!("a silent stream got {got:?}, not a bad-request refusal"),
             }
             drop(send);
         }
-        assert_eq!(refused, SILENT);
+        assert_eq!(
+            (timed_out, capped),
+            (AWAITING_CAP, SILENT - AWAITING_CAP),
+            "of {SILENT} silent streams, {timed_out} waited for the header bound and {capped} were refused at once; \
+             expected the provider to let {AWAITING_CAP} wait"
+        );
         rss_peak = rss_peak.max(rss_kib(provider_pid));
         // The hostile peer's connection itself is still served: one bad stream does not
         // condemn the connection (a well-formed request on it still works).

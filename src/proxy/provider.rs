@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -19,6 +19,31 @@ use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::ServiceName;
 use crate::transport::peer_identity;
 use crate::transport::protocol::{FLAG_PROBE, RefusalCode, Reply, Request};
+
+/// Most streams of one connection that may wait for their request header at once. A consumer
+/// sends the header with the stream's first bytes, so only a broken or hostile peer has many
+/// waiting: beyond this, new ones are refused at once instead of being held for the header
+/// timeout.
+const MAX_AWAITING_HEADER: usize = 1024;
+/// Most QUIC connections (handshaking or open) the provider holds at once; beyond this,
+/// incoming connections are refused. One per consumer node is the normal case.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Counts a live item for as long as it is held.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn new(count: &Arc<AtomicUsize>) -> (Self, usize) {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        (Self(count.clone()), before)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What the provider serves.
 #[derive(Debug)]
@@ -58,6 +83,7 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let connections = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             () = cancel.cancelled() => return,
@@ -66,10 +92,20 @@ pub async fn serve(
                 None => return,
             },
         };
+        let (held, open) = Held::new(&connections);
+        if open >= MAX_CONNECTIONS {
+            warn!(remote = %incoming.remote_address(), open, "refused a QUIC connection: too many open");
+            incoming.refuse();
+            continue;
+        }
         let span = info_span!("peer", remote = %incoming.remote_address());
+        let (cfg, cancel, tasks) = (cfg.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(
-            handle_connection(incoming, cfg.clone(), cancel.clone(), tracker.clone())
-                .instrument(span),
+            async move {
+                let _held = held;
+                handle_connection(incoming, cfg, cancel, tasks).await;
+            }
+            .instrument(span),
         );
     }
 }
@@ -94,6 +130,7 @@ async fn handle_connection(
         .unwrap_or_default();
     let peer = identity.map(|p| p.node).unwrap_or_else(|| "?".into());
     info!(%peer, "peer connected");
+    let awaiting = Arc::new(AtomicUsize::new(0));
     let mut next_id: u64 = 0;
     loop {
         let (send, recv) = tokio::select! {
@@ -116,7 +153,9 @@ async fn handle_connection(
             tracker.spawn(refuse(send, recv, RefusalCode::NotAllowed, detail).instrument(span));
             continue;
         }
-        tracker.spawn(handle_stream(send, recv, cfg.clone(), peer.clone()).instrument(span));
+        tracker.spawn(
+            handle_stream(send, recv, cfg.clone(), peer.clone(), awaiting.clone()).instrument(span),
+        );
     }
 }
 
@@ -134,8 +173,19 @@ async fn handle_stream(
     mut recv: RecvStream,
     cfg: Arc<ProviderConfig>,
     peer: String,
+    awaiting: Arc<AtomicUsize>,
 ) {
-    let req = match Request::read_from(&mut recv, cfg.header_timeout).await {
+    let (held, before) = Held::new(&awaiting);
+    if before >= MAX_AWAITING_HEADER {
+        drop(held);
+        let detail = format!(
+            "{MAX_AWAITING_HEADER} streams of this connection already wait for their header"
+        );
+        return refuse(send, recv, RefusalCode::BadRequest, detail).await;
+    }
+    let header = Request::read_from(&mut recv, cfg.header_timeout).await;
+    drop(held);
+    let req = match header {
         Ok(r) => r,
         Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
     };
