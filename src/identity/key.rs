@@ -146,18 +146,45 @@ impl MeshKey {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(write_err)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(dir).map_err(write_err)?;
+        // Written whole under a temporary name, then linked into place (which fails if the
+        // name exists): a process that reads the key meanwhile (two nodes started at once on
+        // a fresh host) sees no file or the whole key, never an empty one.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(format!("{}\n", self.to_text()).as_bytes())?;
+            file.sync_all()?;
+            fs::hard_link(&tmp, path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                // A file system without hard links: create the file in place instead.
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(write_err)?;
+                file.write_all(format!("{}\n", self.to_text()).as_bytes())
+                    .map_err(write_err)?;
+                file.sync_all().map_err(write_err)
+            }
+            other => other.map_err(write_err),
         }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(write_err)?;
-        file.write_all(format!("{}\n", self.to_text()).as_bytes())
-            .map_err(write_err)?;
-        file.sync_all().map_err(write_err)
     }
 
     /// The 32-byte seed of the mesh root's Ed25519 key.
@@ -225,6 +252,42 @@ mod tests {
         assert_eq!(format!("{key:?}"), "MeshKey(***)");
         assert!(MeshKey::parse("ambk1-00").is_err());
         assert!(MeshKey::parse("hello").is_err());
+    }
+
+    #[test]
+    fn a_key_being_written_is_never_read_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            let path = dir.path().join(format!("k{i}"));
+            let reader = {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        match MeshKey::read_file(&path, false) {
+                            Ok(k) => return k,
+                            Err(KeyError::Read { source, .. })
+                                if source.kind() == std::io::ErrorKind::NotFound =>
+                            {
+                                std::thread::yield_now()
+                            }
+                            Err(e) => panic!("read a key being written: {e}"),
+                        }
+                    }
+                })
+            };
+            let key = MeshKey::generate().unwrap();
+            key.write_new_file(&path).unwrap();
+            assert_eq!(reader.join().unwrap(), key);
+            // A second writer finds the name taken and leaves the key alone.
+            let other = MeshKey::generate().unwrap();
+            assert!(matches!(
+                other.write_new_file(&path),
+                Err(KeyError::Write { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists
+            ));
+            assert_eq!(MeshKey::read_file(&path, false).unwrap(), key);
+        }
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 50);
     }
 
     #[test]

@@ -27,6 +27,13 @@ use crate::transport::{DialError, PeerTarget, Pool, peer_identity};
 
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
+/// Least wait for a provider's answer before another instance is asked too (a hedge).
+const HEDGE_MIN: Duration = Duration::from_millis(50);
+/// Most wait before a hedge, however slow the path.
+const HEDGE_MAX: Duration = Duration::from_secs(1);
+/// Wait before a hedge when no connection to the peer is open yet (its handshake is part of
+/// the attempt), and for direct backends.
+const HEDGE_COLD: Duration = Duration::from_millis(300);
 /// Bound on the answer to a probe stream.
 const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two probes of a lost peer.
@@ -150,6 +157,17 @@ enum AttemptError {
     AuthRejected(String),
 }
 
+/// Resets the stream it holds when dropped (an attempt cancelled while it waits).
+struct ResetOnDrop<'a>(Option<&'a mut SendStream>);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(send) = self.0.take() {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
 /// An attempt that worked: a tunnel stream, or a direct TCP connection.
 enum Opened {
     Stream(SendStream, RecvStream),
@@ -250,6 +268,39 @@ impl ConsumerCtx {
         self.balancer.stats()
     }
 
+    /// Picks an instance not yet tried for this client (waiting up to `until` for a first).
+    async fn choose(&self, tried: &HashSet<String>, until: Instant) -> Option<Candidate> {
+        let cands = self.candidates(tried, until).await;
+        let choices: Vec<Choice<'_>> = cands
+            .iter()
+            .map(|c| Choice {
+                key: &c.key,
+                weight: c.weight,
+            })
+            .collect();
+        let idx = self.balancer.pick(&choices)?;
+        cands.get(idx).cloned()
+    }
+
+    /// How long an attempt may go unanswered before another instance is asked too: a few
+    /// round trips of the pooled connection, at least [`HEDGE_MIN`].
+    fn hedge_delay(&self, cand: &Candidate) -> Duration {
+        if cand.direct {
+            return HEDGE_COLD;
+        }
+        match self.pool.rtt(&cand.target) {
+            Some(rtt) => (rtt * 4 + HEDGE_MIN).min(HEDGE_MAX),
+            None => HEDGE_COLD,
+        }
+    }
+
+    /// [`Self::open`], counted as open on the instance while it waits, so least-conn steers new
+    /// connections away from an instance that is slow to answer (or silently dead).
+    async fn open_counted(&self, cand: &Candidate) -> Result<Opened, AttemptError> {
+        let _waiting = self.balancer.opened(&cand.key);
+        self.open(cand).await
+    }
+
     async fn open(&self, cand: &Candidate) -> Result<Opened, AttemptError> {
         if cand.direct {
             return self.open_direct(cand).await;
@@ -272,9 +323,17 @@ impl ConsumerCtx {
             service: self.service.clone(),
             flags: 0,
         };
+        // An attempt given up (another instance answered first) resets its stream, so the
+        // provider connects nothing for it; dropped as is, the stream would only be finished.
+        let mut abandon = ResetOnDrop(Some(&mut send));
         // Write the header at once: a stream is invisible to the peer until its first byte.
-        send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
-        match Reply::read_from(&mut recv, self.reply_timeout).await {
+        if let Some(send) = abandon.0.as_mut() {
+            send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
+        }
+        let reply = Reply::read_from(&mut recv, self.reply_timeout).await;
+        abandon.0 = None;
+        drop(abandon);
+        match reply {
             Ok(Reply::Ok) => Ok(Opened::Stream(send, recv)),
             Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
             Err(e) => Err(lost(&e)),
@@ -462,101 +521,173 @@ pub async fn watch_pool(ctx: Arc<ConsumerCtx>) {
     }
 }
 
+/// What to do after an attempt.
+enum Next {
+    /// The client connection is served (or closed for good).
+    Done,
+    /// Try another instance.
+    Another,
+}
+
+/// Acts on the outcome of one attempt: splices on success, or records the failure and says
+/// whether another instance may serve the client.
+async fn conclude(
+    ctx: &Arc<ConsumerCtx>,
+    tcp: &mut Option<TcpStream>,
+    pick: &Candidate,
+    outcome: Result<Opened, AttemptError>,
+) -> Next {
+    match outcome {
+        Ok(opened) => {
+            ctx.balancer.succeeded(&pick.key);
+            let _open = ctx.balancer.opened(&pick.key);
+            let Some(tcp) = tcp.take() else {
+                return Next::Done;
+            };
+            match opened {
+                Opened::Direct(backend) => {
+                    debug!(backend = %pick.key, "direct connection open");
+                    splice_tcp(tcp, backend).await;
+                }
+                Opened::Stream(send, recv) => {
+                    debug!(instance = %pick.key, "stream open");
+                    let stats = splice(tcp, send, recv).await;
+                    match stats.end {
+                        SpliceEnd::Closed => {
+                            debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed")
+                        }
+                        SpliceEnd::Reset => {
+                            debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset")
+                        }
+                    }
+                }
+            }
+            Next::Done
+        }
+        Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
+            ctx.rejected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rejection_key(&pick.target));
+            ctx.balancer.failed(&pick.key, &e.to_string());
+            warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
+            Next::Another
+        }
+        Err(AttemptError::NotAuthorized(why)) => {
+            let record = format!(
+                "{}#{}",
+                pick.key,
+                pick.target.fingerprint.as_deref().unwrap_or("")
+            );
+            ctx.rejected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(record);
+            ctx.balancer.failed(&pick.key, &why);
+            warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            Next::Another
+        }
+        Err(AttemptError::AuthRejected(why)) => {
+            warn!(backend = %pick.key, reason = %why, "credentials injection failed");
+            if let Some(mut tcp) = tcp.take() {
+                let _ = tcp.write_all(AUTH_FAILED_REPLY).await;
+                let _ = tcp.shutdown().await;
+            }
+            Next::Done
+        }
+        Err(AttemptError::Refused(r)) if !r.code.retry_elsewhere() => {
+            warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
+            Next::Done
+        }
+        Err(e @ (AttemptError::Dial(_) | AttemptError::Lost(_))) => {
+            if refuses_our_certificate(&e.to_string()) {
+                warn!(instance = %pick.key, error = %e, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");
+            } else {
+                info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");
+            }
+            ctx.peer_lost(&pick.target.key(), &e.to_string());
+            Next::Another
+        }
+        Err(e) => {
+            info!(instance = %pick.key, error = %e, "instance failed; trying another");
+            ctx.balancer.failed(&pick.key, &e.to_string());
+            Next::Another
+        }
+    }
+}
+
 async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     let _active = ctx.activity.enter();
     let _ = tcp.set_nodelay(true);
+    let mut tcp = Some(tcp);
     let deadline = Instant::now() + ctx.wait;
     let mut tried = HashSet::new();
-    for _ in 0..MAX_ATTEMPTS {
+    while tried.len() < MAX_ATTEMPTS {
         // Wait for a first instance only; after a failure, use what is known now.
         let until = if tried.is_empty() {
             deadline
         } else {
             Instant::now()
         };
-        let cands = ctx.candidates(&tried, until).await;
-        let choices: Vec<Choice<'_>> = cands
-            .iter()
-            .map(|c| Choice {
-                key: &c.key,
-                weight: c.weight,
-            })
-            .collect();
-        let Some(idx) = ctx.balancer.pick(&choices) else {
+        let Some(pick) = ctx.choose(&tried, until).await else {
             break;
         };
-        let pick = &cands[idx];
         tried.insert(pick.key.clone());
-        // Counted as open while the attempt waits too, so least-conn steers new connections
-        // away from an instance that is slow to answer (or silently dead).
-        let open_guard = ctx.balancer.opened(&pick.key);
-        match ctx.open(pick).await {
-            Ok(Opened::Direct(backend)) => {
-                ctx.balancer.succeeded(&pick.key);
-                let _open = open_guard;
-                debug!(backend = %pick.key, "direct connection open");
-                splice_tcp(tcp, backend).await;
-                return;
-            }
-            Ok(Opened::Stream(send, recv)) => {
-                ctx.balancer.succeeded(&pick.key);
-                let _open = open_guard;
-                debug!(instance = %pick.key, "stream open");
-                let stats = splice(tcp, send, recv).await;
-                match stats.end {
-                    SpliceEnd::Closed => {
-                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "closed")
+        let first = ctx.open_counted(&pick);
+        tokio::pin!(first);
+        let delay = ctx.hedge_delay(&pick);
+        let outcome = match tokio::time::timeout(delay, &mut first).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // No answer yet: a peer that died silently is only noticed when its keep-alive
+                // times out (seconds). Ask another instance too, and take the first answer.
+                let Some(second) = ctx.choose(&tried, Instant::now()).await else {
+                    let outcome = first.await;
+                    match conclude(&ctx, &mut tcp, &pick, outcome).await {
+                        Next::Done => return,
+                        Next::Another => continue,
                     }
-                    SpliceEnd::Reset => {
-                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "reset")
+                };
+                tried.insert(second.key.clone());
+                info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
+                let other = ctx.open_counted(&second);
+                tokio::pin!(other);
+                let (winner, outcome, loser_pending) = tokio::select! {
+                    o = &mut first => (&pick, o, true),
+                    o = &mut other => (&second, o, false),
+                };
+                match (outcome, loser_pending) {
+                    (Ok(opened), first_won) => {
+                        // The loser's attempt is dropped (its stream reset); the slow one is
+                        // let rest a moment, as any failed instance.
+                        let slow = if first_won { &second } else { &pick };
+                        ctx.balancer
+                            .failed(&slow.key, &format!("no answer within {delay:?}"));
+                        match conclude(&ctx, &mut tcp, winner, Ok(opened)).await {
+                            Next::Done => return,
+                            Next::Another => continue,
+                        }
+                    }
+                    (Err(e), first_failed) => {
+                        if let Next::Done = conclude(&ctx, &mut tcp, winner, Err(e)).await {
+                            return;
+                        }
+                        // One failed: the other may still answer.
+                        let (rest, outcome) = if first_failed {
+                            (&second, (&mut other).await)
+                        } else {
+                            (&pick, (&mut first).await)
+                        };
+                        match conclude(&ctx, &mut tcp, rest, outcome).await {
+                            Next::Done => return,
+                            Next::Another => continue,
+                        }
                     }
                 }
-                return;
             }
-            Err(AttemptError::Dial(e)) if e.is_identity_failure() => {
-                ctx.rejected
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(rejection_key(&pick.target));
-                ctx.balancer.failed(&pick.key, &e.to_string());
-                warn!(instance = %pick.key, error = %e, "peer failed the mesh handshake: its record will not be used");
-            }
-            Err(AttemptError::NotAuthorized(why)) => {
-                let record = format!(
-                    "{}#{}",
-                    pick.key,
-                    pick.target.fingerprint.as_deref().unwrap_or("")
-                );
-                ctx.rejected
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(record);
-                ctx.balancer.failed(&pick.key, &why);
-                warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
-            }
-            Err(AttemptError::AuthRejected(why)) => {
-                warn!(backend = %pick.key, reason = %why, "credentials injection failed");
-                let mut tcp = tcp;
-                let _ = tcp.write_all(AUTH_FAILED_REPLY).await;
-                let _ = tcp.shutdown().await;
-                return;
-            }
-            Err(AttemptError::Refused(r)) if !r.code.retry_elsewhere() => {
-                warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
-                return;
-            }
-            Err(e @ (AttemptError::Dial(_) | AttemptError::Lost(_))) => {
-                if refuses_our_certificate(&e.to_string()) {
-                    warn!(instance = %pick.key, error = %e, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");
-                } else {
-                    info!(instance = %pick.key, error = %e, "peer unreachable; trying another instance");
-                }
-                ctx.peer_lost(&pick.target.key(), &e.to_string());
-            }
-            Err(e) => {
-                info!(instance = %pick.key, error = %e, "instance failed; trying another");
-                ctx.balancer.failed(&pick.key, &e.to_string());
-            }
+        };
+        if let Next::Done = conclude(&ctx, &mut tcp, &pick, outcome).await {
+            return;
         }
     }
     if tried.is_empty() {

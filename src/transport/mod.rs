@@ -297,6 +297,21 @@ impl Pool {
         }
     }
 
+    /// The round-trip time of the open connection to `peer`, if there is one (never dials).
+    pub fn rtt(&self, peer: &PeerTarget) -> Option<Duration> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer.key())
+            .cloned()?;
+        let guard = slot.try_lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| c.rtt())
+    }
+
     /// Notifications of lost peers: (peer key, reason).
     pub fn subscribe_lost(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
         self.lost.subscribe()
