@@ -633,60 +633,56 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
             break;
         };
         tried.insert(pick.key.clone());
-        let first = ctx.open_counted(&pick);
-        tokio::pin!(first);
-        let delay = ctx.hedge_delay(&pick);
-        let outcome = match tokio::time::timeout(delay, &mut first).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
+        let (winner, outcome) = {
+            // Boxed: the task of a connection is as large as its largest state, and two attempts
+            // in flight would otherwise stay in every connection's memory while it splices.
+            let mut first = Box::pin(ctx.open_counted(&pick));
+            let delay = ctx.hedge_delay(&pick);
+            match tokio::time::timeout(delay, &mut first).await {
+                Ok(outcome) => (pick.clone(), outcome),
                 // No answer yet: a peer that died silently is only noticed when its keep-alive
                 // times out (seconds). Ask another instance too, and take the first answer.
-                let Some(second) = ctx.choose(&tried, Instant::now()).await else {
-                    let outcome = first.await;
-                    match conclude(&ctx, &mut tcp, &pick, outcome).await {
-                        Next::Done => return,
-                        Next::Another => continue,
-                    }
-                };
-                tried.insert(second.key.clone());
-                info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
-                let other = ctx.open_counted(&second);
-                tokio::pin!(other);
-                let (winner, outcome, loser_pending) = tokio::select! {
-                    o = &mut first => (&pick, o, true),
-                    o = &mut other => (&second, o, false),
-                };
-                match (outcome, loser_pending) {
-                    (Ok(opened), first_won) => {
-                        // The loser's attempt is dropped (its stream reset); the slow one is
-                        // let rest a moment, as any failed instance.
-                        let slow = if first_won { &second } else { &pick };
-                        ctx.balancer
-                            .failed(&slow.key, &format!("no answer within {delay:?}"));
-                        match conclude(&ctx, &mut tcp, winner, Ok(opened)).await {
-                            Next::Done => return,
-                            Next::Another => continue,
-                        }
-                    }
-                    (Err(e), first_failed) => {
-                        if let Next::Done = conclude(&ctx, &mut tcp, winner, Err(e)).await {
-                            return;
-                        }
-                        // One failed: the other may still answer.
-                        let (rest, outcome) = if first_failed {
-                            (&second, (&mut other).await)
-                        } else {
-                            (&pick, (&mut first).await)
+                Err(_) => match ctx.choose(&tried, Instant::now()).await {
+                    None => (pick.clone(), first.await),
+                    Some(second) => {
+                        tried.insert(second.key.clone());
+                        info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
+                        let mut other = Box::pin(ctx.open_counted(&second));
+                        let (first_done, outcome) = tokio::select! {
+                            o = &mut first => (true, o),
+                            o = &mut other => (false, o),
                         };
-                        match conclude(&ctx, &mut tcp, rest, outcome).await {
-                            Next::Done => return,
-                            Next::Another => continue,
+                        let (done, pending) = if first_done {
+                            (&pick, &second)
+                        } else {
+                            (&second, &pick)
+                        };
+                        match outcome {
+                            Ok(opened) => {
+                                // The other attempt is dropped (its stream reset); the slow
+                                // instance rests a moment, as any failed one.
+                                ctx.balancer
+                                    .failed(&pending.key, &format!("no answer within {delay:?}"));
+                                (done.clone(), Ok(opened))
+                            }
+                            Err(e) => {
+                                if let Next::Done = conclude(&ctx, &mut tcp, done, Err(e)).await {
+                                    return;
+                                }
+                                // One failed: the other may still answer.
+                                let rest = if first_done {
+                                    (&mut other).await
+                                } else {
+                                    (&mut first).await
+                                };
+                                (pending.clone(), rest)
+                            }
                         }
                     }
-                }
+                },
             }
         };
-        if let Next::Done = conclude(&ctx, &mut tcp, &pick, outcome).await {
+        if let Next::Done = conclude(&ctx, &mut tcp, &winner, outcome).await {
             return;
         }
     }
