@@ -659,10 +659,12 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
                         };
                         match outcome {
                             Ok(opened) => {
-                                // The other attempt is dropped (its stream reset); the slow
-                                // instance rests a moment, as any failed one.
-                                ctx.balancer
-                                    .failed(&pending.key, &format!("no answer within {delay:?}"));
+                                // The other attempt is dropped (its stream reset). When the
+                                // hedge won, the slow instance rests a moment, as any failed one.
+                                if !first_done {
+                                    let why = format!("no answer within {delay:?}");
+                                    ctx.balancer.failed(&pending.key, &why);
+                                }
                                 (done.clone(), Ok(opened))
                             }
                             Err(e) => {
