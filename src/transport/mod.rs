@@ -175,7 +175,7 @@ pub fn endpoint(
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD)
-        // Invariant: the only error is a value below 1200, and the constant is 8952.
+        // Invariant: the only error is a value below 1200, and the constant is 6500.
         .expect("MAX_UDP_PAYLOAD is at least 1200");
     let endpoint = Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))?;
     Ok(endpoint)
