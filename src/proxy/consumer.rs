@@ -28,7 +28,7 @@ use crate::transport::{DialError, PeerTarget, Pool, peer_identity};
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
 /// Least wait for a provider's answer before another instance is asked too (a hedge).
-const HEDGE_MIN: Duration = Duration::from_millis(50);
+const HEDGE_MIN: Duration = Duration::from_millis(100);
 /// Most wait before a hedge, however slow the path.
 const HEDGE_MAX: Duration = Duration::from_secs(1);
 /// Wait before a hedge when no connection to the peer is open yet (its handshake is part of
