@@ -504,7 +504,8 @@ fn wait_log_more(
 }
 
 /// b. While short connections run, one provider host's ambassador is SIGKILLed: no connection
-/// fails, and the worst one waits about the peer timeout (detection), then is retried elsewhere.
+/// fails, and none waits for the peer timeout (detection): an unanswered attempt is hedged onto
+/// the live instance after a few round trips.
 #[test]
 fn sigkilled_provider_is_failed_over_without_errors() {
     let Some(lan) = Lan::new(&["a", "b", "c"]) else {
@@ -562,9 +563,12 @@ fn sigkilled_provider_is_failed_over_without_errors() {
         detection < PEER_TIMEOUT + 2 * SEC,
         "the dead peer was noticed only after {detection:?} (peer timeout {PEER_TIMEOUT:?})"
     );
+    // A connection to the dead peer is hedged onto the live one after a few round trips
+    // (~0.1 s), well before the peer timeout notices the death.
     assert!(
-        worst(&conns) < PEER_TIMEOUT + 3 * SEC,
-        "a connection waited {:?}: more than the detection/retry bound",
+        worst(&conns) < PEER_TIMEOUT / 2,
+        "a connection waited {:?}: it was not hedged onto the live instance before the peer \
+         timeout ({PEER_TIMEOUT:?}) noticed the dead one",
         worst(&conns)
     );
     assert!(
@@ -796,9 +800,12 @@ fn cut_link_moves_traffic_away_and_back() {
         "the cut link was noticed only after {:?}",
         since(t_detect)
     );
+    // A connection to the dead peer is hedged onto the live one after a few round trips
+    // (~0.1 s), well before the peer timeout notices the death.
     assert!(
-        worst(&conns) < PEER_TIMEOUT + 3 * SEC,
-        "a connection waited {:?}: more than the detection/retry bound",
+        worst(&conns) < PEER_TIMEOUT / 2,
+        "a connection waited {:?}: it was not hedged onto the live instance before the peer \
+         timeout ({PEER_TIMEOUT:?}) noticed the dead one",
         worst(&conns)
     );
     assert!(
