@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::Activity;
 use super::splice::{SpliceEnd, splice};
 use crate::identity::DenyList;
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
@@ -28,22 +29,6 @@ const MAX_AWAITING_HEADER: usize = 1024;
 /// Most QUIC connections (handshaking or open) the provider holds at once; beyond this,
 /// incoming connections are refused. One per consumer node is the normal case.
 const MAX_CONNECTIONS: usize = 4096;
-
-/// Counts a live item for as long as it is held.
-struct Held(Arc<AtomicUsize>);
-
-impl Held {
-    fn new(count: &Arc<AtomicUsize>) -> (Self, usize) {
-        let before = count.fetch_add(1, Ordering::Relaxed);
-        (Self(count.clone()), before)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What the provider serves.
 #[derive(Debug)]
@@ -83,7 +68,7 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let connections = Arc::new(AtomicUsize::new(0));
+    let connections = Activity::default();
     loop {
         let incoming = tokio::select! {
             () = cancel.cancelled() => return,
@@ -92,9 +77,9 @@ pub async fn serve(
                 None => return,
             },
         };
-        let (held, open) = Held::new(&connections);
-        if open >= MAX_CONNECTIONS {
-            warn!(remote = %incoming.remote_address(), open, "refused a QUIC connection: too many open");
+        let held = connections.enter();
+        if connections.count() > MAX_CONNECTIONS {
+            warn!(remote = %incoming.remote_address(), open = MAX_CONNECTIONS, "refused a QUIC connection: too many open");
             incoming.refuse();
             continue;
         }
@@ -130,7 +115,7 @@ async fn handle_connection(
         .unwrap_or_default();
     let peer = identity.map(|p| p.node).unwrap_or_else(|| "?".into());
     info!(%peer, "peer connected");
-    let awaiting = Arc::new(AtomicUsize::new(0));
+    let awaiting = Activity::default();
     let mut next_id: u64 = 0;
     loop {
         let (send, recv) = tokio::select! {
@@ -173,10 +158,10 @@ async fn handle_stream(
     mut recv: RecvStream,
     cfg: Arc<ProviderConfig>,
     peer: String,
-    awaiting: Arc<AtomicUsize>,
+    awaiting: Activity,
 ) {
-    let (held, before) = Held::new(&awaiting);
-    if before >= MAX_AWAITING_HEADER {
+    let held = awaiting.enter();
+    if awaiting.count() > MAX_AWAITING_HEADER {
         drop(held);
         let detail = format!(
             "{MAX_AWAITING_HEADER} streams of this connection already wait for their header"
