@@ -159,29 +159,13 @@ impl MeshKey {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let written = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(format!("{}\n", self.to_text()).as_bytes())?;
-            file.sync_all()?;
-            fs::hard_link(&tmp, path)
-        })();
+        let text = format!("{}\n", self.to_text());
+        let written = write_private(&tmp, &text).and_then(|()| fs::hard_link(&tmp, path));
         let _ = fs::remove_file(&tmp);
         match written {
+            // A file system without hard links: create the file in place instead.
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                // A file system without hard links: create the file in place instead.
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(write_err)?;
-                file.write_all(format!("{}\n", self.to_text()).as_bytes())
-                    .map_err(write_err)?;
-                file.sync_all().map_err(write_err)
+                write_private(path, &text).map_err(write_err)
             }
             other => other.map_err(write_err),
         }
@@ -199,6 +183,17 @@ impl MeshKey {
             .expect("HKDF expand of 32 bytes cannot fail");
         seed
     }
+}
+
+/// Writes `text` to a new file (fails if it exists) readable by its owner only, and syncs it.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// `$XDG_CONFIG_HOME/ambassador/mesh.key`, or `~/.config/ambassador/mesh.key`.
