@@ -52,32 +52,28 @@ enum Read {
 fn try_read_chunk(r: &OwnedReadHalf) -> std::io::Result<Read> {
     let stream: &TcpStream = r.as_ref();
     let mut buf = BytesMut::with_capacity(CHUNK);
-    let mut got = None;
     // A read shorter than the buffer emptied the socket's receive queue: readiness is cleared
-    // at once (as a WouldBlock would), which saves the read that would only say EAGAIN, one
-    // syscall per message on a request/response path. Data (or a FIN) arriving after the read
-    // is a new readiness event that this clear does not erase, and a seen FIN stays ready.
+    // at once (by answering WouldBlock to `try_io`, the data kept in `buf`), which saves the
+    // read that would only say EAGAIN, one syscall per message on a request/response path.
+    // Data (or a FIN) arriving after the read is a new readiness event that this clear does
+    // not erase, and a seen FIN stays ready.
+    let mut short = false;
     let res = stream.try_io(tokio::io::Interest::READABLE, || {
         let n = r.try_read_buf(&mut buf)?;
-        got = Some(n);
-        if n > 0 && n < CHUNK {
+        short = n > 0 && n < CHUNK;
+        if short {
             Err(std::io::ErrorKind::WouldBlock.into())
         } else {
-            Ok(())
+            Ok(n)
         }
     });
-    match (res, got) {
-        (Ok(()), Some(0)) => Ok(Read::Eof),
-        (_, Some(n)) if n > 0 => {
-            if n < SMALL {
-                Ok(Read::Data(Bytes::copy_from_slice(&buf)))
-            } else {
-                Ok(Read::Data(buf.freeze()))
-            }
-        }
-        (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Read::WouldBlock),
-        (Err(e), _) => Err(e),
-        (Ok(()), _) => Ok(Read::WouldBlock),
+    match res {
+        Ok(0) => Ok(Read::Eof),
+        Err(e) if !short && e.kind() == std::io::ErrorKind::WouldBlock => Ok(Read::WouldBlock),
+        Err(e) if !short => Err(e),
+        // Data: `buf` holds what was read.
+        _ if buf.len() < SMALL => Ok(Read::Data(Bytes::copy_from_slice(&buf))),
+        _ => Ok(Read::Data(buf.freeze())),
     }
 }
 
