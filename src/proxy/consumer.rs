@@ -157,13 +157,17 @@ enum AttemptError {
     AuthRejected(String),
 }
 
-/// Resets the stream it holds when dropped (an attempt cancelled while it waits).
-struct ResetOnDrop<'a>(Option<&'a mut SendStream>);
+/// Resets its stream when dropped before the provider answered (an attempt cancelled while it
+/// waits).
+struct ResetUnlessAnswered<'a> {
+    send: &'a mut SendStream,
+    answered: bool,
+}
 
-impl Drop for ResetOnDrop<'_> {
+impl Drop for ResetUnlessAnswered<'_> {
     fn drop(&mut self) {
-        if let Some(send) = self.0.take() {
-            let _ = send.reset(quinn::VarInt::from_u32(0));
+        if !self.answered {
+            let _ = self.send.reset(quinn::VarInt::from_u32(0));
         }
     }
 }
@@ -325,14 +329,19 @@ impl ConsumerCtx {
         };
         // An attempt given up (another instance answered first) resets its stream, so the
         // provider connects nothing for it; dropped as is, the stream would only be finished.
-        let mut abandon = ResetOnDrop(Some(&mut send));
+        let mut pending = ResetUnlessAnswered {
+            send: &mut send,
+            answered: false,
+        };
         // Write the header at once: a stream is invisible to the peer until its first byte.
-        if let Some(send) = abandon.0.as_mut() {
-            send.write_all(&req.encode()).await.map_err(|e| lost(&e))?;
-        }
+        pending
+            .send
+            .write_all(&req.encode())
+            .await
+            .map_err(|e| lost(&e))?;
         let reply = Reply::read_from(&mut recv, self.reply_timeout).await;
-        abandon.0 = None;
-        drop(abandon);
+        pending.answered = true;
+        drop(pending);
         match reply {
             Ok(Reply::Ok) => Ok(Opened::Stream(send, recv)),
             Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
@@ -616,6 +625,62 @@ async fn conclude(
     }
 }
 
+/// Opens a stream (or direct connection) on `pick`. Without an answer after a few round trips
+/// (a peer that died silently is only noticed when its keep-alive times out, seconds later),
+/// another instance is asked too and the first answer is taken; when one of the two fails,
+/// the other's outcome is awaited. Returns the outcome to act on and whose it is, or `None`
+/// when a failure already ended the client connection.
+async fn attempt(
+    ctx: &Arc<ConsumerCtx>,
+    tcp: &mut Option<TcpStream>,
+    tried: &mut HashSet<String>,
+    pick: Candidate,
+) -> Option<(Candidate, Result<Opened, AttemptError>)> {
+    // Boxed: the task of a connection is as large as its largest state, and two attempts in
+    // flight would otherwise stay in every connection's memory while it splices.
+    let mut first = Box::pin(ctx.open_counted(&pick));
+    let delay = ctx.hedge_delay(&pick);
+    if let Ok(outcome) = tokio::time::timeout(delay, &mut first).await {
+        drop(first);
+        return Some((pick, outcome));
+    }
+    let Some(second) = ctx.choose(tried, Instant::now()).await else {
+        let outcome = first.await;
+        return Some((pick, outcome));
+    };
+    tried.insert(second.key.clone());
+    info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
+    let mut other = Box::pin(ctx.open_counted(&second));
+    let (first_done, outcome) = tokio::select! {
+        o = &mut first => (true, o),
+        o = &mut other => (false, o),
+    };
+    let (done, pending) = if first_done {
+        (&pick, &second)
+    } else {
+        (&second, &pick)
+    };
+    match outcome {
+        Ok(opened) => {
+            // The other attempt is dropped (its stream reset). When the hedge won, the slow
+            // instance rests a moment, as any failed one.
+            if !first_done {
+                ctx.balancer
+                    .failed(&pending.key, &format!("no answer within {delay:?}"));
+            }
+            Some((done.clone(), Ok(opened)))
+        }
+        Err(e) => {
+            if let Next::Done = conclude(ctx, tcp, done, Err(e)).await {
+                return None;
+            }
+            // One failed: the other may still answer.
+            let rest = if first_done { other.await } else { first.await };
+            Some((pending.clone(), rest))
+        }
+    }
+}
+
 async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
     let _active = ctx.activity.enter();
     let _ = tcp.set_nodelay(true);
@@ -633,56 +698,8 @@ async fn handle_client(tcp: TcpStream, ctx: Arc<ConsumerCtx>) {
             break;
         };
         tried.insert(pick.key.clone());
-        let (winner, outcome) = {
-            // Boxed: the task of a connection is as large as its largest state, and two attempts
-            // in flight would otherwise stay in every connection's memory while it splices.
-            let mut first = Box::pin(ctx.open_counted(&pick));
-            let delay = ctx.hedge_delay(&pick);
-            match tokio::time::timeout(delay, &mut first).await {
-                Ok(outcome) => (pick.clone(), outcome),
-                // No answer yet: a peer that died silently is only noticed when its keep-alive
-                // times out (seconds). Ask another instance too, and take the first answer.
-                Err(_) => match ctx.choose(&tried, Instant::now()).await {
-                    None => (pick.clone(), first.await),
-                    Some(second) => {
-                        tried.insert(second.key.clone());
-                        info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
-                        let mut other = Box::pin(ctx.open_counted(&second));
-                        let (first_done, outcome) = tokio::select! {
-                            o = &mut first => (true, o),
-                            o = &mut other => (false, o),
-                        };
-                        let (done, pending) = if first_done {
-                            (&pick, &second)
-                        } else {
-                            (&second, &pick)
-                        };
-                        match outcome {
-                            Ok(opened) => {
-                                // The other attempt is dropped (its stream reset). When the
-                                // hedge won, the slow instance rests a moment, as any failed one.
-                                if !first_done {
-                                    let why = format!("no answer within {delay:?}");
-                                    ctx.balancer.failed(&pending.key, &why);
-                                }
-                                (done.clone(), Ok(opened))
-                            }
-                            Err(e) => {
-                                if let Next::Done = conclude(&ctx, &mut tcp, done, Err(e)).await {
-                                    return;
-                                }
-                                // One failed: the other may still answer.
-                                let rest = if first_done {
-                                    (&mut other).await
-                                } else {
-                                    (&mut first).await
-                                };
-                                (pending.clone(), rest)
-                            }
-                        }
-                    }
-                },
-            }
+        let Some((winner, outcome)) = attempt(&ctx, &mut tcp, &mut tried, pick).await else {
+            return;
         };
         if let Next::Done = conclude(&ctx, &mut tcp, &winner, outcome).await {
             return;
