@@ -283,7 +283,8 @@ impl ConsumerCtx {
             })
             .collect();
         let idx = self.balancer.pick(&choices)?;
-        cands.get(idx).cloned()
+        drop(choices);
+        cands.into_iter().nth(idx)
     }
 
     /// How long an attempt may go unanswered before another instance is asked too: a few
