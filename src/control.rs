@@ -10,8 +10,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::balance::InstanceStats;
-
 /// What a node reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -52,7 +50,24 @@ pub struct ConnectStatus {
     /// Balancing policy.
     pub policy: String,
     /// Health and load per instance.
-    pub instances: Vec<InstanceStats>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One instance of a reached service, as `status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// Instance key (the DNS-SD full name, or the backend address).
+    pub instance: String,
+    /// `healthy` or `ejected`.
+    pub health: String,
+    /// Open connections now.
+    pub open: u64,
+    /// Connections carried since start.
+    pub total: u64,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// The last failure, if any.
+    pub last_failure: Option<String>,
 }
 
 /// The per-user directory of status sockets: `$XDG_RUNTIME_DIR/ambassador`, else

@@ -10,6 +10,7 @@ use crate::discovery::mdns::{Mdns, instance_from_resolved};
 use crate::discovery::{Instance, Registry};
 use crate::error::Failure;
 use crate::identity::{MeshKey, MeshRoot, default_key_path};
+use crate::names::MeshId;
 
 /// One row of the listing.
 #[derive(Debug, Serialize)]
@@ -22,7 +23,7 @@ pub struct Row {
 }
 
 /// This host's mesh id, if a key is configured or the default key exists. Never creates a key.
-fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
+fn own_mesh_id(common: &Common) -> Result<Option<MeshId>, Failure> {
     let key = match (&common.mesh_key, &common.mesh_key_file) {
         (Some(k), _) => Some(MeshKey::parse(k).map_err(Failure::usage)?),
         (None, Some(p)) => {
@@ -37,7 +38,7 @@ fn own_mesh_id(common: &Common) -> Result<Option<String>, Failure> {
             MeshRoot::derive(&k)
                 .map_err(|e| Failure::Runtime(e.into()))?
                 .mesh_id()
-                .to_string(),
+                .clone(),
         )),
         None => Ok(None),
     }
@@ -91,8 +92,8 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
         let i = &r.instance;
         let mesh = match r.mesh_match {
             Some(true) => "ours".to_string(),
-            Some(false) => format!("other:{}", &i.mesh[..6]),
-            None => i.mesh[..6].to_string(),
+            Some(false) => format!("other:{}", &i.mesh.as_str()[..6]),
+            None => i.mesh.as_str()[..6].to_string(),
         };
         let addrs = i
             .addrs

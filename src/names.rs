@@ -1,4 +1,6 @@
-//! Newtypes for the names that must never be mixed up: services and nodes.
+//! Newtypes for the names and ids that must never be mixed up: services, nodes, certificate
+//! fingerprints, mesh ids, and the two kinds of backend address (an ambassador's QUIC port
+//! versus a plain TCP target).
 
 use std::fmt;
 
@@ -120,6 +122,104 @@ impl fmt::Display for NodeName {
     }
 }
 
+/// Checks a fixed-length hex id and lower-cases it.
+fn hex_id(kind: &'static str, text: &str, len: usize) -> Result<String, NameError> {
+    if text.len() != len || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(NameError {
+            kind,
+            name: text.to_string(),
+            why: if len == 64 {
+                "expected 64 hex digits"
+            } else {
+                "expected 16 hex digits"
+            },
+        });
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// The SHA-256 fingerprint of a node certificate, as 64 lower-case hex digits (TXT `id`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    /// Validates a fingerprint (64 hex digits, any case).
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        hex_id("fingerprint", text, 64).map(Self)
+    }
+
+    /// The fingerprint of a SHA-256 digest.
+    pub fn of_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(digest))
+    }
+
+    /// The fingerprint as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The public id of a mesh: the first 8 bytes of the SHA-256 of its root's public key, as 16
+/// lower-case hex digits (TXT `mesh`). Never derived from a secret by anything but that hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct MeshId(String);
+
+impl MeshId {
+    /// Validates a mesh id (16 hex digits, any case).
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        hex_id("mesh id", text, 16).map(Self)
+    }
+
+    /// The mesh id of a root public key.
+    pub fn of_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(&digest[..digest.len().min(8)]))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 8 hex digits, which tag instance and host names (`svc@node_<tag>`).
+    pub fn tag(&self) -> &str {
+        self.0.get(..8).unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for MeshId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The UDP address of an ambassador's QUIC endpoint (what mesh records and `--backend` give).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QuicAddr(pub std::net::SocketAddr);
+
+/// The TCP address of a plain service (a provider's target, or a `--direct` backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpAddr(pub std::net::SocketAddr);
+
+impl fmt::Display for QuicAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for TcpAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +237,11 @@ mod tests {
         let d = NodeName::default_for_host("abc123");
         assert!(d.as_str().ends_with("-abc123"));
         assert!(NodeName::parse(d.as_str()).is_ok());
+        let fp = Fingerprint::parse(&"AB".repeat(32)).unwrap();
+        assert_eq!(fp.as_str(), "ab".repeat(32));
+        assert!(Fingerprint::parse("00").is_err());
+        let mesh = MeshId::parse("0123456789ABCDEF").unwrap();
+        assert_eq!(mesh.tag(), "01234567");
+        assert!(MeshId::parse("xyz").is_err());
     }
 }

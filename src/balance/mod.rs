@@ -11,14 +11,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 use tracing::info;
 
 /// How new connections are spread.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Smooth weighted round-robin.
@@ -28,6 +25,17 @@ pub enum Policy {
     LeastConn,
     /// Weighted random.
     Random,
+}
+
+impl std::fmt::Display for Policy {
+    /// As users type it (`least-conn`), in status and logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RoundRobin => "round-robin",
+            Self::LeastConn => "least-conn",
+            Self::Random => "random",
+        })
+    }
 }
 
 /// Back-off of ejected instances.
@@ -70,13 +78,13 @@ struct State {
     current: i64,
 }
 
-/// Health and load of one instance, for status output.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+/// Health and load of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceStats {
     /// Instance key.
     pub instance: String,
     /// `healthy` or `ejected`.
-    pub health: String,
+    pub health: &'static str,
     /// Open connections now.
     pub open: u64,
     /// Connections carried since start.
@@ -254,14 +262,6 @@ impl Balancer {
         s.last_failure = Some(reason.to_string());
     }
 
-    /// Whether an instance is ejected now.
-    pub fn is_ejected(&self, key: &str) -> bool {
-        let now = Instant::now();
-        self.lock()
-            .get(key)
-            .is_some_and(|s| s.held || s.ejected_until.is_some_and(|t| t > now))
-    }
-
     /// Records a failure: ejects the instance for a back-off that doubles with each
     /// consecutive failure, up to the cap.
     pub fn failed(&self, key: &str, reason: &str) {
@@ -285,12 +285,20 @@ impl Balancer {
         );
     }
 
-    /// Forgets an instance that discovery removed.
-    pub fn forget(&self, key: &str) {
-        let mut map = self.lock();
-        if map.get(key).is_some_and(|s| s.open == 0) {
-            map.remove(key);
-        }
+    /// Forgets the instances for which `keep` is false (discovery removed them), except those
+    /// a connection is still open on (their guard still counts on the entry).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|key, s| s.open > 0 || keep(key));
+    }
+
+    /// Instances the balancer holds state for.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether it holds no state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Health and load of every instance seen.
@@ -305,8 +313,7 @@ impl Balancer {
                     "ejected"
                 } else {
                     "healthy"
-                }
-                .to_string(),
+                },
                 open: s.open,
                 total: s.total,
                 failures: s.failures,

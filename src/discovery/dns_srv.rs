@@ -12,7 +12,7 @@ use hickory_resolver::{ResolveError, TokioResolver};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Endpoint, EndpointSet};
+use super::{BackendKind, Endpoint, EndpointSet};
 
 /// Shortest pause between two resolutions, whatever the TTL.
 pub const TTL_FLOOR: Duration = Duration::from_secs(1);
@@ -46,6 +46,7 @@ pub fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, ResolveErro
 pub async fn resolve(
     resolver: &TokioResolver,
     name: &str,
+    kind: BackendKind,
 ) -> Result<(Vec<Endpoint>, Duration), ResolveError> {
     let srv = resolver.srv_lookup(name).await?;
     let ttl = srv
@@ -60,9 +61,8 @@ pub async fn resolve(
         let ips = resolver.lookup_ip(target.as_str()).await?;
         for ip in ips.iter() {
             out.push(Endpoint {
-                addr: SocketAddr::new(ip, rec.port()),
+                addr: kind.addr(SocketAddr::new(ip, rec.port())),
                 weight: u32::from(rec.weight()).max(1),
-                label: format!("{}:{}", target.trim_end_matches('.'), rec.port()),
             });
         }
     }
@@ -75,11 +75,12 @@ pub async fn resolve(
 pub async fn run(
     resolver: TokioResolver,
     name: String,
+    kind: BackendKind,
     set: Arc<EndpointSet>,
     cancel: CancellationToken,
 ) {
     loop {
-        let pause = match resolve(&resolver, &name).await {
+        let pause = match resolve(&resolver, &name, kind).await {
             Ok((endpoints, ttl)) => {
                 if set.replace(endpoints.clone()) {
                     let list = endpoints

@@ -11,8 +11,8 @@ use mdns_sd::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord};
-use crate::names::NodeName;
+use super::{BackendKind, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord};
+use crate::names::{MeshId, NodeName};
 
 /// Errors of the mDNS layer.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ impl Mdns {
         // each have a node `b`. The mesh id's first 8 hex digits make the names unique across
         // meshes, so another mesh's `redis@b` never replaces ours in a browser's cache (nor its
         // host name's addresses ours). The suffix has a fixed length, so the names stay unique.
-        let tag = txt.mesh.get(..8).unwrap_or(&txt.mesh);
+        let tag = txt.mesh.tag();
         let instance = format!("{}@{}_{tag}", txt.service, node);
         let host = format!("{node}-{tag}.local.");
         let mut info = ServiceInfo::new(
@@ -116,13 +116,6 @@ impl Mdns {
         Ok(self.daemon.browse(SERVICE_TYPE)?)
     }
 
-    /// Asks the daemon to re-check an instance; if nobody answers, it is removed.
-    pub fn verify(&self, fullname: &str, timeout: Duration) {
-        if let Err(e) = self.daemon.verify(fullname.to_string(), timeout) {
-            debug!(%fullname, error = %e, "verify failed");
-        }
-    }
-
     /// Stops the daemon (after withdrawing everything).
     pub async fn shutdown(&self) {
         self.withdraw_all().await;
@@ -148,9 +141,20 @@ pub fn instance_from_resolved(rs: &ResolvedService) -> Result<Instance, RecordEr
 #[derive(Debug, Clone)]
 pub struct BrowseFilter {
     /// Only records of this mesh id.
-    pub mesh_id: String,
+    pub mesh_id: MeshId,
     /// Records of this node (our own) are skipped.
     pub own_node: NodeName,
+}
+
+/// The next mDNS event, or `None` once `cancel` fires or the daemon stops.
+async fn next_event(
+    rx: &mdns_sd::Receiver<ServiceEvent>,
+    cancel: &CancellationToken,
+) -> Option<ServiceEvent> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        ev = rx.recv_async() => ev.ok(),
+    }
 }
 
 /// Feeds `registry` from mDNS events until `cancel` fires.
@@ -162,14 +166,7 @@ pub async fn run_browser(
 ) {
     let mut ignored: HashSet<String> = HashSet::new();
     let mut malformed: HashSet<String> = HashSet::new();
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => return,
-            ev = rx.recv_async() => match ev {
-                Ok(ev) => ev,
-                Err(_) => return,
-            },
-        };
+    while let Some(event) = next_event(&rx, &cancel).await {
         match event {
             ServiceEvent::ServiceResolved(rs) => match instance_from_resolved(&rs) {
                 Ok(inst) if inst.node == filter.own_node => {}
@@ -216,14 +213,7 @@ pub async fn run_plain_browser(
 ) {
     let mut instances: std::collections::BTreeMap<String, Vec<super::Endpoint>> =
         Default::default();
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => return,
-            ev = rx.recv_async() => match ev {
-                Ok(ev) => ev,
-                Err(_) => return,
-            },
-        };
+    while let Some(event) = next_event(&rx, &cancel).await {
         match event {
             ServiceEvent::ServiceResolved(rs) => {
                 let eps = instances.entry(rs.fullname.clone()).or_default();
@@ -233,13 +223,9 @@ pub async fn run_plain_browser(
                     .map(|a| a.to_ip_addr())
                     .filter(|ip| ip.is_ipv4())
                 {
-                    let addr = std::net::SocketAddr::new(ip, rs.port);
+                    let addr = BackendKind::Direct.addr(SocketAddr::new(ip, rs.port));
                     if !eps.iter().any(|e| e.addr == addr) {
-                        eps.push(super::Endpoint {
-                            addr,
-                            weight: 1,
-                            label: rs.fullname.clone(),
-                        });
+                        eps.push(super::Endpoint { addr, weight: 1 });
                     }
                 }
             }

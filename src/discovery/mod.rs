@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::names::ServiceName;
+use crate::names::{QuicAddr, ServiceName, TcpAddr};
 
 /// The live set of instances this node may use, keyed by DNS-SD full name. Discovery writes it;
 /// balancers read it and wait on its changes.
@@ -114,20 +114,65 @@ impl Registry {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// Instances known now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no instance is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How long a consumer waits at most for a first instance, by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
-/// A fixed or resolved backend address (static list, DNS SRV, a plain DNS-SD service).
+/// What a backend address is: an ambassador's QUIC endpoint, or a plain TCP service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendAddr {
+    /// An ambassador peer (any mesh member), reached over QUIC.
+    Peer(QuicAddr),
+    /// A plain TCP service (`--direct`): not an ambassador, not encrypted.
+    Direct(TcpAddr),
+}
+
+/// Which kind of address a backend source yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Ambassador peers.
+    Peer,
+    /// Plain TCP services (`--direct`).
+    Direct,
+}
+
+impl BackendKind {
+    /// `addr` as this kind of backend address.
+    pub fn addr(self, addr: SocketAddr) -> BackendAddr {
+        match self {
+            Self::Peer => BackendAddr::Peer(QuicAddr(addr)),
+            Self::Direct => BackendAddr::Direct(TcpAddr(addr)),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Peer(a) => write!(f, "peer:{a}"),
+            Self::Direct(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// A fixed or resolved backend (static list, DNS SRV, a plain DNS-SD service).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Where to connect (an ambassador's QUIC port, or a plain TCP service with `--direct`).
-    pub addr: SocketAddr,
+    /// Where to connect.
+    pub addr: BackendAddr,
     /// Balancing weight.
     pub weight: u32,
-    /// Human-readable origin (SRV target, instance name).
-    pub label: String,
 }
 
 /// A replaceable set of endpoints; readers wait on its changes.
@@ -160,6 +205,11 @@ impl EndpointSet {
     /// The endpoints now.
     pub fn get(&self) -> Vec<Endpoint> {
         self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A receiver notified on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Waits until the set is non-empty or `deadline` passes.

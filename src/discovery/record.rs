@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::names::{NodeName, ServiceName};
+use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
 
 /// The DNS-SD service type of every ambassador record.
 pub const SERVICE_TYPE: &str = "_ambassador._udp.local.";
@@ -39,9 +39,9 @@ pub struct TxtRecord {
     /// Node name (`node`).
     pub node: NodeName,
     /// Mesh id (`mesh`).
-    pub mesh: String,
+    pub mesh: MeshId,
     /// Leaf certificate fingerprint (`id`).
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// Balancing weight (`w`).
     pub weight: u32,
     /// Whether the provider's health check finds the target up (`h`: `up` or `down`).
@@ -56,8 +56,8 @@ impl TxtRecord {
             ("svc".to_string(), self.service.to_string()),
             ("port".to_string(), self.port.to_string()),
             ("node".to_string(), self.node.to_string()),
-            ("mesh".to_string(), self.mesh.clone()),
-            ("id".to_string(), self.fingerprint.clone()),
+            ("mesh".to_string(), self.mesh.to_string()),
+            ("id".to_string(), self.fingerprint.to_string()),
             ("w".to_string(), self.weight.to_string()),
             (
                 "h".to_string(),
@@ -82,14 +82,9 @@ impl TxtRecord {
             .filter(|p| *p != 0)
             .ok_or(RecordError::Malformed("port"))?;
         let node = NodeName::parse(&need("node")?).map_err(|_| RecordError::Malformed("node"))?;
-        let mesh = need("mesh")?;
-        if mesh.len() != 16 || !mesh.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RecordError::Malformed("mesh"));
-        }
-        let fingerprint = need("id")?;
-        if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RecordError::Malformed("id"));
-        }
+        let mesh = MeshId::parse(&need("mesh")?).map_err(|_| RecordError::Malformed("mesh"))?;
+        let fingerprint =
+            Fingerprint::parse(&need("id")?).map_err(|_| RecordError::Malformed("id"))?;
         let weight = match get("w") {
             None => 1,
             Some(w) => w
@@ -107,8 +102,8 @@ impl TxtRecord {
             service,
             port,
             node,
-            mesh: mesh.to_ascii_lowercase(),
-            fingerprint: fingerprint.to_ascii_lowercase(),
+            mesh,
+            fingerprint,
             weight,
             up,
         })
@@ -125,9 +120,9 @@ pub struct Instance {
     /// The node that announces it.
     pub node: NodeName,
     /// The node's certificate fingerprint.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// The mesh id the record claims.
-    pub mesh: String,
+    pub mesh: MeshId,
     /// The advertised (consumer-side) port.
     pub port: u16,
     /// The node's QUIC port.
@@ -201,8 +196,8 @@ mod tests {
             service: ServiceName::parse("redis").unwrap(),
             port: 6379,
             node: NodeName::parse("node-b").unwrap(),
-            mesh: "0123456789abcdef".into(),
-            fingerprint: "ab".repeat(32),
+            mesh: MeshId::parse("0123456789abcdef").unwrap(),
+            fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
             weight: 3,
             up: true,
         }

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 use super::{NodeIdentity, fingerprint, leaf_params, mesh_id_of};
-use crate::names::{NodeName, ServiceName};
+use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
 
 /// Prefix of the URI SANs that list the services a node may announce.
 pub const SERVICE_URI_PREFIX: &str = "urn:ambassador:service:";
@@ -119,7 +119,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// `ca init --out DIR`: a new CA key (0600) and certificate. Returns the mesh id.
-pub fn init(out: &Path) -> Result<String, CaError> {
+pub fn init(out: &Path) -> Result<MeshId, CaError> {
     make_dir(out)?;
     let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| CaError::Cert(e.to_string()))?;
     let cert = ca_params()
@@ -150,7 +150,7 @@ pub fn issue(
     req: &IssueRequest,
     out: &Path,
     insecure: bool,
-) -> Result<String, CaError> {
+) -> Result<Fingerprint, CaError> {
     let ca_key_pem = read_key(&ca_dir.join(CA_KEY), insecure)?;
     let ca_crt_path = ca_dir.join(CA_CRT);
     let ca_crt_pem = fs::read_to_string(&ca_crt_path).map_err(|e| file_err(&ca_crt_path, e))?;
@@ -202,16 +202,10 @@ pub fn load(dir: &Path, insecure: bool) -> Result<NodeIdentity, CaError> {
     let mesh_id = mesh_id_of(&ca.public_key().subject_public_key.data);
     let peer = super::PeerIdentity::from_certs(std::slice::from_ref(&leaf))
         .ok_or_else(|| file_err(&crt_path, "unreadable certificate"))?;
-    let node = NodeName::parse(&peer.node).map_err(|e| file_err(&crt_path, e))?;
-    let services = peer
-        .services
-        .map(|list| {
-            list.iter()
-                .map(|s| ServiceName::parse(s))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()
-        .map_err(|e| file_err(&crt_path, e))?;
+    let node = peer
+        .node
+        .ok_or_else(|| file_err(&crt_path, "the certificate names no valid node"))?;
+    let services = peer.services;
     let (_, parsed) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| file_err(&crt_path, e))?;
     if !parsed.validity().is_valid() {

@@ -26,7 +26,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::names::NodeName;
+use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
 
 /// ALPN protocol id of the tunnel; both sides require it.
 pub const ALPN: &[u8] = b"ambassador/1";
@@ -63,7 +63,7 @@ pub struct MeshRoot {
     /// DER of this node's copy of the root certificate.
     cert: CertificateDer<'static>,
     /// Short public id of the mesh: a hash of the root's public key (never of the secret).
-    mesh_id: String,
+    mesh_id: MeshId,
     /// The root's signing key, used to sign this node's leaf. Lives only in memory.
     key: Arc<KeyPair>,
 }
@@ -118,14 +118,35 @@ impl MeshRoot {
     }
 
     /// The public mesh id published in records.
-    pub fn mesh_id(&self) -> &str {
+    pub fn mesh_id(&self) -> &MeshId {
         &self.mesh_id
     }
 
     /// Issues a certificate for `node` with a fresh key pair.
     pub fn issue(&self, node: &NodeName) -> Result<NodeIdentity, IdentityError> {
+        self.issue_with(leaf_params(node)?, node)
+    }
+
+    /// Issues a certificate valid only between two times (tests of expired certificates).
+    #[cfg(test)]
+    pub(crate) fn issue_valid(
+        &self,
+        node: &NodeName,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> Result<NodeIdentity, IdentityError> {
+        let mut params = leaf_params(node)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        self.issue_with(params, node)
+    }
+
+    fn issue_with(
+        &self,
+        params: CertificateParams,
+        node: &NodeName,
+    ) -> Result<NodeIdentity, IdentityError> {
         let leaf_key = KeyPair::generate_for(&PKCS_ED25519)?;
-        let params = leaf_params(node)?;
         let issuer = Issuer::new(root_params(), self.key.as_ref());
         let cert = params.signed_by(&leaf_key, &issuer)?;
         let cert_der = cert.der().clone();
@@ -158,13 +179,13 @@ pub(crate) fn leaf_params(node: &NodeName) -> Result<CertificateParams, Identity
 }
 
 /// The mesh id for a root public key: the first 8 bytes of its SHA-256, in hex.
-pub(crate) fn mesh_id_of(public_key: &[u8]) -> String {
-    hex::encode(&digest(&SHA256, public_key).as_ref()[..8])
+pub(crate) fn mesh_id_of(public_key: &[u8]) -> MeshId {
+    MeshId::of_digest(digest(&SHA256, public_key).as_ref())
 }
 
 /// SHA-256 fingerprint of a certificate, in hex (the TXT `id`).
-pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    hex::encode(digest(&SHA256, cert.as_ref()).as_ref())
+pub fn fingerprint(cert: &CertificateDer<'_>) -> Fingerprint {
+    Fingerprint::of_digest(digest(&SHA256, cert.as_ref()).as_ref())
 }
 
 /// This node's identity: its certificate chain and key, and the mesh root it trusts.
@@ -172,11 +193,11 @@ pub struct NodeIdentity {
     /// The node's name, as its certificate names it.
     pub node: NodeName,
     /// SHA-256 of the leaf certificate (published as TXT `id`).
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// The public mesh id.
-    pub mesh_id: String,
+    pub mesh_id: MeshId,
     /// The services this node may announce (`None`: any).
-    pub services: Option<Vec<crate::names::ServiceName>>,
+    pub services: Option<Vec<ServiceName>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
     root: CertificateDer<'static>,
@@ -246,11 +267,13 @@ impl NodeIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// SHA-256 of the peer's leaf certificate.
-    pub fingerprint: String,
-    /// The node name from the certificate's common name.
-    pub node: String,
-    /// The services the certificate allows its node to announce (`None`: any).
-    pub services: Option<Vec<String>>,
+    pub fingerprint: Fingerprint,
+    /// The node name from the certificate's common name; `None` when the certificate carries
+    /// no valid node name (a chain that verified but names no node: never from our own CA).
+    pub node: Option<NodeName>,
+    /// The services the certificate allows its node to announce (`None`: any). Names that are
+    /// not valid service names are dropped (they could never match a record).
+    pub services: Option<Vec<ServiceName>>,
 }
 
 impl PeerIdentity {
@@ -263,15 +286,17 @@ impl PeerIdentity {
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .unwrap_or("?")
-            .to_string();
-        let mut services: Option<Vec<String>> = None;
+            .and_then(|cn| NodeName::parse(cn).ok());
+        let mut services: Option<Vec<ServiceName>> = None;
         if let Ok(Some(san)) = parsed.subject_alternative_name() {
             for name in &san.value.general_names {
                 if let x509_parser::extensions::GeneralName::URI(uri) = name
                     && let Some(svc) = uri.strip_prefix(ca::SERVICE_URI_PREFIX)
                 {
-                    services.get_or_insert_with(Vec::new).push(svc.to_string());
+                    let list = services.get_or_insert_with(Vec::new);
+                    if let Ok(svc) = ServiceName::parse(svc) {
+                        list.push(svc);
+                    }
                 }
             }
         }
@@ -283,10 +308,15 @@ impl PeerIdentity {
     }
 
     /// Whether the certificate allows announcing `service`.
-    pub fn may_announce(&self, service: &str) -> bool {
+    pub fn may_announce(&self, service: &ServiceName) -> bool {
         self.services
             .as_ref()
-            .is_none_or(|list| list.iter().any(|s| s == service))
+            .is_none_or(|list| list.contains(service))
+    }
+
+    /// The node name for logs and refusals: the certificate's, or a placeholder.
+    pub fn node_label(&self) -> &str {
+        self.node.as_ref().map_or("(unnamed)", NodeName::as_str)
     }
 }
 
@@ -308,7 +338,7 @@ mod tests {
         let other = MeshRoot::derive(&MeshKey::generate().unwrap()).unwrap();
         assert_ne!(a.mesh_id(), other.mesh_id());
         // The mesh id is never a substring of the secret's text form.
-        assert!(!key.to_text().contains(a.mesh_id()));
+        assert!(!key.to_text().contains(a.mesh_id().as_str()));
     }
 
     #[test]
@@ -351,7 +381,7 @@ mod tests {
                 .is_err()
         );
         let peer = PeerIdentity::from_certs(&b.chain).unwrap();
-        assert_eq!(peer.node, "node-b");
+        assert_eq!(peer.node, Some(node("node-b")));
         assert_eq!(peer.fingerprint, b.fingerprint);
     }
 }

@@ -11,12 +11,13 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::fingerprint;
+use crate::names::Fingerprint;
 
 /// Fingerprints (SHA-256 hex of a certificate) that are refused whatever their chain.
 #[derive(Debug, Default)]
 pub struct DenyList {
     path: Option<PathBuf>,
-    set: RwLock<HashSet<String>>,
+    set: RwLock<HashSet<Fingerprint>>,
 }
 
 /// Why a deny list could not be read.
@@ -27,7 +28,7 @@ pub struct DenyError {
     why: String,
 }
 
-fn parse_deny(path: &Path) -> Result<HashSet<String>, DenyError> {
+fn parse_deny(path: &Path) -> Result<HashSet<Fingerprint>, DenyError> {
     let err = |why: String| DenyError {
         path: path.to_path_buf(),
         why,
@@ -44,12 +45,12 @@ fn parse_deny(path: &Path) -> Result<HashSet<String>, DenyError> {
             .filter(|c| *c != ':')
             .collect::<String>()
             .to_ascii_lowercase();
-        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err(format!(
+        let fp = Fingerprint::parse(&fp).map_err(|_| {
+            err(format!(
                 "line {}: expected a SHA-256 certificate fingerprint (64 hex digits)",
                 n + 1
-            )));
-        }
+            ))
+        })?;
         set.insert(fp);
     }
     Ok(set)
@@ -80,7 +81,7 @@ impl DenyList {
     }
 
     /// Whether a certificate fingerprint (hex SHA-256) is denied.
-    pub fn denies_fingerprint(&self, fp: &str) -> bool {
+    pub fn denies_fingerprint(&self, fp: &Fingerprint) -> bool {
         self.set
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -89,16 +90,40 @@ impl DenyList {
 
     /// Whether the certificate is denied.
     pub fn denies(&self, cert: &CertificateDer<'_>) -> bool {
-        let fp = fingerprint(cert);
-        self.set
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&fp)
+        self.denies_fingerprint(&fingerprint(cert))
     }
 }
 
 fn revoked() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+}
+
+/// The signature checks of a verifier, handed to its webpki `inner` verifier unchanged (the
+/// deny list concerns certificates, not signatures).
+macro_rules! delegate_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
 }
 
 /// Server-side verifier: webpki, then the deny list.
@@ -128,27 +153,7 @@ impl ClientCertVerifier for ClientVerifier {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signatures!();
 }
 
 /// Client-side verifier: webpki (chain and node name), then the deny list.
@@ -176,25 +181,5 @@ impl ServerCertVerifier for ServerVerifier {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signatures!();
 }

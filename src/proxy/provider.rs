@@ -2,7 +2,6 @@
 //! request header, connects to the service's target and splices.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,9 +14,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Activity;
 use super::splice::{SpliceEnd, splice};
-use crate::identity::DenyList;
+use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
-use crate::names::ServiceName;
+use crate::names::{NodeName, ServiceName, TcpAddr};
 use crate::transport::peer_identity;
 use crate::transport::protocol::{FLAG_PROBE, RefusalCode, Reply, Request};
 
@@ -52,11 +51,11 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone)]
 pub struct ServiceTarget {
     /// Where streams are connected.
-    pub addr: SocketAddr,
+    pub addr: TcpAddr,
     /// Whether the health check finds it up; streams are refused with "target down" if not.
     pub up: Arc<AtomicBool>,
     /// Nodes admitted (`None`: every mesh member).
-    pub allow: Option<Vec<String>>,
+    pub allow: Option<Vec<NodeName>>,
     /// Credentials sent to the target before any client byte.
     pub redis_auth: Option<RedisAuth>,
 }
@@ -108,13 +107,14 @@ async fn handle_connection(
             return;
         }
     };
-    let identity = peer_identity(&conn);
-    let fingerprint = identity
-        .as_ref()
-        .map(|p| p.fingerprint.clone())
-        .unwrap_or_default();
-    let peer = identity.map(|p| p.node).unwrap_or_else(|| "?".into());
-    info!(%peer, "peer connected");
+    // A verified chain always carries a certificate; a missing one is refused per stream.
+    let Some(identity) = peer_identity(&conn) else {
+        warn!("refused a peer whose certificate cannot be read");
+        conn.close(VarInt::from_u32(0), b"unreadable certificate");
+        return;
+    };
+    let peer = Arc::new(identity);
+    info!(peer = %peer.node_label(), "peer connected");
     let awaiting = Activity::default();
     let mut next_id: u64 = 0;
     loop {
@@ -124,130 +124,186 @@ async fn handle_connection(
                 Ok(s) => s,
                 Err(e) => {
                     let path = conn.stats().path;
-                    info!(%peer, reason = %e, mtu = path.current_mtu, rtt = ?path.rtt, "peer disconnected");
+                    info!(peer = %peer.node_label(), reason = %e, mtu = path.current_mtu, rtt = ?path.rtt, "peer disconnected");
                     return;
                 }
             },
         };
         next_id += 1;
-        let span = info_span!("stream", %peer, id = next_id);
-        if cfg.deny.denies_fingerprint(&fingerprint) {
-            // Revoked after its handshake (deny list reloaded): its open streams go on, as a
-            // reload drops nothing, but every new one is refused.
-            let detail = format!("the certificate of node {peer} is revoked (deny list)");
-            tracker.spawn(refuse(send, recv, RefusalCode::NotAllowed, detail).instrument(span));
-            continue;
-        }
+        let span = info_span!("stream", peer = %peer.node_label(), id = next_id);
+        let stream = Stream { send, recv };
         tracker.spawn(
-            handle_stream(send, recv, cfg.clone(), peer.clone(), awaiting.clone()).instrument(span),
+            handle_stream(stream, cfg.clone(), peer.clone(), awaiting.clone()).instrument(span),
         );
     }
 }
 
-async fn refuse(mut send: SendStream, mut recv: RecvStream, code: RefusalCode, detail: String) {
-    warn!(%code, %detail, "refused stream");
-    let _ = send.write_all(&Reply::refuse(code, detail).encode()).await;
-    let _ = send.finish();
-    let _ = recv.stop(VarInt::from_u32(0));
-    // Let the reply reach the peer before the stream state goes away.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+/// One accepted stream, before its reply.
+struct Stream {
+    send: SendStream,
+    recv: RecvStream,
 }
 
-async fn handle_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    cfg: Arc<ProviderConfig>,
-    peer: String,
-    awaiting: Activity,
-) {
-    let held = awaiting.enter();
-    if awaiting.count() > MAX_AWAITING_HEADER {
-        drop(held);
-        let detail = format!(
-            "{MAX_AWAITING_HEADER} streams of this connection already wait for their header"
-        );
-        return refuse(send, recv, RefusalCode::BadRequest, detail).await;
+/// A typed refusal and its detail, for the reply and the log.
+struct Refused(RefusalCode, String);
+
+impl Stream {
+    /// Sends a refusal, logs it, and lets the reply reach the peer before the stream goes.
+    async fn refuse(mut self, Refused(code, detail): Refused) {
+        warn!(%code, %detail, "refused stream");
+        let _ = self
+            .send
+            .write_all(&Reply::refuse(code, detail).encode())
+            .await;
+        let _ = self.send.finish();
+        let _ = self.recv.stop(VarInt::from_u32(0));
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
     }
-    let header = Request::read_from(&mut recv, cfg.header_timeout).await;
-    drop(held);
-    let req = match header {
-        Ok(r) => r,
-        Err(e) => return refuse(send, recv, RefusalCode::BadRequest, e.to_string()).await,
-    };
-    if cfg.draining.load(Ordering::Relaxed) {
-        let detail = "this node is stopping; use another instance".to_string();
-        return refuse(send, recv, RefusalCode::Draining, detail).await;
-    }
-    let Some(entry) = cfg.services.get(&req.service) else {
-        let detail = format!("{} is not announced here", req.service);
-        return refuse(send, recv, RefusalCode::UnknownService, detail).await;
-    };
-    if let Some(allow) = &entry.allow
-        && !allow.contains(&peer)
-    {
-        let detail = format!("node {peer} may not use {}", req.service);
-        return refuse(send, recv, RefusalCode::NotAllowed, detail).await;
-    }
-    if req.flags & FLAG_PROBE != 0 {
-        // A consumer checking that this node is alive and accepts it: answer, connect nothing.
-        let reply = if entry.up.load(Ordering::Relaxed) {
+
+    /// Answers a probe: whether this node would serve the service now; connects nothing.
+    async fn answer_probe(mut self, up: bool) {
+        let reply = if up {
             Reply::Ok
         } else {
             Reply::refuse(RefusalCode::TargetDown, "target down")
         };
-        let _ = send.write_all(&reply.encode()).await;
-        let _ = send.finish();
-        return;
+        let _ = self.send.write_all(&reply.encode()).await;
+        let _ = self.send.finish();
     }
-    let target = entry.addr;
-    if !entry.up.load(Ordering::Relaxed) {
-        let detail = format!("{} at {target} fails its health check", req.service);
-        return refuse(send, recv, RefusalCode::TargetDown, detail).await;
+}
+
+async fn handle_stream(
+    mut stream: Stream,
+    cfg: Arc<ProviderConfig>,
+    peer: Arc<PeerIdentity>,
+    awaiting: Activity,
+) {
+    let req = match read_request(&mut stream, &cfg, &awaiting).await {
+        Ok(req) => req,
+        Err(refused) => return stream.refuse(refused).await,
+    };
+    let entry = match admit(&cfg, &peer, &req) {
+        Ok(entry) => entry,
+        Err(refused) => return stream.refuse(refused).await,
+    };
+    if req.flags & FLAG_PROBE != 0 {
+        return stream.answer_probe(entry.up.load(Ordering::Relaxed)).await;
     }
-    let mut tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(target)).await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            let detail = format!("{} at {target}: {e}", req.service);
-            return refuse(send, recv, RefusalCode::TargetRefused, detail).await;
-        }
-        Ok(Err(e)) => {
-            let detail = format!("{} at {target}: {e}", req.service);
-            return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
-        }
-        Err(_) => {
-            let detail = format!(
-                "{} at {target}: no answer within {:?}",
-                req.service, cfg.connect_timeout
-            );
-            return refuse(send, recv, RefusalCode::TargetUnreachable, detail).await;
-        }
+    let mut tcp = match connect_target(&req.service, entry, cfg.connect_timeout).await {
+        Ok(tcp) => tcp,
+        Err(refused) => return stream.refuse(refused).await,
     };
     if let Some(auth) = &entry.redis_auth
         && let Err(e) = auth.authenticate(&mut tcp, cfg.connect_timeout).await
     {
-        // The application gets a Redis error it can show; the log says why.
-        warn!(service = %req.service, %target, error = %e, "credentials injection failed");
-        if send.write_all(&Reply::Ok.encode()).await.is_ok() {
-            let _ = send.write_all(AUTH_FAILED_REPLY).await;
-            let _ = send.finish();
-            // Keep reading (and dropping) what the client sends until it closes, so its
-            // side never sees a reset before it has read the error.
-            let drain = async { while let Ok(Some(_)) = recv.read_chunk(64 * 1024, true).await {} };
-            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        }
-        return;
+        warn!(service = %req.service, target = %entry.addr, error = %e, "credentials injection failed");
+        return auth_failed(stream).await;
     }
+    let Stream { mut send, recv } = stream;
     if send.write_all(&Reply::Ok.encode()).await.is_err() {
         debug!("consumer went away before the reply");
         return;
     }
     let _active = cfg.activity.enter();
     let stats = splice(tcp, send, recv).await;
+    let (up, down) = (stats.tcp_to_quic, stats.quic_to_tcp);
     match stats.end {
-        SpliceEnd::Closed => {
-            debug!(service = %req.service, up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream closed")
+        SpliceEnd::Closed => debug!(service = %req.service, up, down, "stream closed"),
+        SpliceEnd::Reset(cause) => {
+            info!(service = %req.service, up, down, %cause, "stream reset")
         }
-        SpliceEnd::Reset => debug!(service = %req.service, "stream reset"),
+    }
+}
+
+/// Reads the request header within the bound; at most [`MAX_AWAITING_HEADER`] streams of one
+/// connection wait for theirs at once.
+async fn read_request(
+    stream: &mut Stream,
+    cfg: &ProviderConfig,
+    awaiting: &Activity,
+) -> Result<Request, Refused> {
+    let held = awaiting.enter();
+    if awaiting.count() > MAX_AWAITING_HEADER {
+        let detail = format!(
+            "{MAX_AWAITING_HEADER} streams of this connection already wait for their header"
+        );
+        return Err(Refused(RefusalCode::BadRequest, detail));
+    }
+    let header = Request::read_from(&mut stream.recv, cfg.header_timeout).await;
+    drop(held);
+    header.map_err(|e| Refused(RefusalCode::BadRequest, e.to_string()))
+}
+
+/// Whether this node serves `req` for `peer` now: not draining, the service announced here,
+/// the peer neither revoked since its handshake nor left out of the service's allow list.
+fn admit<'a>(
+    cfg: &'a ProviderConfig,
+    peer: &PeerIdentity,
+    req: &Request,
+) -> Result<&'a ServiceTarget, Refused> {
+    if cfg.deny.denies_fingerprint(&peer.fingerprint) {
+        // Revoked after its handshake (deny list reloaded): its open streams go on, as a
+        // reload drops nothing, but every new one is refused.
+        let detail = format!(
+            "the certificate of node {} is revoked (deny list)",
+            peer.node_label()
+        );
+        return Err(Refused(RefusalCode::NotAllowed, detail));
+    }
+    if cfg.draining.load(Ordering::Relaxed) {
+        let detail = "this node is stopping; use another instance".to_string();
+        return Err(Refused(RefusalCode::Draining, detail));
+    }
+    let Some(entry) = cfg.services.get(&req.service) else {
+        let detail = format!("{} is not announced here", req.service);
+        return Err(Refused(RefusalCode::UnknownService, detail));
+    };
+    if let Some(allow) = &entry.allow
+        && !peer.node.as_ref().is_some_and(|n| allow.contains(n))
+    {
+        let detail = format!("node {} may not use {}", peer.node_label(), req.service);
+        return Err(Refused(RefusalCode::NotAllowed, detail));
+    }
+    Ok(entry)
+}
+
+/// Connects the service's target, unless its health check finds it down.
+async fn connect_target(
+    service: &ServiceName,
+    entry: &ServiceTarget,
+    bound: Duration,
+) -> Result<TcpStream, Refused> {
+    let target = entry.addr;
+    if !entry.up.load(Ordering::Relaxed) {
+        let detail = format!("{service} at {target} fails its health check");
+        return Err(Refused(RefusalCode::TargetDown, detail));
+    }
+    match tokio::time::timeout(bound, TcpStream::connect(target.0)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => {
+            let code = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                RefusalCode::TargetRefused
+            } else {
+                RefusalCode::TargetUnreachable
+            };
+            Err(Refused(code, format!("{service} at {target}: {e}")))
+        }
+        Err(_) => {
+            let detail = format!("{service} at {target}: no answer within {bound:?}");
+            Err(Refused(RefusalCode::TargetUnreachable, detail))
+        }
+    }
+}
+
+/// The target refused the injected credentials: the application gets a Redis error it can
+/// show (the log says why), and its side never sees a reset before it has read the error.
+async fn auth_failed(stream: Stream) {
+    let Stream { mut send, mut recv } = stream;
+    if send.write_all(&Reply::Ok.encode()).await.is_ok() {
+        let _ = send.write_all(AUTH_FAILED_REPLY).await;
+        let _ = send.finish();
+        // Keep reading (and dropping) what the client sends until it closes.
+        let drain = async { while let Ok(Some(_)) = recv.read_chunk(64 * 1024, true).await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     }
 }

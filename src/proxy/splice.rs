@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
+use crate::transport::PeerFailure;
+
 /// Largest chunk read from TCP in one go.
 const CHUNK: usize = 64 * 1024;
 /// Reads shorter than this are copied into an exact-size buffer, so a small message does not
@@ -21,16 +23,77 @@ const SMALL: usize = 4 * 1024;
 const BATCH: usize = 32;
 
 /// How a splice ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpliceEnd {
     /// Both directions finished cleanly.
     Closed,
-    /// One side reset or failed; the other side was reset too.
-    Reset,
+    /// One side reset or failed (the cause: the first failure seen); the other side was reset
+    /// too.
+    Reset(ResetCause),
+}
+
+/// Why a splice reset both sides: which side failed first, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetCause {
+    /// Reading the TCP connection failed (typically: its peer reset it).
+    TcpRead(std::io::ErrorKind),
+    /// Writing the TCP connection failed (its peer went away).
+    TcpWrite(std::io::ErrorKind),
+    /// The remote ambassador reset the stream (its sending side), with this code.
+    StreamReset(u64),
+    /// The remote ambassador stopped reading the stream, with this code.
+    StreamStopped(u64),
+    /// The QUIC connection under the stream was lost.
+    ConnectionLost(PeerFailure),
+    /// The stream was already closed (an internal misuse; never expected).
+    StreamClosed,
+}
+
+impl std::fmt::Display for ResetCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TcpRead(kind) => write!(f, "TCP side: read failed ({kind})"),
+            Self::TcpWrite(kind) => write!(f, "TCP side: write failed ({kind})"),
+            Self::StreamReset(code) => write!(f, "stream side: reset by the peer (code {code})"),
+            Self::StreamStopped(code) => {
+                write!(f, "stream side: stopped by the peer (code {code})")
+            }
+            Self::ConnectionLost(why) => write!(f, "stream side: connection lost ({why})"),
+            Self::StreamClosed => f.write_str("stream side: already closed"),
+        }
+    }
+}
+
+impl ResetCause {
+    fn of_read(e: quinn::ReadError) -> Self {
+        match e {
+            quinn::ReadError::Reset(code) => Self::StreamReset(code.into_inner()),
+            quinn::ReadError::ConnectionLost(c) => Self::lost(&c),
+            quinn::ReadError::ClosedStream
+            | quinn::ReadError::IllegalOrderedRead
+            | quinn::ReadError::ZeroRttRejected => Self::StreamClosed,
+        }
+    }
+
+    fn of_write(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::Stopped(code) => Self::StreamStopped(code.into_inner()),
+            quinn::WriteError::ConnectionLost(c) => Self::lost(&c),
+            quinn::WriteError::ClosedStream | quinn::WriteError::ZeroRttRejected => {
+                Self::StreamClosed
+            }
+        }
+    }
+
+    fn lost(e: &quinn::ConnectionError) -> Self {
+        // The remote address only labels refutations, which a lost stream never is.
+        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        Self::ConnectionLost(PeerFailure::classify(e, unspecified))
+    }
 }
 
 /// What a splice carried.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SpliceStats {
     /// Bytes from TCP into the stream.
     pub tcp_to_quic: u64,
@@ -77,15 +140,22 @@ fn try_read_chunk(r: &OwnedReadHalf) -> std::io::Result<Read> {
     }
 }
 
-async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) -> Result<(), ()> {
+async fn tcp_to_quic(
+    r: &OwnedReadHalf,
+    send: &mut SendStream,
+    count: &mut u64,
+) -> Result<(), ResetCause> {
+    let tcp_err = |e: std::io::Error| ResetCause::TcpRead(e.kind());
     loop {
-        r.readable().await.map_err(|_| ())?;
-        match try_read_chunk(r).map_err(|_| ())? {
+        r.readable().await.map_err(tcp_err)?;
+        match try_read_chunk(r).map_err(tcp_err)? {
             Read::Data(chunk) => {
                 *count += chunk.len() as u64;
-                send.write_chunk(chunk).await.map_err(|_| ())?;
+                send.write_chunk(chunk)
+                    .await
+                    .map_err(ResetCause::of_write)?;
             }
-            Read::Eof => return send.finish().map_err(|_| ()),
+            Read::Eof => return send.finish().map_err(|_| ResetCause::StreamClosed),
             Read::WouldBlock => {}
         }
     }
@@ -95,14 +165,23 @@ async fn quic_to_tcp(
     recv: &mut RecvStream,
     w: &mut OwnedWriteHalf,
     count: &mut u64,
-) -> Result<(), ()> {
+) -> Result<(), ResetCause> {
     // Take every chunk quinn has ready (one QUIC frame each, ~1.2 KB) and write them with one
     // vectored call: one syscall and one TCP segment train per batch instead of per frame.
     let mut chunks: [Bytes; BATCH] = std::array::from_fn(|_| Bytes::new());
     loop {
-        let n = match recv.read_chunks(&mut chunks).await.map_err(|_| ())? {
+        let n = match recv
+            .read_chunks(&mut chunks)
+            .await
+            .map_err(ResetCause::of_read)?
+        {
             Some(n) => n,
-            None => return w.shutdown().await.map_err(|_| ()),
+            None => {
+                return w
+                    .shutdown()
+                    .await
+                    .map_err(|e| ResetCause::TcpWrite(e.kind()));
+            }
         };
         let batch = &mut chunks[..n];
         *count += batch.iter().map(|c| c.len() as u64).sum::<u64>();
@@ -111,7 +190,7 @@ async fn quic_to_tcp(
 }
 
 /// Writes every chunk of `batch` (emptying them), with vectored writes.
-async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Result<(), ()> {
+async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Result<(), ResetCause> {
     let mut first = 0;
     while first < batch.len() {
         // A fixed array on the stack: no allocation per batch on the copy loop.
@@ -123,9 +202,9 @@ async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Resu
         let mut written = w
             .write_vectored(&slices[..pending.len().min(BATCH)])
             .await
-            .map_err(|_| ())?;
+            .map_err(|e| ResetCause::TcpWrite(e.kind()))?;
         if written == 0 {
-            return Err(());
+            return Err(ResetCause::TcpWrite(std::io::ErrorKind::WriteZero));
         }
         while written > 0 && first < batch.len() {
             let len = batch[first].len();
@@ -153,10 +232,11 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
     let (r, mut w) = tcp.into_split();
     let abort = CancellationToken::new();
     let (mut up, mut down) = (0u64, 0u64);
+    // Each direction ends cleanly, with its own failure, or aborted (`Err(None)`) by the other's.
     let upward = async {
         let res = tokio::select! {
-            () = abort.cancelled() => Err(()),
-            res = tcp_to_quic(&r, &mut send, &mut up) => res,
+            () = abort.cancelled() => Err(None),
+            res = tcp_to_quic(&r, &mut send, &mut up) => res.map_err(Some),
         };
         if res.is_err() {
             abort.cancel();
@@ -167,8 +247,8 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
     };
     let downward = async {
         let res = tokio::select! {
-            () = abort.cancelled() => Err(()),
-            res = quic_to_tcp(&mut recv, &mut w, &mut down) => res,
+            () = abort.cancelled() => Err(None),
+            res = quic_to_tcp(&mut recv, &mut w, &mut down) => res.map_err(Some),
         };
         if res.is_err() {
             abort.cancel();
@@ -178,16 +258,18 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
         res
     };
     let (a, b) = tokio::join!(upward, downward);
-    if a.is_err() || b.is_err() {
+    let end = match (a, b) {
+        (Ok(()), Ok(())) => SpliceEnd::Closed,
+        (Err(Some(cause)), _) | (_, Err(Some(cause))) => SpliceEnd::Reset(cause),
+        // Only an abort by the other direction, which always carries a cause: unreachable,
+        // but a reset all the same.
+        _ => SpliceEnd::Reset(ResetCause::StreamClosed),
+    };
+    if end != SpliceEnd::Closed {
         // Dropping a write half would shut it down (FIN) before the close sends the RST: a
         // reset must stay a reset, so skip that shutdown.
         w.forget();
     }
-    let end = if a.is_ok() && b.is_ok() {
-        SpliceEnd::Closed
-    } else {
-        SpliceEnd::Reset
-    };
     SpliceStats {
         tcp_to_quic: up,
         quic_to_tcp: down,

@@ -1,0 +1,253 @@
+//! Reaching services: one consumer per `connect` service, with its backends from the
+//! configured source (mesh announcements, a static list, DNS SRV, a plain DNS-SD type; Docker
+//! link variables arrive as static direct backends), and its local listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Node;
+use crate::balance::Policy;
+use crate::config::{ConnectConfig, NodeConfig, Source};
+use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser};
+use crate::discovery::{BackendKind, Endpoint, EndpointSet, Registry, dns_srv};
+use crate::error::Failure;
+use crate::names::ServiceName;
+use crate::proxy::consumer::{self, Backends, Consumer, ConsumerSettings, serve_listener};
+
+/// The listen address of a consumer, once bound (for status).
+pub(super) type ListenAddr = Arc<Mutex<Option<SocketAddr>>>;
+
+/// One running consumer, as the node keeps it.
+pub(super) struct ConsumerEntry {
+    /// The consumer.
+    pub(super) consumer: Arc<Consumer>,
+    /// Its listen address, once bound.
+    pub(super) listen: ListenAddr,
+    /// Its balancing policy, for status.
+    pub(super) policy: Policy,
+    /// Its static backends, replaced on SIGHUP (`run -c`); `None` for other sources.
+    pub(super) static_set: Option<Arc<EndpointSet>>,
+}
+
+/// A consumer's listener: bound at start when its port is known, else once the first record
+/// tells the advertised port.
+pub(super) struct PendingListener {
+    cfg: ConnectConfig,
+    bound: Option<TcpListener>,
+}
+
+/// Binds every listener whose port is known, before anything is announced.
+pub(super) async fn bind_known_listeners(
+    cfg: &NodeConfig,
+) -> Result<Vec<PendingListener>, Failure> {
+    let mut out = Vec::new();
+    for c in &cfg.connect {
+        let bound = match c.spec.listen_port {
+            Some(port) => Some(bind_listener(SocketAddr::new(c.spec.listen_ip, port), c).await?),
+            None => None,
+        };
+        out.push(PendingListener {
+            cfg: c.clone(),
+            bound,
+        });
+    }
+    Ok(out)
+}
+
+async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let service = &c.spec.service;
+        let mend = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("stop what uses it or pick another port: {service}:PORT")
+        } else {
+            "pick another listen address (SPEC NAME:PORT=IP:PORT)".to_string()
+        };
+        Failure::usage(format!(
+            "cannot listen on {addr} for {service}: {e}; {mend}"
+        ))
+    })
+}
+
+/// Endpoints of a static list.
+pub(super) fn static_endpoints(addrs: &[SocketAddr], kind: BackendKind) -> Vec<Endpoint> {
+    addrs
+        .iter()
+        .map(|a| Endpoint {
+            addr: kind.addr(*a),
+            weight: 1,
+        })
+        .collect()
+}
+
+impl Node {
+    /// Starts one consumer per `connect` service (mesh ones share one registry and browser).
+    pub(super) fn start_consumers(
+        &mut self,
+        listeners: Vec<PendingListener>,
+    ) -> Result<(), Failure> {
+        if listeners.is_empty() {
+            return Ok(());
+        }
+        let registry = Arc::new(Registry::default());
+        if self.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
+            self.browse_mesh(&registry)?;
+        }
+        for pending in listeners {
+            let c = &pending.cfg;
+            let (backends, static_set) = self.backends_for(c, &registry)?;
+            if c.direct {
+                warn!(service = %c.spec.service, "direct backends: traffic to them is plain TCP, not encrypted");
+            }
+            let settings = ConsumerSettings {
+                service: c.spec.service.clone(),
+                wait: c.wait,
+                policy: c.policy,
+                redis_auth: c.redis_auth.clone(),
+            };
+            let consumer = Arc::new(Consumer::new(
+                settings,
+                backends,
+                self.pool.clone(),
+                self.quic_addr,
+                self.cancel.clone(),
+                self.tracker.clone(),
+            ));
+            self.tracker.spawn(consumer::upkeep(consumer.clone()));
+            let entry = ConsumerEntry {
+                consumer,
+                listen: Arc::new(Mutex::new(None)),
+                policy: c.policy,
+                static_set,
+            };
+            self.spawn_listener(&entry, pending, registry.clone());
+            self.consumers.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Feeds `registry` from the mesh's mDNS announcements.
+    fn browse_mesh(&self, registry: &Arc<Registry>) -> Result<(), Failure> {
+        let rx = self.mdns.browse().context("browsing mDNS")?;
+        let filter = BrowseFilter {
+            mesh_id: self.mesh_id.clone(),
+            own_node: self.node.clone(),
+        };
+        let (reg, cancel) = (registry.clone(), self.cancel.clone());
+        self.tracker
+            .spawn(async move { run_browser(rx, &reg, filter, cancel).await });
+        Ok(())
+    }
+
+    /// The backends of one consumer, from its source; a static set is also returned, for
+    /// reloads.
+    fn backends_for(
+        &self,
+        c: &ConnectConfig,
+        registry: &Arc<Registry>,
+    ) -> Result<(Backends, Option<Arc<EndpointSet>>), Failure> {
+        let kind = if c.direct {
+            BackendKind::Direct
+        } else {
+            BackendKind::Peer
+        };
+        let set = match &c.source {
+            Source::Mesh => return Ok((Backends::Discovered(registry.clone()), None)),
+            Source::Static(addrs) => {
+                let set = Arc::new(EndpointSet::new(static_endpoints(addrs, kind)));
+                return Ok((Backends::Endpoints(set.clone()), Some(set)));
+            }
+            Source::DnsSrv { name, server } => {
+                let resolver = dns_srv::resolver(*server)
+                    .map_err(|e| Failure::usage(format!("DNS resolver for {name}: {e}")))?;
+                let set = Arc::new(EndpointSet::new(Vec::new()));
+                let span = info_span!("dns-srv", service = %c.spec.service);
+                let run = dns_srv::run(
+                    resolver,
+                    name.clone(),
+                    kind,
+                    set.clone(),
+                    self.cancel.clone(),
+                );
+                self.tracker.spawn(run.instrument(span));
+                set
+            }
+            Source::MdnsType(ty) => {
+                let rx = self.mdns.browse_type(ty).context("browsing mDNS")?;
+                let set = Arc::new(EndpointSet::new(Vec::new()));
+                self.tracker
+                    .spawn(run_plain_browser(rx, set.clone(), self.cancel.clone()));
+                set
+            }
+        };
+        Ok((Backends::Endpoints(set), None))
+    }
+
+    /// Serves the consumer's listener; without a known port, first waits for a record to
+    /// learn the advertised one (a port in use then is fatal for the node).
+    fn spawn_listener(
+        &self,
+        entry: &ConsumerEntry,
+        pending: PendingListener,
+        registry: Arc<Registry>,
+    ) {
+        let (cancel, fatal, stop) = (
+            self.cancel.clone(),
+            self.fatal.clone(),
+            self.stop_accepting.clone(),
+        );
+        let (consumer, listen_addr) = (entry.consumer.clone(), entry.listen.clone());
+        let span = info_span!("listener", service = %pending.cfg.spec.service);
+        let task = async move {
+            let listener = match pending.bound {
+                Some(l) => l,
+                None => {
+                    let learnt = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        learnt = learn_port(&pending.cfg, &registry) => learnt,
+                    };
+                    match learnt {
+                        Ok(l) => l,
+                        Err(e) => return drop(fatal.send(e).await),
+                    }
+                }
+            };
+            match listener.local_addr() {
+                Ok(addr) => {
+                    *listen_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                    info!(listen = %addr, "listening");
+                }
+                Err(e) => warn!(error = %e, "listening (address unknown)"),
+            }
+            serve_listener(listener, consumer, stop).await;
+        };
+        self.tracker.spawn(task.instrument(span));
+    }
+}
+
+/// Waits for the first record of the service, and binds its advertised port.
+async fn learn_port(c: &ConnectConfig, registry: &Registry) -> Result<TcpListener, Failure> {
+    let service: &ServiceName = &c.spec.service;
+    info!("waiting for an announcement to learn the port (give {service}:PORT to listen at once)");
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+    let found = registry.wait_for(service, far, |i| !i.is_empty()).await;
+    let port = found.first().map(|i| i.port).ok_or_else(|| {
+        Failure::usage(format!(
+            "no announcement of {service} to learn its port from"
+        ))
+    })?;
+    bind_listener(SocketAddr::new(c.spec.listen_ip, port), c).await
+}
+
+/// The static sets of the node's consumers, by service (for SIGHUP reloads).
+pub(super) fn static_sets(consumers: &[ConsumerEntry]) -> HashMap<&ServiceName, &Arc<EndpointSet>> {
+    consumers
+        .iter()
+        .filter_map(|c| c.static_set.as_ref().map(|s| (&c.consumer.service, s)))
+        .collect()
+}

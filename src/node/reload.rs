@@ -1,0 +1,100 @@
+//! SIGHUP: re-read the deny list, a CA-mode identity (a new certificate for new connections;
+//! open ones are kept) and the config file's static backends.
+
+use tracing::{info, warn};
+
+use super::Node;
+use super::consume::{static_endpoints, static_sets};
+use crate::config::{FileConfig, IdentitySource};
+use crate::discovery::BackendKind;
+use crate::names::ServiceName;
+use crate::transport;
+
+impl Node {
+    /// Applies a reload; anything that fails to load keeps its old value (and says so).
+    pub(super) fn reload(&mut self) {
+        info!("reload requested");
+        self.reload_backends();
+        match self.deny.reload() {
+            Ok(n) if self.cfg.deny_file.is_some() => info!(entries = n, "deny list reloaded"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "deny list not reloaded; the old one stays"),
+        }
+        self.pool.close_denied(&self.deny);
+        // A mesh-key node's certificate is made at start; nothing to re-read.
+        if let IdentitySource::Bundle(_) = self.cfg.identity {
+            self.reload_identity();
+        }
+    }
+
+    /// Re-reads a CA bundle: new connections use the new certificate, records publish it.
+    fn reload_identity(&mut self) {
+        let identity = match super::load_identity(&self.cfg) {
+            Ok(id) if id.node == self.node => id,
+            Ok(id) => {
+                return warn!(new = %id.node, "the reloaded certificate names another node; keeping the old identity");
+            }
+            Err(e) => return warn!(error = %e, "identity not reloaded; the old one stays"),
+        };
+        let settings = &self.cfg.transport;
+        if self.provider.is_some() {
+            match transport::server_config(&identity, &self.deny, settings) {
+                Ok(sc) => self.endpoint.set_server_config(Some(sc)),
+                Err(e) => return warn!(error = %e, "identity not reloaded"),
+            }
+        }
+        match transport::client_config(&identity, &self.deny, settings) {
+            Ok(cc) => self.pool.set_client_config(cc),
+            Err(e) => return warn!(error = %e, "identity not reloaded"),
+        }
+        self.fingerprint = identity.fingerprint.clone();
+        for a in &self.announced {
+            a.republish(&self.mdns, &self.node, self.quic_addr.port(), |txt| {
+                txt.fingerprint = identity.fingerprint.clone();
+            });
+        }
+        info!(fingerprint = %identity.fingerprint, "identity reloaded; open connections are kept");
+    }
+
+    /// Re-reads the config file's `[connect.NAME]` backends and applies them to the running
+    /// static consumers (new connections only; open ones are kept).
+    fn reload_backends(&self) {
+        let Some(path) = &self.cfg.config_file else {
+            return;
+        };
+        let file = match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => return warn!(error = %e, "config not reloaded"),
+        };
+        let sets = static_sets(&self.consumers);
+        for (name, c) in &file.connect {
+            let Some(set) = ServiceName::parse(name)
+                .ok()
+                .and_then(|n| sets.get(&n).copied())
+            else {
+                if !c.backends.is_empty() {
+                    warn!(service = %name, "a new or non-static [connect] section needs a restart");
+                }
+                continue;
+            };
+            let mut addrs = Vec::new();
+            for b in &c.backends {
+                use std::net::ToSocketAddrs;
+                match b.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                    Some(a) => addrs.push(a),
+                    None => {
+                        return warn!(service = %name, backend = %b, "bad backend; config not reloaded");
+                    }
+                }
+            }
+            let kind = if c.direct {
+                BackendKind::Direct
+            } else {
+                BackendKind::Peer
+            };
+            if set.replace(static_endpoints(&addrs, kind)) {
+                info!(service = %name, backends = ?addrs, "backends reloaded");
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! One attempt to carry a client connection: open a stream on the chosen instance (hedged on
+//! another one when the first is slow to answer), then act on the outcome, exhaustively by
+//! its type: splice, retry elsewhere, or close the client connection.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::direct::{DirectError, splice_tcp};
+use super::{Candidate, Consumer, Rejection, Target};
+use crate::inject::AUTH_FAILED_REPLY;
+use crate::names::{Fingerprint, ServiceName};
+use crate::proxy::splice::{SpliceEnd, splice};
+use crate::transport::protocol::{HeaderError, Refusal, Reply, Request};
+use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
+
+/// Least wait for a provider's answer before another instance is asked too (a hedge).
+const HEDGE_MIN: Duration = Duration::from_millis(100);
+/// Most wait before a hedge, however slow the path.
+const HEDGE_MAX: Duration = Duration::from_secs(1);
+/// Wait before a hedge when no connection to the peer is open yet (its handshake is part of
+/// the attempt), and for direct backends.
+const HEDGE_COLD: Duration = Duration::from_millis(300);
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttemptError {
+    /// The peer could not be reached or used (dial failure, connection lost), classified.
+    #[error(transparent)]
+    Peer(#[from] PeerFailure),
+    /// The stream failed while its connection stayed up (no reply in time, a malformed one).
+    #[error("stream: {0}")]
+    Stream(HeaderError),
+    /// The provider refused the stream with a typed reply.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The peer's certificate does not allow its node to announce the service (CA mode).
+    #[error("the certificate of node {node} does not allow it to announce {service}")]
+    NotAuthorized {
+        /// The node (as its certificate names it).
+        node: String,
+        /// The service.
+        service: ServiceName,
+        /// The certificate.
+        fingerprint: Fingerprint,
+    },
+    /// A direct backend could not be connected.
+    #[error(transparent)]
+    Direct(#[from] DirectError),
+    /// The target rejected the injected credentials.
+    #[error("the target rejected the credentials: {0}")]
+    AuthRejected(String),
+}
+
+/// Resets its stream when dropped before the provider answered (an attempt cancelled while it
+/// waits).
+struct ResetUnlessAnswered<'a> {
+    send: &'a mut SendStream,
+    answered: bool,
+}
+
+impl Drop for ResetUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.send.reset(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
+/// An attempt that worked: a tunnel stream, or a direct TCP connection.
+pub(crate) enum Opened {
+    Stream(SendStream, RecvStream),
+    Direct(TcpStream),
+}
+
+/// What to do after an attempt.
+pub(super) enum Next {
+    /// The client connection is served (or closed for good).
+    Done,
+    /// Try another instance.
+    Another,
+}
+
+impl Consumer {
+    /// How long an attempt may go unanswered before another instance is asked too: a few
+    /// round trips of the pooled connection, at least [`HEDGE_MIN`].
+    fn hedge_delay(&self, cand: &Candidate) -> Duration {
+        match &cand.target {
+            Target::Direct(_) => HEDGE_COLD,
+            Target::Peer(peer) => match self.pool.rtt(peer) {
+                Some(rtt) => (rtt * 4 + HEDGE_MIN).min(HEDGE_MAX),
+                None => HEDGE_COLD,
+            },
+        }
+    }
+
+    /// Opens the candidate, counted as open on the instance while it waits, so least-conn
+    /// steers new connections away from an instance that is slow to answer (or silently dead).
+    async fn open_counted(&self, cand: &Candidate) -> Result<Opened, AttemptError> {
+        let _waiting = self.balancer.opened(&cand.key);
+        match &cand.target {
+            Target::Direct(addr) => self.open_direct(*addr).await.map(Opened::Direct),
+            Target::Peer(peer) => self.open_stream(peer).await,
+        }
+    }
+
+    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
+    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
+        let conn = self.pool.get(peer).await?;
+        if let Some(id) = peer_identity(&conn)
+            && !id.may_announce(&self.service)
+        {
+            return Err(AttemptError::NotAuthorized {
+                node: id.node_label().to_string(),
+                service: self.service.clone(),
+                fingerprint: id.fingerprint,
+            });
+        }
+        // A stream failure on a connection that has ended is the connection's failure.
+        let failed = |e: HeaderError| match connection_failure(&conn) {
+            Some(f) => AttemptError::Peer(f),
+            None => AttemptError::Stream(e),
+        };
+        let io = |e: &dyn std::fmt::Display| failed(HeaderError::Io(e.to_string()));
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        let req = Request {
+            service: self.service.clone(),
+            flags: 0,
+        };
+        // An attempt given up (another instance answered first) resets its stream, so the
+        // provider connects nothing for it; dropped as is, the stream would only be finished.
+        let mut pending = ResetUnlessAnswered {
+            send: &mut send,
+            answered: false,
+        };
+        // Write the header at once: a stream is invisible to the peer until its first byte.
+        pending
+            .send
+            .write_all(&req.encode())
+            .await
+            .map_err(|e| io(&e))?;
+        let reply = Reply::read_from(&mut recv, self.reply_timeout).await;
+        pending.answered = true;
+        drop(pending);
+        match reply {
+            Ok(Reply::Ok) => Ok(Opened::Stream(send, recv)),
+            Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
+            Err(e) => Err(failed(e)),
+        }
+    }
+}
+
+/// Opens a stream (or direct connection) on `pick`. Without an answer after a few round trips
+/// (a peer that died silently is only noticed when its keep-alive times out, seconds later),
+/// another instance is asked too and the first answer is taken; when one of the two fails,
+/// the other's outcome is awaited. Returns the outcome to act on and whose it is, or `None`
+/// when a failure already ended the client connection.
+pub(super) async fn attempt(
+    consumer: &Arc<Consumer>,
+    tcp: &mut Option<TcpStream>,
+    tried: &mut HashSet<String>,
+    pick: Candidate,
+) -> Option<(Candidate, Result<Opened, AttemptError>)> {
+    // Boxed: the task of a connection is as large as its largest state, and two attempts in
+    // flight would otherwise stay in every connection's memory while it splices.
+    let mut first = Box::pin(consumer.open_counted(&pick));
+    let delay = consumer.hedge_delay(&pick);
+    if let Ok(outcome) = tokio::time::timeout(delay, &mut first).await {
+        drop(first);
+        return Some((pick, outcome));
+    }
+    let Some(second) = consumer.choose(tried, Instant::now()).await else {
+        let outcome = first.await;
+        return Some((pick, outcome));
+    };
+    tried.insert(second.key.clone());
+    info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
+    let mut other = Box::pin(consumer.open_counted(&second));
+    let (first_done, outcome) = tokio::select! {
+        o = &mut first => (true, o),
+        o = &mut other => (false, o),
+    };
+    let (done, pending) = if first_done {
+        (&pick, &second)
+    } else {
+        (&second, &pick)
+    };
+    match outcome {
+        Ok(opened) => {
+            // The other attempt is dropped (its stream reset). When the hedge won, the slow
+            // instance rests a moment, as any failed one.
+            if !first_done {
+                let why = format!("no answer within {delay:?}");
+                consumer.balancer.failed(&pending.key, &why);
+            }
+            Some((done.clone(), Ok(opened)))
+        }
+        Err(e) => {
+            if let Next::Done = conclude(consumer, tcp, done, Err(e)).await {
+                return None;
+            }
+            // One failed: the other may still answer.
+            let rest = if first_done { other.await } else { first.await };
+            Some((pending.clone(), rest))
+        }
+    }
+}
+
+/// Acts on the outcome of one attempt: splices on success, or records the failure and says
+/// whether another instance may serve the client.
+pub(super) async fn conclude(
+    consumer: &Arc<Consumer>,
+    tcp: &mut Option<TcpStream>,
+    pick: &Candidate,
+    outcome: Result<Opened, AttemptError>,
+) -> Next {
+    let error = match outcome {
+        Ok(opened) => {
+            if let Some(tcp) = tcp.take() {
+                carry(consumer, tcp, pick, opened).await;
+            }
+            return Next::Done;
+        }
+        Err(e) => e,
+    };
+    match error {
+        AttemptError::Peer(failure) => peer_failed(consumer, pick, failure),
+        e @ AttemptError::NotAuthorized { .. } => {
+            let why = e.to_string();
+            if let AttemptError::NotAuthorized { fingerprint, .. } = e {
+                consumer.reject(Rejection::NotAllowed {
+                    instance: pick.key.clone(),
+                    fingerprint,
+                });
+            }
+            consumer.balancer.failed(&pick.key, &why);
+            warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            Next::Another
+        }
+        AttemptError::AuthRejected(why) => {
+            warn!(backend = %pick.key, reason = %why, "credentials injection failed");
+            if let Some(mut tcp) = tcp.take() {
+                let _ = tcp.write_all(AUTH_FAILED_REPLY).await;
+                let _ = tcp.shutdown().await;
+            }
+            Next::Done
+        }
+        AttemptError::Refused(r) if !r.code.retry_elsewhere() => {
+            warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
+            Next::Done
+        }
+        e @ (AttemptError::Refused(_) | AttemptError::Stream(_) | AttemptError::Direct(_)) => {
+            info!(instance = %pick.key, error = %e, "instance failed; trying another");
+            consumer.balancer.failed(&pick.key, &e.to_string());
+            Next::Another
+        }
+    }
+}
+
+/// Records a failed peer: a refuted record is never used again; any other failure ejects
+/// the peer's instances until a probe reaches it.
+fn peer_failed(consumer: &Arc<Consumer>, pick: &Candidate, failure: PeerFailure) -> Next {
+    let reason = failure.to_string();
+    match (&failure, &pick.target) {
+        (PeerFailure::NotWhoItClaims { .. }, Target::Peer(peer)) => {
+            consumer.reject(Rejection::Refuted(peer.clone()));
+            consumer.balancer.failed(&pick.key, &reason);
+            warn!(instance = %pick.key, error = %reason, "peer failed the mesh handshake: its record will not be used");
+            return Next::Another;
+        }
+        (PeerFailure::RefusesOurCertificate(_), _) => {
+            warn!(instance = %pick.key, error = %reason, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");
+        }
+        (
+            PeerFailure::NoAddress
+            | PeerFailure::NotWhoItClaims { .. }
+            | PeerFailure::Unreachable(_)
+            | PeerFailure::ClosedByPeer(_)
+            | PeerFailure::ClosedHere
+            | PeerFailure::Protocol(_),
+            _,
+        ) => {
+            info!(instance = %pick.key, error = %reason, "peer unreachable; trying another instance");
+        }
+    }
+    match pick.peer_key() {
+        Some(key) => consumer.peer_lost(&key, &failure),
+        None => consumer.balancer.failed(&pick.key, &reason),
+    }
+    Next::Another
+}
+
+/// Carries the client connection over what the attempt opened, and logs how it ended.
+async fn carry(consumer: &Consumer, tcp: TcpStream, pick: &Candidate, opened: Opened) {
+    consumer.balancer.succeeded(&pick.key);
+    let _open = consumer.balancer.opened(&pick.key);
+    match opened {
+        Opened::Direct(backend) => {
+            debug!(backend = %pick.key, "direct connection open");
+            splice_tcp(tcp, backend).await;
+        }
+        Opened::Stream(send, recv) => {
+            debug!(instance = %pick.key, "stream open");
+            let stats = splice(tcp, send, recv).await;
+            let (up, down) = (stats.tcp_to_quic, stats.quic_to_tcp);
+            match stats.end {
+                SpliceEnd::Closed => debug!(instance = %pick.key, up, down, "closed"),
+                SpliceEnd::Reset(cause) => {
+                    info!(instance = %pick.key, up, down, %cause, "reset")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Accepting client connections and handling each: up to [`MAX_ATTEMPTS`] instances are tried
+//! before the client connection is closed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::Consumer;
+use super::attempt::{Next, attempt, conclude};
+
+/// Most instances tried for one client connection.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Serves one listener until the consumer's cancellation or `stop` fires (a drain stops
+/// accepting while open connections go on).
+pub async fn serve_listener(
+    listener: TcpListener,
+    consumer: Arc<Consumer>,
+    stop: CancellationToken,
+) {
+    let mut next_id: u64 = 0;
+    loop {
+        let (tcp, client) = tokio::select! {
+            () = consumer.cancel.cancelled() => return,
+            () = stop.cancelled() => return,
+            acc = listener.accept() => match acc {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off briefly instead of spinning.
+                    warn!(service = %consumer.service, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        next_id += 1;
+        let span = info_span!("conn", service = %consumer.service, %client, id = next_id);
+        consumer
+            .tracker
+            .spawn(handle_client(tcp, consumer.clone()).instrument(span));
+    }
+}
+
+/// Serves one client connection: picks instances until one carries it or none is left.
+async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
+    let _active = consumer.activity.enter();
+    let _ = tcp.set_nodelay(true);
+    let mut tcp = Some(tcp);
+    let deadline = Instant::now() + consumer.wait;
+    let mut tried = HashSet::new();
+    while tried.len() < MAX_ATTEMPTS {
+        // Wait for a first instance only; after a failure, use what is known now.
+        let until = if tried.is_empty() {
+            deadline
+        } else {
+            Instant::now()
+        };
+        let Some(pick) = consumer.choose(&tried, until).await else {
+            break;
+        };
+        tried.insert(pick.key.clone());
+        let Some((winner, outcome)) = attempt(&consumer, &mut tcp, &mut tried, pick).await else {
+            return;
+        };
+        if let Next::Done = conclude(&consumer, &mut tcp, &winner, outcome).await {
+            return;
+        }
+    }
+    if tried.is_empty() {
+        warn!(wait = ?consumer.wait, "no instance of {} found within the wait bound; closing the client connection", consumer.service);
+    } else {
+        warn!(
+            tried = tried.len(),
+            "every instance of {} failed; closing the client connection", consumer.service
+        );
+    }
+}

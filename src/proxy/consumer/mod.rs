@@ -1,0 +1,346 @@
+//! The consumer side: a local TCP listener per service; each accepted connection becomes one
+//! stream on the pooled QUIC connection to an instance the balancer picks. An attempt that
+//! fails before any client byte reached a target (the consumer reads no client byte before the
+//! provider's `ok`) is retried on another instance, so the app does not see a dead instance
+//! while a live one exists.
+//!
+//! Rooms: this module holds the [`Consumer`] (candidates, rejections, per-instance state and
+//! its upkeep); `listener` accepts and handles client connections; `attempt` is one attempt
+//! (choose, hedge, retry, conclude); `probe` re-dials lost peers; `direct` is plain TCP
+//! backends (with Redis auth).
+
+mod attempt;
+mod direct;
+mod listener;
+mod probe;
+
+pub use listener::serve_listener;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::{Backoff, Balancer, Choice, InstanceStats, Policy};
+use crate::discovery::{BackendAddr, Endpoint, EndpointSet, Instance, Registry};
+use crate::inject::RedisAuth;
+use crate::names::{Fingerprint, QuicAddr, ServiceName, TcpAddr};
+use crate::transport::{ClaimedIdentity, PeerKey, PeerTarget, Pool};
+
+/// Where a candidate's connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// An ambassador peer, over the pooled QUIC connection.
+    Peer(PeerTarget),
+    /// A plain TCP backend (`--direct`): no ambassador, no QUIC, no encryption.
+    Direct(TcpAddr),
+}
+
+/// One place a stream can be opened to.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    /// Stable key of the instance (DNS-SD full name, or the backend address): the balancer's.
+    pub(crate) key: String,
+    /// Whom to dial.
+    pub(crate) target: Target,
+    /// Balancing weight.
+    pub(crate) weight: u32,
+}
+
+impl Candidate {
+    fn from_instance(inst: &Instance, local: SocketAddr) -> Self {
+        Self {
+            key: inst.fullname.clone(),
+            target: Target::Peer(peer_target(inst, local)),
+            weight: inst.weight,
+        }
+    }
+
+    /// An endpoint from a static list, DNS SRV or plain DNS-SD: an ambassador peer that must
+    /// be a mesh member (any node name), or a plain TCP backend.
+    fn from_endpoint(ep: &Endpoint) -> Self {
+        let target = match ep.addr {
+            BackendAddr::Peer(addr) => Target::Peer(PeerTarget {
+                claimed: None,
+                addrs: vec![addr],
+            }),
+            BackendAddr::Direct(addr) => Target::Direct(addr),
+        };
+        Self {
+            key: ep.addr.to_string(),
+            target,
+            weight: ep.weight,
+        }
+    }
+
+    /// The pool key of the peer behind this candidate (`None` for a direct backend).
+    fn peer_key(&self) -> Option<PeerKey> {
+        match &self.target {
+            Target::Peer(t) => Some(t.key()),
+            Target::Direct(_) => None,
+        }
+    }
+}
+
+/// Whom to dial for a record: the node and certificate it claims, at its addresses.
+fn peer_target(inst: &Instance, local: SocketAddr) -> PeerTarget {
+    PeerTarget {
+        claimed: Some(ClaimedIdentity {
+            node: inst.node.clone(),
+            fingerprint: inst.fingerprint.clone(),
+        }),
+        addrs: inst.socket_addrs(local).into_iter().map(QuicAddr).collect(),
+    }
+}
+
+/// Where the instances of a service come from.
+#[derive(Clone)]
+pub enum Backends {
+    /// The live set that discovery maintains.
+    Discovered(Arc<Registry>),
+    /// A replaceable list: static backends (reloaded on SIGHUP), DNS SRV, plain DNS-SD.
+    Endpoints(Arc<EndpointSet>),
+}
+
+/// A record this consumer will not use again, while discovery keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Rejection {
+    /// Its handshake refuted it: keyed by the identity it claims *and* the addresses it gives,
+    /// so a forged copy of a real record (same identity, another address) never shuts out the
+    /// real one.
+    Refuted(PeerTarget),
+    /// The node's certificate does not allow it to announce this service (CA mode).
+    NotAllowed {
+        /// The instance's full name.
+        instance: String,
+        /// The certificate that does not allow it.
+        fingerprint: Fingerprint,
+    },
+}
+
+/// What a consumer is set up with.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The service.
+    pub service: ServiceName,
+    /// How long a client connection waits for a first instance.
+    pub wait: Duration,
+    /// Balancing policy.
+    pub policy: Policy,
+    /// Credentials injected into direct Redis backends.
+    pub redis_auth: Option<RedisAuth>,
+}
+
+/// State of one consumer listener (one service).
+pub struct Consumer {
+    /// The service.
+    pub service: ServiceName,
+    /// Where its instances come from.
+    backends: Backends,
+    /// The QUIC connection pool (shared by every listener of the node).
+    pool: Pool,
+    /// The local QUIC address (its family decides which peer addresses are dialled).
+    local: SocketAddr,
+    /// How long a client connection waits for a first instance.
+    wait: Duration,
+    /// Bound on the provider's reply to a stream header.
+    reply_timeout: Duration,
+    /// Policy and passive health.
+    balancer: Balancer,
+    /// Records that will not be used again (while discovery keeps them).
+    rejected: Mutex<HashSet<Rejection>>,
+    /// Peers being probed after a loss.
+    probing: Mutex<HashSet<PeerKey>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    /// Open client connections, for the drain.
+    pub activity: super::Activity,
+    /// Credentials injected into direct Redis backends.
+    redis_auth: Option<RedisAuth>,
+}
+
+impl Consumer {
+    /// A new listener state; every task it spawns is tracked by `tracker` and ends on `cancel`.
+    pub fn new(
+        settings: ConsumerSettings,
+        backends: Backends,
+        pool: Pool,
+        local: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            service: settings.service,
+            backends,
+            pool,
+            local,
+            wait: settings.wait,
+            reply_timeout: Duration::from_secs(5),
+            balancer: Balancer::new(settings.policy, Backoff::default()),
+            rejected: Mutex::default(),
+            probing: Mutex::default(),
+            cancel,
+            tracker,
+            activity: super::Activity::default(),
+            redis_auth: settings.redis_auth,
+        }
+    }
+
+    fn rejected(&self) -> std::sync::MutexGuard<'_, HashSet<Rejection>> {
+        // A poisoned lock means a panic elsewhere; the set itself is always consistent.
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn probing(&self) -> std::sync::MutexGuard<'_, HashSet<PeerKey>> {
+        self.probing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reject(&self, rejection: Rejection) {
+        self.rejected().insert(rejection);
+    }
+
+    /// The rejections that would shut out instance `i`.
+    fn rejections_of(&self, i: &Instance) -> [Rejection; 2] {
+        [
+            Rejection::Refuted(peer_target(i, self.local)),
+            Rejection::NotAllowed {
+                instance: i.fullname.clone(),
+                fingerprint: i.fingerprint.clone(),
+            },
+        ]
+    }
+
+    fn usable(&self, i: &Instance) -> bool {
+        if !i.up || i.socket_addrs(self.local).is_empty() {
+            return false;
+        }
+        let rejected = self.rejected();
+        !self.rejections_of(i).iter().any(|r| rejected.contains(r))
+    }
+
+    /// Every current candidate.
+    fn all_candidates(&self) -> Vec<Candidate> {
+        match &self.backends {
+            Backends::Endpoints(set) => set.get().iter().map(Candidate::from_endpoint).collect(),
+            Backends::Discovered(registry) => registry
+                .instances(&self.service)
+                .iter()
+                .filter(|i| self.usable(i))
+                .map(|i| Candidate::from_instance(i, self.local))
+                .collect(),
+        }
+    }
+
+    /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
+    async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+        match &self.backends {
+            Backends::Endpoints(set) => set.wait_nonempty(deadline).await,
+            Backends::Discovered(registry) => {
+                let pred = |all: &[Instance]| {
+                    all.iter()
+                        .any(|i| !tried.contains(&i.fullname) && self.usable(i))
+                };
+                registry.wait_for(&self.service, deadline, pred).await;
+            }
+        }
+        self.all_candidates()
+            .into_iter()
+            .filter(|c| !tried.contains(&c.key))
+            .collect()
+    }
+
+    /// Picks an instance not yet tried for this client (waiting up to `until` for a first).
+    async fn choose(&self, tried: &HashSet<String>, until: Instant) -> Option<Candidate> {
+        let cands = self.candidates(tried, until).await;
+        let choices: Vec<Choice<'_>> = cands
+            .iter()
+            .map(|c| Choice {
+                key: &c.key,
+                weight: c.weight,
+            })
+            .collect();
+        let idx = self.balancer.pick(&choices)?;
+        drop(choices);
+        cands.into_iter().nth(idx)
+    }
+
+    /// Health and load of this service's instances.
+    pub fn stats(&self) -> Vec<InstanceStats> {
+        self.balancer.stats()
+    }
+
+    /// Forgets the state of instances that discovery no longer has: their ejections and
+    /// counters (unless a connection is still open on them) and their rejections. Probes of
+    /// forgotten peers end by themselves.
+    pub(crate) fn prune(&self) {
+        let (keys, instances): (HashSet<String>, Vec<Instance>) = match &self.backends {
+            Backends::Endpoints(set) => (
+                set.get().iter().map(|e| e.addr.to_string()).collect(),
+                Vec::new(),
+            ),
+            Backends::Discovered(registry) => {
+                let all = registry.instances(&self.service);
+                (all.iter().map(|i| i.fullname.clone()).collect(), all)
+            }
+        };
+        self.balancer.retain(|key| keys.contains(key));
+        let live: HashSet<Rejection> = instances
+            .iter()
+            .flat_map(|i| self.rejections_of(i))
+            .collect();
+        self.rejected().retain(|r| live.contains(r));
+    }
+
+    /// Sizes of the per-instance state: balancer entries, rejections, probes.
+    #[cfg(test)]
+    pub(crate) fn state_size(&self) -> (usize, usize, usize) {
+        (
+            self.balancer.len(),
+            self.rejected().len(),
+            self.probing().len(),
+        )
+    }
+
+    /// A receiver notified whenever the candidates may have changed.
+    fn discovery_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.backends {
+            Backends::Endpoints(set) => set.subscribe(),
+            Backends::Discovered(registry) => registry.subscribe(),
+        }
+    }
+}
+
+/// Keeps a consumer's state in step with the world until it is cancelled: ejects the
+/// instances of peers whose pooled connection ends, as soon as it ends (keep-alive and idle
+/// timeout notice a vanished peer even when no client is connecting), and forgets the state
+/// of instances that discovery removed. Subscribes at once, so no change made after this call
+/// is missed, whenever the returned task first runs.
+pub fn upkeep(consumer: Arc<Consumer>) -> impl std::future::Future<Output = ()> {
+    let mut lost = consumer.pool.subscribe_lost();
+    let mut changes = consumer.discovery_changes();
+    async move {
+        loop {
+            tokio::select! {
+                () = consumer.cancel.cancelled() => return,
+                ev = lost.recv() => match ev {
+                    Ok(ev) => consumer.peer_lost(&ev.peer, &ev.why),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    consumer.prune();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! Lost peers: their instances are ejected until a background probe reaches them again (or
+//! discovery forgets them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{Instrument, debug, info, info_span};
+
+use super::{Candidate, Consumer};
+use crate::transport::protocol::{FLAG_PROBE, Reply, Request};
+use crate::transport::{PeerFailure, PeerKey, PeerTarget, connection_failure};
+
+/// Bound on the answer to a probe stream.
+const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between two probes of a lost peer.
+const PROBE_MAX: Duration = Duration::from_secs(5);
+/// Pause between probes of a peer that refuses this node's certificate.
+const PROBE_REFUSED: Duration = Duration::from_secs(30);
+
+/// Why a probe found a peer not ready.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The peer cannot be reached or used.
+    #[error(transparent)]
+    Peer(#[from] PeerFailure),
+    /// It answered with a refusal (e.g. its target is down).
+    #[error("refused: {0}")]
+    Refused(crate::transport::protocol::Refusal),
+    /// The stream failed while the connection stayed up.
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+impl Consumer {
+    /// This consumer's candidates behind the peer `key`.
+    fn candidates_of(&self, key: &PeerKey) -> Vec<Candidate> {
+        self.all_candidates()
+            .into_iter()
+            .filter(|c| c.peer_key().as_ref() == Some(key))
+            .collect()
+    }
+
+    /// A peer is lost: eject its instances of this service until a probe reaches it again.
+    pub(crate) fn peer_lost(self: &Arc<Self>, key: &PeerKey, why: &PeerFailure) {
+        let mine = self.candidates_of(key);
+        if mine.is_empty() {
+            return;
+        }
+        let reason = why.to_string();
+        for c in &mine {
+            self.balancer.lost(&c.key, &reason);
+        }
+        if !self.probing().insert(key.clone()) {
+            return;
+        }
+        let (consumer, key) = (self.clone(), key.clone());
+        let span = info_span!("probe", service = %self.service, peer = %key);
+        self.tracker
+            .spawn(async move { consumer.probe(key).await }.instrument(span));
+    }
+
+    /// One liveness check: a probe stream must get an answer (the handshake alone proves
+    /// little: with TLS 1.3 a peer that refuses our certificate says so only afterwards).
+    async fn probe_once(&self, target: &PeerTarget) -> Result<(), ProbeError> {
+        let conn = self.pool.get(target).await?;
+        let work = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let req = Request {
+                service: self.service.clone(),
+                flags: FLAG_PROBE,
+            };
+            send.write_all(&req.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            Reply::read_from(&mut recv, PROBE_REPLY_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match work.await {
+            Ok(Reply::Ok) => Ok(()),
+            Ok(Reply::Refused(r)) => Err(ProbeError::Refused(r)),
+            Err(e) => Err(match connection_failure(&conn) {
+                Some(f) => ProbeError::Peer(f),
+                None => ProbeError::Stream(e),
+            }),
+        }
+    }
+
+    /// Re-dials a lost peer with a growing pause until it answers (its instances are then
+    /// re-admitted) or discovery forgets it.
+    async fn probe(self: Arc<Self>, key: PeerKey) {
+        let mut pause = Duration::from_millis(250);
+        let mut told = false;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(PROBE_MAX);
+            let mine = self.candidates_of(&key);
+            let Some(super::Target::Peer(target)) = mine.first().map(|c| &c.target) else {
+                debug!("peer forgotten by discovery; probe ends");
+                break;
+            };
+            match self.probe_once(target).await {
+                Ok(()) => {
+                    for c in &mine {
+                        self.balancer.readmit(&c.key);
+                    }
+                    break;
+                }
+                Err(ProbeError::Peer(e @ PeerFailure::RefusesOurCertificate(_))) => {
+                    // Revoked, expired or of another mesh in its eyes: that changes only with an
+                    // operator's hand, so ask again rarely instead of every few seconds.
+                    if !told {
+                        told = true;
+                        info!(error = %e, retry = ?PROBE_REFUSED, "the peer refuses this node's certificate; probing it rarely");
+                    }
+                    pause = PROBE_REFUSED;
+                }
+                Err(e) => debug!(error = %e, "peer still unreachable"),
+            }
+        }
+        self.probing().remove(&key);
+    }
+}

@@ -1,0 +1,178 @@
+//! The QUIC endpoint: one UDP socket per node, serving and dialling, with the transport
+//! settings and TLS configurations of both sides.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::identity::{DenyList, IdentityError, NodeIdentity};
+
+/// Tunables of the QUIC transport.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Interval of QUIC keep-alive pings on idle connections.
+    pub keep_alive: Duration,
+    /// A peer silent this long is taken as dead (its connection closes).
+    pub idle_timeout: Duration,
+    /// Bound on a QUIC handshake.
+    pub handshake_timeout: Duration,
+    /// UDP socket send and receive buffer size (bytes).
+    pub udp_buffer: usize,
+    /// Most concurrent streams (= TCP connections) a peer may open on one connection.
+    pub max_streams: u32,
+}
+
+impl TransportSettings {
+    /// Settings where a silent peer is taken as dead after `timeout` (keep-alive at a third).
+    pub fn with_peer_timeout(timeout: Duration) -> Self {
+        Self {
+            keep_alive: (timeout / 3).max(Duration::from_millis(100)),
+            idle_timeout: timeout,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(5),
+            udp_buffer: 4 << 20,
+            max_streams: 12_288,
+        }
+    }
+}
+
+/// Errors setting up the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The UDP socket could not be bound.
+    #[error(
+        "cannot bind the QUIC socket to {addr}: {source} (choose another --bind address or port)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Any other I/O error.
+    #[error("QUIC endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which side a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Accepts streams (the provider).
+    Server,
+    /// Only opens streams (the consumer): it accepts none, so reserves nothing for them.
+    Client,
+}
+
+/// Largest UDP payload sent or accepted; MTU discovery stops at what the path carries (1452 on
+/// Ethernet; loopback and jumbo-frame links reach this bound). Not 8952 for jumbo frames: quinn
+/// batches up to 10 packets in one GSO send, and a batch over 64 KiB fails with EMSGSIZE, which
+/// quinn-udp drops silently (every batch of 8952-byte packets would be lost).
+const MAX_UDP_PAYLOAD: u16 = 6500;
+
+fn transport_config(s: &TransportSettings, side: Side) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    let accepted = if side == Side::Server {
+        s.max_streams
+    } else {
+        0
+    };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(accepted));
+    // Probe for paths larger than Ethernet's 1500 bytes (jumbo frames, loopback): fewer
+    // packets to seal and acknowledge per byte (on loopback: 6500-byte packets, ~1.7x the bulk
+    // throughput of 1452). Discovery falls back safely to 1200+.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    // Congestion losses of large packets (a receiver that falls behind under bulk load) look
+    // like an MTU black hole to quinn, which then drops to 1200-byte packets for a minute:
+    // probe again soon, as its documentation advises.
+    mtu.black_hole_cooldown(Duration::from_secs(1));
+    t.mtu_discovery_config(Some(mtu));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(s.keep_alive));
+    // An idle timeout is a few seconds at most: it always fits a VarInt of milliseconds.
+    t.max_idle_timeout(IdleTimeout::try_from(s.idle_timeout).ok());
+    t
+}
+
+fn udp_socket(bind: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, EndpointError> {
+    let bind_err = |source| EndpointError::Bind { addr: bind, source };
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if bind.is_ipv6() {
+        // Dual-stack where the host allows it; failure just leaves the socket IPv6-only.
+        let _ = socket.set_only_v6(false);
+    }
+    // Larger buffers absorb bursts; the kernel caps them at net.core.[rw]mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&bind.into()).map_err(bind_err)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The QUIC server configuration for `identity`: mesh members only.
+pub fn server_config(
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    settings: &TransportSettings,
+) -> Result<quinn::ServerConfig, IdentityError> {
+    let crypto = QuicServerConfig::try_from(identity.server_config(deny.clone())?)
+        .map_err(|e| IdentityError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(settings, Side::Server)));
+    Ok(server)
+}
+
+/// The QUIC client configuration for `identity`.
+pub fn client_config(
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    settings: &TransportSettings,
+) -> Result<quinn::ClientConfig, IdentityError> {
+    let crypto = QuicClientConfig::try_from(identity.client_config(deny.clone())?)
+        .map_err(|e| IdentityError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(settings, Side::Client)));
+    Ok(client)
+}
+
+/// Builds this node's QUIC endpoint. With `serve`, it accepts connections from mesh members.
+pub fn endpoint(
+    bind: SocketAddr,
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    serve: bool,
+    settings: &TransportSettings,
+) -> Result<Endpoint, EndpointError> {
+    let socket = udp_socket(bind, settings.udp_buffer)?;
+    let server = if serve {
+        Some(server_config(identity, deny, settings)?)
+    } else {
+        None
+    };
+    // Accept datagrams as large as MTU discovery may probe for (the default, 1472, would cap
+    // every path at Ethernet size: the peer advertises it and discovery never goes above).
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        // Invariant: the only error is a value below 1200, and the constant is 6500.
+        .expect("MAX_UDP_PAYLOAD is at least 1200");
+    let endpoint = Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))?;
+    Ok(endpoint)
+}

@@ -1,0 +1,288 @@
+//! The pool of peer connections: one QUIC connection per (this node, peer node), opened on
+//! first need and re-established on loss, so a new TCP connection costs a stream, never a
+//! handshake.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint};
+use tokio::sync::broadcast;
+
+use super::TransportSettings;
+use super::failure::{CloseCode, PeerFailure, Refutation, Unreachable};
+use crate::identity::{ANY_NODE_SAN, DenyList, PeerIdentity};
+use crate::names::{Fingerprint, NodeName, QuicAddr};
+
+/// The identity a record claims for its node: the certificate must name `node` and have
+/// this fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimedIdentity {
+    /// The node name (the TLS server name dialled).
+    pub node: NodeName,
+    /// The leaf certificate's fingerprint.
+    pub fingerprint: Fingerprint,
+}
+
+/// Whom to dial: a node as a record describes it, or an address alone (any mesh member).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerTarget {
+    /// The identity the peer must prove; `None` accepts any mesh member.
+    pub claimed: Option<ClaimedIdentity>,
+    /// Addresses to try, in order of preference.
+    pub addrs: Vec<QuicAddr>,
+}
+
+/// The pool key of a peer: the identity its record claims, or (for a peer known by address
+/// only) its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerKey {
+    /// A node known by its record.
+    Node(ClaimedIdentity),
+    /// A static or DNS backend, any mesh member.
+    Addrs(Vec<QuicAddr>),
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Node(c) => {
+                let fp = c.fingerprint.as_str();
+                write!(f, "{}/{}", c.node, fp.get(..12).unwrap_or(fp))
+            }
+            Self::Addrs(addrs) => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                f.write_str(&list.join(","))
+            }
+        }
+    }
+}
+
+impl PeerTarget {
+    /// The pool key of this peer.
+    pub fn key(&self) -> PeerKey {
+        match &self.claimed {
+            Some(c) => PeerKey::Node(c.clone()),
+            None => PeerKey::Addrs(self.addrs.clone()),
+        }
+    }
+}
+
+/// A pooled connection ended other than by this node's own close.
+#[derive(Debug, Clone)]
+pub struct PeerLost {
+    /// Whose.
+    pub peer: PeerKey,
+    /// Why.
+    pub why: PeerFailure,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// Pool of QUIC connections to peers, one per peer identity.
+#[derive(Clone)]
+pub struct Pool {
+    endpoint: Endpoint,
+    settings: TransportSettings,
+    slots: Arc<Mutex<HashMap<PeerKey, Slot>>>,
+    /// The client configuration new connections use (replaced on identity reload).
+    client: Arc<RwLock<quinn::ClientConfig>>,
+    /// Every pooled connection that ended other than by our own close.
+    lost: broadcast::Sender<PeerLost>,
+}
+
+impl Pool {
+    /// A pool dialling from `endpoint`.
+    pub fn new(
+        endpoint: Endpoint,
+        client: quinn::ClientConfig,
+        settings: TransportSettings,
+    ) -> Self {
+        Self {
+            endpoint,
+            client: Arc::new(RwLock::new(client)),
+            settings,
+            slots: Arc::default(),
+            lost: broadcast::channel(256).0,
+        }
+    }
+
+    /// Replaces the client configuration for new connections (open ones are kept).
+    pub fn set_client_config(&self, client: quinn::ClientConfig) {
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, Slot>> {
+        // A poisoned lock means a panic elsewhere while holding it; the map is still valid.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes pooled connections to peers whose certificate is now denied (after a reload).
+    pub fn close_denied(&self, deny: &DenyList) {
+        let slots: Vec<Slot> = self.slots().values().cloned().collect();
+        for slot in slots {
+            if let Ok(guard) = slot.try_lock()
+                && let Some(conn) = guard.as_ref()
+                && peer_identity(conn).is_some_and(|p| deny.denies_fingerprint(&p.fingerprint))
+            {
+                tracing::warn!("closing the connection to a peer whose certificate is now revoked");
+                conn.close(CloseCode::Revoked.varint(), b"certificate revoked");
+            }
+        }
+    }
+
+    /// The round-trip time of the open connection to `peer`, if there is one (never dials).
+    pub fn rtt(&self, peer: &PeerTarget) -> Option<Duration> {
+        let slot = self.slots().get(&peer.key()).cloned()?;
+        let guard = slot.try_lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| c.rtt())
+    }
+
+    /// Pooled connections now (open or being dialled).
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Whether the pool holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Notifications of lost peers.
+    pub fn subscribe_lost(&self) -> broadcast::Receiver<PeerLost> {
+        self.lost.subscribe()
+    }
+
+    /// The live connection to `peer`, dialled if there is none. Concurrent callers for one peer
+    /// share one handshake.
+    pub async fn get(&self, peer: &PeerTarget) -> Result<Connection, PeerFailure> {
+        let key = peer.key();
+        let slot = self.slots().entry(key.clone()).or_default().clone();
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
+        *guard = None;
+        let conn = match self.dial(peer).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                drop(guard);
+                drop(slot);
+                self.forget_slot(&key, None);
+                return Err(e);
+            }
+        };
+        *guard = Some(conn.clone());
+        self.watch(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Reports the connection's loss when it ends, and forgets its slot, so the map does not
+    /// grow with dead peers.
+    fn watch(&self, key: PeerKey, conn: Connection) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            let why = PeerFailure::classify(&reason, conn.remote_address());
+            if why != PeerFailure::ClosedHere {
+                tracing::info!(peer = %key, reason = %why, "peer connection lost");
+                let _ = pool.lost.send(PeerLost {
+                    peer: key.clone(),
+                    why,
+                });
+            }
+            pool.forget_slot(&key, Some(conn.stable_id()));
+        });
+    }
+
+    /// Removes the slot of `key` if no caller is using it and it holds no other connection
+    /// than `stable_id` (or none).
+    fn forget_slot(&self, key: &PeerKey, stable_id: Option<usize>) {
+        let mut slots = self.slots();
+        let stale = slots.get(key).is_some_and(|s| {
+            Arc::strong_count(s) == 1
+                && s.try_lock()
+                    .is_ok_and(|g| g.as_ref().is_none_or(|c| Some(c.stable_id()) == stable_id))
+        });
+        if stale {
+            slots.remove(key);
+        }
+    }
+
+    async fn dial(&self, peer: &PeerTarget) -> Result<Connection, PeerFailure> {
+        let mut last = PeerFailure::NoAddress;
+        let mut refuted: Option<PeerFailure> = None;
+        for &addr in &peer.addrs {
+            match self.dial_one(peer, addr.0).await {
+                Ok(conn) => return Ok(conn),
+                // A failed identity at one address (a forged or stale record) does not condemn
+                // the others: try them all, and report the refutation.
+                Err(e) if e.refutes_record() => refuted = Some(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(refuted.unwrap_or(last))
+    }
+
+    async fn dial_one(
+        &self,
+        peer: &PeerTarget,
+        addr: SocketAddr,
+    ) -> Result<Connection, PeerFailure> {
+        let server_name = peer
+            .claimed
+            .as_ref()
+            .map_or(ANY_NODE_SAN, |c| c.node.as_str());
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, server_name)
+            .map_err(|_| PeerFailure::Unreachable(Unreachable::BadAddress))?;
+        let conn = match tokio::time::timeout(self.settings.handshake_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(PeerFailure::classify(&e, addr)),
+            Err(_) => return Err(PeerFailure::Unreachable(Unreachable::HandshakeTimeout)),
+        };
+        if let Some(claimed) = &peer.claimed {
+            let got = peer_identity(&conn).map(|i| i.fingerprint);
+            if got.as_ref() != Some(&claimed.fingerprint) {
+                conn.close(CloseCode::IdentityMismatch.varint(), b"identity mismatch");
+                return Err(PeerFailure::NotWhoItClaims {
+                    addr,
+                    why: Refutation::FingerprintMismatch {
+                        expected: claimed.fingerprint.clone(),
+                        got,
+                    },
+                });
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// The verified identity of a connection's peer.
+pub fn peer_identity(conn: &Connection) -> Option<PeerIdentity> {
+    conn.peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| PeerIdentity::from_certs(&certs))
+}
+
+/// Why a stream on `conn` failed: the connection's end, classified, if it has ended.
+pub fn connection_failure(conn: &Connection) -> Option<PeerFailure> {
+    conn.close_reason()
+        .map(|reason| PeerFailure::classify(&reason, conn.remote_address()))
+}
