@@ -3,26 +3,39 @@
 //! the bytes over one mutually authenticated QUIC connection to the ambassador next to it.
 //!
 //! # Layout
-//! - [`cli`], [`config`]: the command line and the TOML file, validated into one
-//!   [`config::NodeConfig`] before any socket is bound.
-//! - [`identity`]: the mesh key, the trust root derived from it, node certificates, rustls.
-//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser, the live instance registry.
-//! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol.
-//! - [`proxy`]: consumer listeners, the provider's stream handler, the TCP⇄QUIC splice.
-//! - [`node`]: composes the above into a running node; [`ls`]: browse the mesh.
-//! - [`names`], [`spec`], [`error`]: newtypes, the SPEC grammar, exit-code mapping.
+//! Data flows one way: discovery → registry / endpoint sets → balancer → transport → proxy.
+//! - [`cli`], [`config`]: the command line and the TOML file, validated in one place into a
+//!   [`config::NodeConfig`] before any socket is bound; [`spec`]: the SPEC grammar.
+//! - [`names`]: newtypes that must not be mixed up (service and node names, certificate
+//!   fingerprints, mesh ids, QUIC versus TCP addresses).
+//! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
+//!   the deny list, rustls configurations. `secret_file`: reading and writing secret files.
+//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser, DNS SRV, the live instance
+//!   registry and endpoint sets.
+//! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, and
+//!   [`transport::PeerFailure`], the one classification of why a peer failed.
+//! - `balance`: policies and passive health (ejection, back-off).
+//! - `proxy`: the consumer (listener, attempt, probe, direct backends), the provider's
+//!   stream handler, the TCP⇄QUIC splice; `inject`: credentials injection (Redis AUTH).
+//! - [`node`]: the [`node::Node`] that composes the above: start, provide, consume, status,
+//!   reload, drain, stop.
+//! - [`control`]: the status socket and its wire types; [`ls`]: browse the mesh;
+//!   [`error`]: exit-code mapping.
 
-pub mod balance;
+#![warn(unreachable_pub)]
+
+pub(crate) mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod error;
 pub mod identity;
-pub mod inject;
+pub(crate) mod inject;
 pub mod ls;
 pub mod names;
 pub mod node;
-pub mod proxy;
+pub(crate) mod proxy;
+pub(crate) mod secret_file;
 pub mod spec;
 pub mod transport;

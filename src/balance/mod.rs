@@ -40,7 +40,7 @@ impl std::fmt::Display for Policy {
 
 /// Back-off of ejected instances.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// First ejection.
     pub base: Duration,
     /// Longest ejection.
@@ -58,7 +58,7 @@ impl Default for Backoff {
 
 /// What the balancer needs to know of an instance.
 #[derive(Debug, Clone)]
-pub struct Choice<'a> {
+pub(crate) struct Choice<'a> {
     /// Stable key of the instance.
     pub key: &'a str,
     /// Its weight (≥ 1).
@@ -80,7 +80,7 @@ struct State {
 
 /// Health and load of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceStats {
+pub(crate) struct InstanceStats {
     /// Instance key.
     pub instance: String,
     /// `healthy` or `ejected`.
@@ -97,7 +97,7 @@ pub struct InstanceStats {
 
 /// The balancer of one service (or one node: keys are unique per instance).
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     policy: Policy,
     backoff: Backoff,
     state: Mutex<HashMap<String, State>>,
@@ -106,7 +106,7 @@ pub struct Balancer {
 
 /// Marks one open connection; dropping it closes the count.
 #[derive(Debug)]
-pub struct OpenGuard<'a> {
+pub(crate) struct OpenGuard<'a> {
     balancer: &'a Balancer,
     key: String,
 }
@@ -122,7 +122,7 @@ impl Drop for OpenGuard<'_> {
 
 impl Balancer {
     /// A balancer with `policy` and `backoff`.
-    pub fn new(policy: Policy, backoff: Backoff) -> Self {
+    pub(crate) fn new(policy: Policy, backoff: Backoff) -> Self {
         // Seed the small PRNG from the clock; it only spreads load, it guards nothing.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -151,7 +151,7 @@ impl Balancer {
     }
 
     /// Picks one of `choices` (an index), preferring instances that are not ejected.
-    pub fn pick(&self, choices: &[Choice<'_>]) -> Option<usize> {
+    pub(crate) fn pick(&self, choices: &[Choice<'_>]) -> Option<usize> {
         if choices.is_empty() {
             return None;
         }
@@ -221,7 +221,7 @@ impl Balancer {
     }
 
     /// Counts a connection opened on `key`; the guard counts it closed.
-    pub fn opened(&self, key: &str) -> OpenGuard<'_> {
+    pub(crate) fn opened(&self, key: &str) -> OpenGuard<'_> {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         s.open += 1;
@@ -232,13 +232,13 @@ impl Balancer {
     }
 
     /// Records a success (a connection carried): a failed instance is re-admitted at once.
-    pub fn succeeded(&self, key: &str) {
+    pub(crate) fn succeeded(&self, key: &str) {
         self.lock().entry(key.to_string()).or_default().total += 1;
         self.readmit(key);
     }
 
     /// Re-admits an instance that proved healthy (e.g. its peer answers a probe again).
-    pub fn readmit(&self, key: &str) {
+    pub(crate) fn readmit(&self, key: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         if s.failures > 0 || s.ejected_until.is_some() {
@@ -251,7 +251,7 @@ impl Balancer {
 
     /// Ejects an instance whose peer is lost until [`Balancer::succeeded`] re-admits it (a
     /// prober re-dials the peer in the background).
-    pub fn lost(&self, key: &str, reason: &str) {
+    pub(crate) fn lost(&self, key: &str, reason: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         if !s.held {
@@ -264,7 +264,7 @@ impl Balancer {
 
     /// Records a failure: ejects the instance for a back-off that doubles with each
     /// consecutive failure, up to the cap.
-    pub fn failed(&self, key: &str, reason: &str) {
+    pub(crate) fn failed(&self, key: &str, reason: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
         s.failures = s.failures.saturating_add(1);
@@ -287,22 +287,18 @@ impl Balancer {
 
     /// Forgets the instances for which `keep` is false (discovery removed them), except those
     /// a connection is still open on (their guard still counts on the entry).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.lock().retain(|key, s| s.open > 0 || keep(key));
     }
 
     /// Instances the balancer holds state for.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// Whether it holds no state.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Health and load of every instance seen.
-    pub fn stats(&self) -> Vec<InstanceStats> {
+    pub(crate) fn stats(&self) -> Vec<InstanceStats> {
         let now = Instant::now();
         let map = self.lock();
         let mut out: Vec<InstanceStats> = map

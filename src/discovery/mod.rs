@@ -114,16 +114,6 @@ impl Registry {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
-
-    /// Instances known now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no instance is known.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How long a consumer waits at most for a first instance, by default.

@@ -10,7 +10,7 @@ use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
 pub const SERVICE_TYPE: &str = "_ambassador._udp.local.";
 
 /// Record format version published as TXT `v`.
-pub const RECORD_VERSION: &str = "1";
+pub(super) const RECORD_VERSION: &str = "1";
 
 /// Why a record was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,8 +4,7 @@
 //! announce (URI SANs `urn:ambassador:service:NAME`).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -18,6 +17,7 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 
 use super::{NodeIdentity, fingerprint, leaf_params, mesh_id_of};
 use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
+use crate::secret_file::{SecretFileError, read_secret, write_new};
 
 /// Prefix of the URI SANs that list the services a node may announce.
 pub const SERVICE_URI_PREFIX: &str = "urn:ambassador:service:";
@@ -65,31 +65,23 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> CaError {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            file_err(
-                path,
-                format!("{e} (refusing to overwrite: choose another --out)"),
-            )
-        })?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| file_err(path, e))
+    write_new(path, contents, mode).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => file_err(
+            path,
+            format!("{e} (refusing to overwrite: choose another --out)"),
+        ),
+        _ => file_err(path, e),
+    })
 }
 
 fn read_key(path: &Path, insecure: bool) -> Result<String, CaError> {
-    let meta = fs::metadata(path).map_err(|e| file_err(path, e))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 && !insecure {
-        return Err(CaError::Permissions {
+    read_secret(path, insecure).map_err(|e| match e {
+        SecretFileError::Read(e) => file_err(path, e),
+        SecretFileError::Permissions(mode) => CaError::Permissions {
             path: path.to_path_buf(),
             mode,
-        });
-    }
-    fs::read_to_string(path).map_err(|e| file_err(path, e))
+        },
+    })
 }
 
 fn make_dir(dir: &Path) -> Result<(), CaError> {

@@ -1,12 +1,12 @@
 //! The mesh key: a 32-byte shared secret, its text form, and where it is kept.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::secret_file::{SecretFileError, read_secret, write_new};
 
 /// Prefix of the text form, so a key is recognisable (and greppable by secret scanners).
 const PREFIX: &str = "ambk1-";
@@ -124,19 +124,16 @@ impl MeshKey {
 
     /// Reads a key file, refusing one that group or others can read unless `insecure` is set.
     pub fn read_file(path: &Path, insecure: bool) -> Result<Self, KeyError> {
-        let read_err = |source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(read_err)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 && !insecure {
-            return Err(KeyError::Permissions {
+        let text = read_secret(path, insecure).map_err(|e| match e {
+            SecretFileError::Read(source) => KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+            SecretFileError::Permissions(mode) => KeyError::Permissions {
                 path: path.to_path_buf(),
                 mode,
-            });
-        }
-        let text = fs::read_to_string(path).map_err(read_err)?;
+            },
+        })?;
         Self::parse(&text)
     }
 
@@ -160,12 +157,12 @@ impl MeshKey {
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let text = format!("{}\n", self.to_text());
-        let written = write_private(&tmp, &text).and_then(|()| fs::hard_link(&tmp, path));
+        let written = write_new(&tmp, &text, 0o600).and_then(|()| fs::hard_link(&tmp, path));
         let _ = fs::remove_file(&tmp);
         match written {
             // A file system without hard links: create the file in place instead.
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                write_private(path, &text).map_err(write_err)
+                write_new(path, &text, 0o600).map_err(write_err)
             }
             other => other.map_err(write_err),
         }
@@ -183,17 +180,6 @@ impl MeshKey {
             .expect("HKDF expand of 32 bytes cannot fail");
         seed
     }
-}
-
-/// Writes `text` to a new file (fails if it exists) readable by its owner only, and syncs it.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 /// `$XDG_CONFIG_HOME/ambassador/mesh.key`, or `~/.config/ambassador/mesh.key`.
@@ -236,6 +222,7 @@ pub fn load_or_create_default(insecure: bool) -> Result<(MeshKey, PathBuf, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn text_round_trip_and_mask() {

@@ -128,7 +128,7 @@ macro_rules! delegate_signatures {
 
 /// Server-side verifier: webpki, then the deny list.
 #[derive(Debug)]
-pub struct ClientVerifier {
+pub(super) struct ClientVerifier {
     pub(super) inner: Arc<dyn ClientCertVerifier>,
     pub(super) deny: Arc<DenyList>,
 }
@@ -158,7 +158,7 @@ impl ClientCertVerifier for ClientVerifier {
 
 /// Client-side verifier: webpki (chain and node name), then the deny list.
 #[derive(Debug)]
-pub struct ServerVerifier {
+pub(super) struct ServerVerifier {
     pub(super) inner: Arc<dyn ServerCertVerifier>,
     pub(super) deny: Arc<DenyList>,
 }

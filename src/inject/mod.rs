@@ -1,12 +1,13 @@
 //! Credentials injection: the provider's ambassador authenticates to the target on each new
 //! connection, so the application holds no secret. Redis `AUTH` (password or ACL user).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::secret_file::{SecretFileError, read_secret};
 
 /// Redis credentials. `Debug` prints a mask; the password is never logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -96,15 +97,16 @@ impl RedisAuth {
     /// Reads a credentials file, refusing one that others can read unless `insecure`.
     pub fn read_file(path: &Path, insecure: bool) -> Result<Self, AuthError> {
         let shown = path.display().to_string();
-        let err = |e: std::io::Error| AuthError::Read {
-            path: shown.clone(),
-            why: e.to_string(),
-        };
-        let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 && !insecure {
-            return Err(AuthError::Permissions { path: shown, mode });
-        }
-        let text = std::fs::read_to_string(path).map_err(err)?;
+        let text = read_secret(path, insecure).map_err(|e| match e {
+            SecretFileError::Read(e) => AuthError::Read {
+                path: shown.clone(),
+                why: e.to_string(),
+            },
+            SecretFileError::Permissions(mode) => AuthError::Permissions {
+                path: shown.clone(),
+                mode,
+            },
+        })?;
         Self::parse(&text, &shown)
     }
 
@@ -164,7 +166,7 @@ impl RedisAuth {
 
 /// The RESP error the application receives when the target rejects the ambassador's
 /// credentials (names the ambassador, never the secret).
-pub const AUTH_FAILED_REPLY: &[u8] =
+pub(crate) const AUTH_FAILED_REPLY: &[u8] =
     b"-ERR ambassador: the target rejected the ambassador's Redis credentials (see its log)\r\n";
 
 #[cfg(test)]

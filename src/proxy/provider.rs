@@ -31,7 +31,7 @@ const MAX_CONNECTIONS: usize = 4096;
 
 /// What the provider serves.
 #[derive(Debug)]
-pub struct ProviderConfig {
+pub(crate) struct ProviderConfig {
     /// Target of each announced service.
     pub services: HashMap<ServiceName, ServiceTarget>,
     /// Bound on reading a stream's request header.
@@ -49,7 +49,7 @@ pub struct ProviderConfig {
 
 /// An announced service's target and its health.
 #[derive(Debug, Clone)]
-pub struct ServiceTarget {
+pub(crate) struct ServiceTarget {
     /// Where streams are connected.
     pub addr: TcpAddr,
     /// Whether the health check finds it up; streams are refused with "target down" if not.
@@ -61,7 +61,7 @@ pub struct ServiceTarget {
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
-pub async fn serve(
+pub(crate) async fn serve(
     endpoint: Endpoint,
     cfg: Arc<ProviderConfig>,
     cancel: CancellationToken,

@@ -24,7 +24,7 @@ const BATCH: usize = 32;
 
 /// How a splice ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpliceEnd {
+pub(crate) enum SpliceEnd {
     /// Both directions finished cleanly.
     Closed,
     /// One side reset or failed (the cause: the first failure seen); the other side was reset
@@ -34,7 +34,7 @@ pub enum SpliceEnd {
 
 /// Why a splice reset both sides: which side failed first, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResetCause {
+pub(crate) enum ResetCause {
     /// Reading the TCP connection failed (typically: its peer reset it).
     TcpRead(std::io::ErrorKind),
     /// Writing the TCP connection failed (its peer went away).
@@ -94,7 +94,7 @@ impl ResetCause {
 
 /// What a splice carried.
 #[derive(Debug, Clone)]
-pub struct SpliceStats {
+pub(crate) struct SpliceStats {
     /// Bytes from TCP into the stream.
     pub tcp_to_quic: u64,
     /// Bytes from the stream into TCP.
@@ -227,7 +227,11 @@ fn reset_tcp(stream: &TcpStream) {
 }
 
 /// Copies both ways until both directions end; see the module docs for how ends map.
-pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> SpliceStats {
+pub(crate) async fn splice(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
     let (r, mut w) = tcp.into_split();
     let abort = CancellationToken::new();

@@ -144,13 +144,9 @@ impl Pool {
     }
 
     /// Pooled connections now (open or being dialled).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.slots().len()
-    }
-
-    /// Whether the pool holds no connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Notifications of lost peers.

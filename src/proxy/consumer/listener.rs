@@ -18,7 +18,7 @@ const MAX_ATTEMPTS: usize = 4;
 
 /// Serves one listener until the consumer's cancellation or `stop` fires (a drain stops
 /// accepting while open connections go on).
-pub async fn serve_listener(
+pub(crate) async fn serve_listener(
     listener: TcpListener,
     consumer: Arc<Consumer>,
     stop: CancellationToken,

@@ -14,7 +14,7 @@ mod direct;
 mod listener;
 mod probe;
 
-pub use listener::serve_listener;
+pub(crate) use listener::serve_listener;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -99,7 +99,7 @@ fn peer_target(inst: &Instance, local: SocketAddr) -> PeerTarget {
 
 /// Where the instances of a service come from.
 #[derive(Clone)]
-pub enum Backends {
+pub(crate) enum Backends {
     /// The live set that discovery maintains.
     Discovered(Arc<Registry>),
     /// A replaceable list: static backends (reloaded on SIGHUP), DNS SRV, plain DNS-SD.
@@ -124,7 +124,7 @@ enum Rejection {
 
 /// What a consumer is set up with.
 #[derive(Debug, Clone)]
-pub struct ConsumerSettings {
+pub(crate) struct ConsumerSettings {
     /// The service.
     pub service: ServiceName,
     /// How long a client connection waits for a first instance.
@@ -136,7 +136,7 @@ pub struct ConsumerSettings {
 }
 
 /// State of one consumer listener (one service).
-pub struct Consumer {
+pub(crate) struct Consumer {
     /// The service.
     pub service: ServiceName,
     /// Where its instances come from.
@@ -165,7 +165,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// A new listener state; every task it spawns is tracked by `tracker` and ends on `cancel`.
-    pub fn new(
+    pub(crate) fn new(
         settings: ConsumerSettings,
         backends: Backends,
         pool: Pool,
@@ -269,7 +269,7 @@ impl Consumer {
     }
 
     /// Health and load of this service's instances.
-    pub fn stats(&self) -> Vec<InstanceStats> {
+    pub(crate) fn stats(&self) -> Vec<InstanceStats> {
         self.balancer.stats()
     }
 
@@ -319,7 +319,7 @@ impl Consumer {
 /// timeout notice a vanished peer even when no client is connecting), and forgets the state
 /// of instances that discovery removed. Subscribes at once, so no change made after this call
 /// is missed, whenever the returned task first runs.
-pub fn upkeep(consumer: Arc<Consumer>) -> impl std::future::Future<Output = ()> {
+pub(crate) fn upkeep(consumer: Arc<Consumer>) -> impl std::future::Future<Output = ()> {
     let mut lost = consumer.pool.subscribe_lost();
     let mut changes = consumer.discovery_changes();
     async move {
