@@ -20,7 +20,7 @@ use crate::inject::RedisAuth;
 use crate::names::{NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
 use crate::transport::TransportSettings;
-use crate::weight::check_weight;
+use crate::weight::{WEIGHT_MIN, check_weight};
 
 /// A service to reach, with where its instances come from.
 #[derive(Debug, Clone)]
@@ -281,7 +281,7 @@ impl std::fmt::Debug for Flags {
 
 /// The TOML file of `ambassador run -c FILE`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     /// Node name.
     pub node: Option<String>,
@@ -294,33 +294,34 @@ pub struct FileConfig {
     /// QUIC bind address.
     pub bind: Option<SocketAddr>,
     /// mDNS interfaces.
-    #[serde(default)]
     pub interfaces: Vec<String>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// Peer timeout, e.g. "3s".
-    pub peer_timeout: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub peer_timeout: Option<Duration>,
     /// Bound on the graceful drain at stop, e.g. "30s".
-    pub drain_timeout: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
     /// Provider health-check interval, e.g. "2s".
-    pub health_interval: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub health_interval: Option<Duration>,
     /// `[announce.NAME]` sections.
-    #[serde(default)]
     pub announce: BTreeMap<String, FileAnnounce>,
     /// `[connect.NAME]` sections.
-    #[serde(default)]
     pub connect: BTreeMap<String, FileConnect>,
 }
 
 /// One `[announce.NAME]` section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileAnnounce {
     /// Advertised port (default: the target's port).
     pub port: Option<u16>,
     /// Target address (default: 127.0.0.1:PORT).
     pub target: Option<String>,
-    /// Balancing weight.
+    /// Balancing weight, 1-10000 (checked as the file is read).
+    #[serde(deserialize_with = "weight")]
     pub weight: Option<u32>,
     /// Nodes admitted.
     pub allow: Option<Vec<String>>,
@@ -329,29 +330,44 @@ pub struct FileAnnounce {
 }
 
 /// One `[connect.NAME]` section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConnect {
     /// Listen port (default: the advertised port).
     pub port: Option<u16>,
     /// Listen address: an IP, or IP:PORT.
     pub listen: Option<String>,
     /// Wait bound for a first instance, e.g. "5s".
-    pub wait: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub wait: Option<Duration>,
     /// Fixed backends: ambassador peers (HOST:QUIC_PORT), or TCP services with `direct`.
-    #[serde(default)]
     pub backends: Vec<String>,
     /// `dns-srv:NAME` or `mdns:TYPE`.
     pub discover: Option<String>,
     /// DNS server for dns-srv discovery.
     pub dns_server: Option<SocketAddr>,
     /// Backends are plain TCP services.
-    #[serde(default)]
     pub direct: bool,
     /// Redis credentials file for direct backends.
     pub redis_auth_file: Option<PathBuf>,
     /// Balancing policy.
     pub policy: Option<Policy>,
+}
+
+/// A duration of the file, written as for the flags (`500ms`, `5s`, `2m`): parsed as the file
+/// is read, so an error names its line.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A balancing weight of the file, checked as the file is read.
+fn weight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    check_weight(u32::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl FileConfig {
@@ -362,7 +378,7 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             match line {
                 Some(l) => Failure::usage(format!("{}:{l}: {msg}", path.display())),
                 None => Failure::usage(format!("{}: {msg}", path.display())),
@@ -472,25 +488,6 @@ fn node_name(given: Option<&str>) -> Result<NodeName, Failure> {
     }
 }
 
-/// A duration of the file; errors name its `key`.
-fn file_duration(key: &str, text: &str) -> Result<Duration, Failure> {
-    parse_duration(text).map_err(|e| Failure::usage(format!("{key}: {e}")))
-}
-
-/// A duration from its flag, else from the file's `key`, else `default`.
-fn flag_or_file(
-    flag: Option<Duration>,
-    file: Option<&str>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, Failure> {
-    match (flag, file) {
-        (Some(t), _) => Ok(t),
-        (None, Some(t)) => file_duration(key, t),
-        (None, None) => Ok(default),
-    }
-}
-
 /// Default of `--peer-timeout`.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -504,12 +501,10 @@ impl CheckedConfig {
     /// What every command shares: identity, name, addresses, timeouts.
     fn base(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
         let identity = identity_plan(common, file)?;
-        let peer_timeout = flag_or_file(
-            common.peer_timeout,
-            file.peer_timeout.as_deref(),
-            "peer_timeout",
-            DEFAULT_PEER_TIMEOUT,
-        )?;
+        let peer_timeout = common
+            .peer_timeout
+            .or(file.peer_timeout)
+            .unwrap_or(DEFAULT_PEER_TIMEOUT);
         if peer_timeout < Duration::from_millis(300) {
             return Err(Failure::usage("--peer-timeout must be at least 300ms"));
         }
@@ -534,12 +529,10 @@ impl CheckedConfig {
             health_interval: DEFAULT_HEALTH_INTERVAL,
             connect: Vec::new(),
             transport: TransportSettings::with_peer_timeout(peer_timeout),
-            drain_timeout: flag_or_file(
-                common.drain_timeout,
-                file.drain_timeout.as_deref(),
-                "drain_timeout",
-                DEFAULT_DRAIN_TIMEOUT,
-            )?,
+            drain_timeout: common
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             config_file: None,
             flags: Flags(common.clone()),
@@ -626,8 +619,8 @@ impl CheckedConfig {
     /// From a `run -c` file; flags given on the command line win over the file.
     pub fn from_file(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
         let mut cfg = Self::base(common, file)?;
-        if let Some(h) = &file.health_interval {
-            cfg.health_interval = check_interval(file_duration("health_interval", h)?)?;
+        if let Some(h) = file.health_interval {
+            cfg.health_interval = check_interval(h)?;
         }
         let insecure = cfg.insecure_key_permissions;
         let env_auth = redis_auth(None, insecure)?;
@@ -638,6 +631,9 @@ impl CheckedConfig {
         for (name, c) in &file.connect {
             cfg.connect.push(c.check(name, insecure)?);
         }
+        // Section names differ in case, service names do not.
+        check_unique(cfg.announce.iter().map(|a| &a.spec.service))?;
+        check_unique(cfg.connect.iter().map(|c| &c.spec.service))?;
         if cfg.announce.is_empty() && cfg.connect.is_empty() {
             return Err(Failure::usage(
                 "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
@@ -769,7 +765,6 @@ impl FileAnnounce {
         let section = |e: &dyn std::fmt::Display| Failure::usage(format!("[announce.{name}]: {e}"));
         let spec = AnnounceSpec::parse(&section_spec(name, self.port, self.target.as_deref()))
             .map_err(|e| section(&e))?;
-        let weight = check_weight(self.weight.unwrap_or(1)).map_err(|e| section(&e))?;
         let allow = match &self.allow {
             Some(list) => parse_allow(list, &format!("[announce.{name}] allow"))?,
             None => None,
@@ -780,7 +775,7 @@ impl FileAnnounce {
         };
         Ok(AnnounceConfig {
             spec,
-            weight,
+            weight: self.weight.unwrap_or(WEIGHT_MIN),
             allow,
             redis_auth,
         })
@@ -794,10 +789,6 @@ impl FileConnect {
         let section = |e: &dyn std::fmt::Display| Failure::usage(format!("{what}: {e}"));
         let spec = ConnectSpec::parse(&section_spec(name, self.port, self.listen.as_deref()))
             .map_err(|e| section(&e))?;
-        let wait = match &self.wait {
-            Some(w) => file_duration(&format!("{what} wait"), w)?,
-            None => DEFAULT_WAIT,
-        };
         let redis_auth = match &self.redis_auth_file {
             Some(f) => Some(RedisAuth::read_file(f, insecure).map_err(|e| section(&e))?),
             None => None,
@@ -813,7 +804,7 @@ impl FileConnect {
             source,
             direct: self.direct,
             redis_auth,
-            wait,
+            wait: self.wait.unwrap_or(DEFAULT_WAIT),
             policy: self.policy.unwrap_or_default(),
         }
         .check(&what)
