@@ -131,9 +131,10 @@ mod tests {
     fn ca_init_then_issue() {
         let dir = tempfile::tempdir().unwrap();
         ca_init(&dir.path().join("ca")).unwrap();
-        let args = issue_args(dir.path(), Some("2026-01-02"));
+        let args = issue_args(dir.path(), None);
         ca_issue(&Common::default(), &args).unwrap();
-        assert!(ca::load(&args.out, false).is_ok());
+        let id = ca::load(&args.out, false).unwrap();
+        assert_eq!(id.node.as_str(), "node-a");
     }
 
     #[test]
