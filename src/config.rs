@@ -985,7 +985,9 @@ mod tests {
              [announce.db]\nport = 5432\nweight = 0\n",
         )
         .unwrap();
-        let e = reload_static_backends(&path, &flags).unwrap_err().to_string();
+        let e = reload_static_backends(&path, &flags)
+            .unwrap_err()
+            .to_string();
         assert!(e.ends_with("run.toml:6: weight must be 1-10000"), "{e}");
         assert_eq!(format!("{flags:?}"), "Flags(..)");
     }

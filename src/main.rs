@@ -60,7 +60,7 @@ async fn run_node(cfg: NodeConfig) -> Result<(), Failure> {
 /// What the command line asks for, its configuration checked (and nothing written yet).
 enum Job<'a> {
     /// Run a node.
-    Node(CheckedConfig),
+    Node(Box<CheckedConfig>),
     /// `run -c FILE --check`: the file is valid.
     Checked(&'a Path),
     /// `ls`.
@@ -76,22 +76,23 @@ enum Job<'a> {
 /// Checks the configuration a command asks for; writes nothing.
 fn job(cli: &Cli) -> Result<Job<'_>, Failure> {
     let common = &cli.common;
-    Ok(match &cli.command {
-        Command::Announce(args) => Job::Node(CheckedConfig::from_announce(common, args)?),
-        Command::Connect(args) => Job::Node(CheckedConfig::from_connect(common, args)?),
+    let job = match &cli.command {
+        Command::Announce(args) => Job::Node(Box::new(CheckedConfig::from_announce(common, args)?)),
+        Command::Connect(args) => Job::Node(Box::new(CheckedConfig::from_connect(common, args)?)),
         Command::Run(args) => {
             let cfg = load_file(common, &args.config)?;
             if args.check {
                 Job::Checked(&args.config)
             } else {
-                Job::Node(cfg)
+                Job::Node(Box::new(cfg))
             }
         }
         Command::Ls(args) => Job::Ls(args),
         Command::Status(args) => Job::Status(args),
         Command::Mesh(cmd) => Job::Mesh(cmd),
         Command::Ca(cmd) => Job::Ca(cmd),
-    })
+    };
+    Ok(job)
 }
 
 async fn run(common: &Common, job: Job<'_>) -> Result<(), Failure> {
@@ -116,6 +117,28 @@ fn failed(f: &Failure) -> ExitCode {
     ExitCode::from(f.exit_code() as u8)
 }
 
+/// A current-thread runtime by default: a sidecar's work is a few QUIC connections, each
+/// driven by one task, and one thread avoids cross-thread wake-ups on the data path
+/// (measured against a one-worker multi-thread runtime: 1.7x the requests/s at 50 clients,
+/// half the CPU per request, lower 1-client latency; benches/results.md).
+/// AMBASSADOR_WORKER_THREADS=N runs N worker threads instead.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("AMBASSADOR_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| n.clamp(1, 64));
+    let mut builder = match workers {
+        // The default: every task on the main thread (no hand-off between threads at all).
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Configuration first: a bad one is one line and exit 2, before anything is written.
@@ -130,26 +153,7 @@ fn main() -> ExitCode {
     init_logging(format, cli.common.verbose);
     // One crypto provider for the whole process (ring); an error means one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // A current-thread runtime by default: a sidecar's work is a few QUIC connections, each
-    // driven by one task, and one thread avoids cross-thread wake-ups on the data path
-    // (measured against a one-worker multi-thread runtime: 1.7x the requests/s at 50 clients,
-    // half the CPU per request, lower 1-client latency; benches/results.md).
-    // AMBASSADOR_WORKER_THREADS=N runs N worker threads instead.
-    let workers = std::env::var("AMBASSADOR_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map(|n| n.clamp(1, 64));
-    let mut builder = match workers {
-        // The default: every task on the main thread (no hand-off between threads at all).
-        None => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    builder.enable_all();
-    let runtime = match builder.build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ambassador: cannot start the async runtime: {e}");
