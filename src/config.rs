@@ -421,32 +421,31 @@ pub fn ensure_default_key(insecure: bool) -> Result<(MeshKey, MeshKeySource), Fa
     Ok((key, MeshKeySource::Default(path)))
 }
 
-/// The mesh key from flags/env, or the default file (created on first use): `mesh show`.
-pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
-    let insecure = common.insecure_key_permissions;
-    match given_key(
+/// The mesh key that `--mesh-key` or `--mesh-key-file` (or their variables) give, if any.
+fn flag_key(common: &Common) -> Result<Option<(MeshKey, MeshKeySource)>, Failure> {
+    given_key(
         common.mesh_key.as_deref(),
         common.mesh_key_file.as_deref(),
-        insecure,
-    )? {
+        common.insecure_key_permissions,
+    )
+}
+
+/// The mesh key from flags/env, or the default file (created on first use): `mesh show`.
+pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
+    match flag_key(common)? {
         Some(given) => Ok(given),
-        None => ensure_default_key(insecure),
+        None => ensure_default_key(common.insecure_key_permissions),
     }
 }
 
 /// The mesh key from flags/env, else the default file if it exists and reads; never creates
 /// one (`ls`).
 pub fn existing_mesh_key(common: &Common) -> Result<Option<MeshKey>, Failure> {
-    let insecure = common.insecure_key_permissions;
-    match given_key(
-        common.mesh_key.as_deref(),
-        common.mesh_key_file.as_deref(),
-        insecure,
-    )? {
+    match flag_key(common)? {
         Some((key, _)) => Ok(Some(key)),
         None => Ok(default_key_path()
             .ok()
-            .and_then(|p| MeshKey::read_file(&p, insecure).ok())),
+            .and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok())),
     }
 }
 
