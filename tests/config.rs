@@ -1,14 +1,15 @@
 //! Configuration files, black-box: every fixture under `tests/config/valid/` passes
 //! `ambassador run -c FILE --check`, every one under `tests/config/invalid/` fails with exit
 //! code 2 and exactly the line of its `.err` sibling, and checking writes nothing, not even
-//! the default mesh key. `run -c` on an invalid file writes nothing either.
+//! the default mesh key. `run -c` on an invalid file writes nothing either; on a valid one the
+//! default key is made as the node starts. `ls` weighs the mesh key flags as nodes do.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Output, command, run};
+use common::{Output, Proc, command, run, unique};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -110,4 +111,41 @@ fn every_fixture_is_paired() {
             path.display()
         );
     }
+}
+
+#[test]
+fn the_default_key_is_made_when_the_node_starts_not_when_checked() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("run.toml");
+    std::fs::write(&file, format!("[connect.{}]\n", unique("cfg"))).expect("write the file");
+    let key = home.path().join("ambassador/mesh.key");
+    let node = |extra: &[&str]| {
+        let mut cmd = command(home.path());
+        cmd.args(["--interface", "lo", "--node", &unique("cfg"), "run", "-c"])
+            .arg(&file)
+            .args(extra);
+        cmd
+    };
+    let out = run(node(&["--check"]), LIMIT);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(!key.exists(), "--check made {}", key.display());
+    let mut proc = Proc::spawn("run", node(&[]));
+    proc.expect_log(&["created a new mesh key"], LIMIT);
+    assert!(key.is_file(), "no {} after start", key.display());
+    proc.signal("TERM");
+    assert!(proc.wait_exit(LIMIT).is_some(), "did not stop on SIGTERM");
+}
+
+#[test]
+fn ls_refuses_two_mesh_keys_as_nodes_do() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = command(home.path());
+    cmd.args(["--interface", "lo", "ls", "--timeout", "100ms"])
+        .args(["--mesh-key", "not-read", "--mesh-key-file", "not-read.key"]);
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "ambassador: give either --mesh-key or --mesh-key-file, not both\n"
+    );
 }
