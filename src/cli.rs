@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::weight::{WEIGHT_MAX, WEIGHT_MIN};
+
 /// A master-less service mesh for ad-hoc LANs: the Docker ambassador pattern over mDNS
 /// discovery and mutually authenticated QUIC.
 #[derive(Debug, Parser)]
@@ -127,7 +129,7 @@ pub struct AnnounceArgs {
     #[arg(required = true, value_name = "SPEC")]
     pub specs: Vec<String>,
     /// Balancing weight published with each service (1-10000)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(i64::from(WEIGHT_MIN)..=i64::from(WEIGHT_MAX)))]
     pub weight: u32,
     /// How often each target is checked (TCP connect); a target that fails is marked down
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
@@ -188,6 +190,10 @@ pub struct RunArgs {
     /// The TOML configuration file
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: PathBuf,
+    /// Only check the file (and the flags): exit 0 if it is valid, 2 with the error if not;
+    /// nothing is written (not even the default mesh key)
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `ls` options.
@@ -219,26 +225,30 @@ pub enum CaCommand {
         out: PathBuf,
     },
     /// Issue a node bundle (node.key, node.crt, ca.crt) for `--identity`
-    Issue {
-        /// The node name the certificate carries
-        #[arg(value_name = "NODE")]
-        node: String,
-        /// The CA directory made by `ca init`
-        #[arg(long, value_name = "DIR")]
-        ca: PathBuf,
-        /// Services the node may announce, comma-separated [default: any]
-        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-        services: Vec<String>,
-        /// Days of validity
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
-        days: u32,
-        /// Start of validity as YYYY-MM-DD (UTC) [default: now]
-        #[arg(long, value_name = "DATE")]
-        start: Option<String>,
-        /// Directory to write the bundle to
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
+    Issue(IssueArgs),
+}
+
+/// `ca issue` options.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The node name the certificate carries
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// The CA directory made by `ca init`
+    #[arg(long, value_name = "DIR")]
+    pub ca: PathBuf,
+    /// Services the node may announce, comma-separated [default: any]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub services: Vec<String>,
+    /// Days of validity
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Start of validity as YYYY-MM-DD (UTC) [default: now]
+    #[arg(long, value_name = "DATE")]
+    pub start: Option<String>,
+    /// Directory to write the bundle to
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `mesh` subcommands.

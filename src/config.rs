@@ -1,5 +1,7 @@
 //! One validated configuration from flags, environment and an optional TOML file. Everything
-//! is checked here, before any socket is bound.
+//! is checked here, before any socket is bound, and checking writes nothing: the default mesh
+//! key is created (on first use) by [`CheckedConfig::prepare`], the start-up step after it.
+//! A SIGHUP reload goes through the same checks ([`reload_static_backends`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,14 +12,15 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
 use crate::balance::Policy;
-use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat};
+use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat, parse_duration};
 use crate::discovery::DEFAULT_WAIT;
 use crate::error::Failure;
-use crate::identity::{MeshKey, MeshKeySource, load_or_create_default};
+use crate::identity::{MeshKey, MeshKeySource, default_key_path, load_or_create_default};
 use crate::inject::RedisAuth;
 use crate::names::{NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
 use crate::transport::TransportSettings;
+use crate::weight::{WEIGHT_MIN, check_weight};
 
 /// A service to reach, with where its instances come from.
 #[derive(Debug, Clone)]
@@ -54,79 +57,93 @@ pub enum Source {
     MdnsType(String),
 }
 
-/// Builds and checks one consumer's configuration; `what` names it in errors.
-#[allow(clippy::too_many_arguments)]
-fn connect_config(
-    what: &str,
-    spec: ConnectSpec,
-    backends: &[String],
-    discover: Option<&str>,
-    dns_server: Option<SocketAddr>,
-    direct: bool,
-    redis_auth: Option<RedisAuth>,
-    wait: Duration,
-    policy: Policy,
-) -> Result<ConnectConfig, Failure> {
-    let err = |m: String| Failure::usage(format!("{what}: {m}"));
-    let source = match (discover, backends.is_empty()) {
-        (Some(_), false) => {
-            return Err(err("give either --backend or --discover, not both".into()));
+impl Source {
+    /// The source that `--backend`/`backends`, `--discover`/`discover` and
+    /// `--dns-server`/`dns_server` give together; `what` names the consumer in errors.
+    fn parse(
+        what: &str,
+        backends: &[String],
+        discover: Option<&str>,
+        dns_server: Option<SocketAddr>,
+    ) -> Result<Self, Failure> {
+        let err = |m: &str| Failure::usage(format!("{what}: {m}"));
+        let source = match (discover, backends.is_empty()) {
+            (Some(_), false) => return Err(err("give either --backend or --discover, not both")),
+            (None, false) => Source::Static(parse_backends(backends)?),
+            (None, true) => Source::Mesh,
+            (Some(d), true) => Self::discover(d, dns_server).ok_or_else(|| err(&format!(
+                "bad --discover {d:?}: expected dns-srv:NAME (e.g. dns-srv:_redis._tcp.example.lan) or mdns:TYPE (e.g. mdns:_redis._tcp)"
+            )))?,
+        };
+        if dns_server.is_some() && !matches!(source, Source::DnsSrv { .. }) {
+            return Err(err("--dns-server needs --discover dns-srv:NAME"));
         }
-        (None, false) => Source::Static(parse_backends(backends)?),
-        (None, true) => Source::Mesh,
-        (Some(d), true) => match d.split_once(':') {
-            Some(("dns-srv", name)) if !name.is_empty() => Source::DnsSrv {
+        Ok(source)
+    }
+
+    /// `dns-srv:NAME` or `mdns:TYPE`.
+    fn discover(text: &str, dns_server: Option<SocketAddr>) -> Option<Self> {
+        match text.split_once(':')? {
+            ("dns-srv", name) if !name.is_empty() => Some(Source::DnsSrv {
                 name: name.to_string(),
                 server: dns_server,
-            },
-            Some(("mdns", ty)) if ty.starts_with('_') => {
+            }),
+            ("mdns", ty) if ty.starts_with('_') => {
                 let ty = ty.trim_end_matches('.');
-                let ty = if ty.ends_with(".local") {
+                Some(Source::MdnsType(if ty.ends_with(".local") {
                     format!("{ty}.")
                 } else {
                     format!("{ty}.local.")
-                };
-                Source::MdnsType(ty)
+                }))
             }
-            _ => {
-                return Err(err(format!(
-                    "bad --discover {d:?}: expected dns-srv:NAME (e.g. dns-srv:_redis._tcp.example.lan) or mdns:TYPE (e.g. mdns:_redis._tcp)"
-                )));
-            }
-        },
-    };
-    if dns_server.is_some() && !matches!(source, Source::DnsSrv { .. }) {
-        return Err(err("--dns-server needs --discover dns-srv:NAME".into()));
+            _ => None,
+        }
     }
-    if direct && source == Source::Mesh {
-        return Err(err(
-            "--direct needs --backend HOST:PORT, --discover dns-srv:NAME or --discover mdns:TYPE (mesh announcements are ambassadors)".into(),
-        ));
+}
+
+impl ConnectConfig {
+    /// Checks that the source, `direct`, the credentials and the listen port go together;
+    /// `what` names the consumer in errors.
+    fn check(self, what: &str) -> Result<Self, Failure> {
+        let err = |m: String| Err(Failure::usage(format!("{what}: {m}")));
+        if self.direct && self.source == Source::Mesh {
+            return err(
+                "--direct needs --backend HOST:PORT, --discover dns-srv:NAME or --discover mdns:TYPE (mesh announcements are ambassadors)".into(),
+            );
+        }
+        if !self.direct && matches!(self.source, Source::MdnsType(_)) {
+            return err("--discover mdns:TYPE finds plain services: add --direct".into());
+        }
+        if self.redis_auth.is_some() && !self.direct {
+            return err(
+                "Redis credentials are injected by the provider's ambassador: give them to `announce`, or use --direct".into(),
+            );
+        }
+        if self.spec.listen_port.is_none() && self.source != Source::Mesh {
+            return err(format!(
+                "the listen port is learnt from mesh announcements only: give {}:PORT",
+                self.spec.service
+            ));
+        }
+        Ok(self)
     }
-    if !direct && matches!(source, Source::MdnsType(_)) {
-        return Err(err(
-            "--discover mdns:TYPE finds plain services: add --direct".into(),
-        ));
-    }
-    if redis_auth.is_some() && !direct {
-        return Err(err(
-            "Redis credentials are injected by the provider's ambassador: give them to `announce`, or use --direct".into(),
-        ));
-    }
-    if spec.listen_port.is_none() && source != Source::Mesh {
-        return Err(err(format!(
-            "the listen port is learnt from mesh announcements only: give {}:PORT",
-            spec.service
-        )));
-    }
-    Ok(ConnectConfig {
-        spec,
-        source,
-        direct,
-        redis_auth,
-        wait,
-        policy,
-    })
+}
+
+/// Fixed backends as `HOST:PORT` (host names are resolved now).
+fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
+    list.iter()
+        .map(|b| {
+            use std::net::ToSocketAddrs;
+            b.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The classic Docker link variables: `NAME_PORT_<port>_TCP=tcp://HOST:PORT`, as (service,
@@ -178,7 +195,7 @@ pub struct AnnounceConfig {
     pub redis_auth: Option<RedisAuth>,
 }
 
-/// Where this node's identity comes from.
+/// Where this node's identity comes from, ready to use (after [`CheckedConfig::prepare`]).
 #[derive(Debug, Clone)]
 pub enum IdentitySource {
     /// A shared mesh key; the node certificate is derived at start.
@@ -192,15 +209,34 @@ pub enum IdentitySource {
     Bundle(PathBuf),
 }
 
-/// Everything a node needs to run.
+/// Where this node's identity will come from, as checking leaves it: nothing is created yet.
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
+pub enum IdentityPlan {
+    /// A mesh key given inline or in a named file, already read and checked.
+    MeshKey {
+        /// The key.
+        key: MeshKey,
+        /// Where it came from.
+        source: MeshKeySource,
+    },
+    /// The default mesh key file, which may not exist yet: [`CheckedConfig::prepare`] reads
+    /// it, or creates it on first use.
+    DefaultMeshKey,
+    /// A node bundle issued by `ambassador ca issue` (CA mode), loaded when the node starts.
+    Bundle(PathBuf),
+}
+
+/// Everything a node needs to run. `I` is how far its identity is resolved: a
+/// [`CheckedConfig`] (checked, nothing written) becomes a `NodeConfig` by
+/// [`CheckedConfig::prepare`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig<I = IdentitySource> {
     /// This node's name (in CA mode, the certificate's name wins).
     pub node: NodeName,
     /// Whether the name was given explicitly (it must then match a CA-issued certificate).
     pub node_explicit: bool,
     /// Identity source.
-    pub identity: IdentitySource,
+    pub identity: I,
     /// Revoked certificate fingerprints.
     pub deny_file: Option<PathBuf>,
     /// Accept key files readable by others.
@@ -219,13 +255,33 @@ pub struct NodeConfig {
     pub transport: TransportSettings,
     /// Bound on the graceful drain at stop.
     pub drain_timeout: Duration,
+    /// Log format (the flag, else the file's, else text).
+    pub log_format: LogFormat,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
+    /// The flags this configuration was built with, for [`reload_static_backends`].
+    pub flags: Flags,
+}
+
+/// A configuration that passed every check and wrote nothing; [`CheckedConfig::prepare`]
+/// turns it into the [`NodeConfig`] a node runs with.
+pub type CheckedConfig = NodeConfig<IdentityPlan>;
+
+/// The flags and environment a configuration was built from, kept so that a SIGHUP reload
+/// checks the file exactly as start-up did (flags still win). `Debug` hides them: they may
+/// hold the mesh key.
+#[derive(Clone, Default)]
+pub struct Flags(pub Common);
+
+impl std::fmt::Debug for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flags(..)")
+    }
 }
 
 /// The TOML file of `ambassador run -c FILE`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     /// Node name.
     pub node: Option<String>,
@@ -238,33 +294,34 @@ pub struct FileConfig {
     /// QUIC bind address.
     pub bind: Option<SocketAddr>,
     /// mDNS interfaces.
-    #[serde(default)]
     pub interfaces: Vec<String>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// Peer timeout, e.g. "3s".
-    pub peer_timeout: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub peer_timeout: Option<Duration>,
     /// Bound on the graceful drain at stop, e.g. "30s".
-    pub drain_timeout: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
     /// Provider health-check interval, e.g. "2s".
-    pub health_interval: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub health_interval: Option<Duration>,
     /// `[announce.NAME]` sections.
-    #[serde(default)]
     pub announce: BTreeMap<String, FileAnnounce>,
     /// `[connect.NAME]` sections.
-    #[serde(default)]
     pub connect: BTreeMap<String, FileConnect>,
 }
 
 /// One `[announce.NAME]` section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileAnnounce {
     /// Advertised port (default: the target's port).
     pub port: Option<u16>,
     /// Target address (default: 127.0.0.1:PORT).
     pub target: Option<String>,
-    /// Balancing weight.
+    /// Balancing weight, 1-10000 (checked as the file is read).
+    #[serde(deserialize_with = "weight")]
     pub weight: Option<u32>,
     /// Nodes admitted.
     pub allow: Option<Vec<String>>,
@@ -273,29 +330,44 @@ pub struct FileAnnounce {
 }
 
 /// One `[connect.NAME]` section.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConnect {
     /// Listen port (default: the advertised port).
     pub port: Option<u16>,
     /// Listen address: an IP, or IP:PORT.
     pub listen: Option<String>,
     /// Wait bound for a first instance, e.g. "5s".
-    pub wait: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub wait: Option<Duration>,
     /// Fixed backends: ambassador peers (HOST:QUIC_PORT), or TCP services with `direct`.
-    #[serde(default)]
     pub backends: Vec<String>,
     /// `dns-srv:NAME` or `mdns:TYPE`.
     pub discover: Option<String>,
     /// DNS server for dns-srv discovery.
     pub dns_server: Option<SocketAddr>,
     /// Backends are plain TCP services.
-    #[serde(default)]
     pub direct: bool,
     /// Redis credentials file for direct backends.
     pub redis_auth_file: Option<PathBuf>,
     /// Balancing policy.
     pub policy: Option<Policy>,
+}
+
+/// A duration of the file, written as for the flags (`500ms`, `5s`, `2m`): parsed as the file
+/// is read, so an error names its line.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A balancing weight of the file, checked as the file is read.
+fn weight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    check_weight(u32::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl FileConfig {
@@ -306,7 +378,7 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             match line {
                 Some(l) => Failure::usage(format!("{}:{l}: {msg}", path.display())),
                 None => Failure::usage(format!("{}: {msg}", path.display())),
@@ -315,28 +387,90 @@ impl FileConfig {
     }
 }
 
-/// The mesh key from flags/env, or the default file (created on first use).
-pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
-    match (&common.mesh_key, &common.mesh_key_file) {
+/// The mesh key that `inline` (`--mesh-key`) or `file` (`--mesh-key-file`, or the file's
+/// `mesh_key_file`) names, read and checked; `None` when neither is given, for the default
+/// file. Giving both is an error. Reads, never writes.
+fn given_key(
+    inline: Option<&str>,
+    file: Option<&Path>,
+    insecure: bool,
+) -> Result<Option<(MeshKey, MeshKeySource)>, Failure> {
+    match (inline, file) {
         (Some(_), Some(_)) => Err(Failure::usage(
             "give either --mesh-key or --mesh-key-file, not both",
         )),
-        (Some(text), None) => Ok((
+        (Some(text), None) => Ok(Some((
             MeshKey::parse(text).map_err(Failure::usage)?,
             MeshKeySource::Inline,
+        ))),
+        (None, Some(path)) => Ok(Some((
+            MeshKey::read_file(path, insecure).map_err(Failure::usage)?,
+            MeshKeySource::File(path.to_path_buf()),
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads the default mesh key file, creating it on first use (and saying so in the log). The
+/// one place where a key is created without being asked for.
+pub fn ensure_default_key(insecure: bool) -> Result<(MeshKey, MeshKeySource), Failure> {
+    let (key, path, created) = load_or_create_default(insecure).map_err(Failure::usage)?;
+    if created {
+        tracing::info!(path = %path.display(), "created a new mesh key; copy it to the other hosts of this mesh (`ambassador mesh show`)");
+    }
+    Ok((key, MeshKeySource::Default(path)))
+}
+
+/// The mesh key that `--mesh-key` or `--mesh-key-file` (or their variables) give, if any.
+fn flag_key(common: &Common) -> Result<Option<(MeshKey, MeshKeySource)>, Failure> {
+    given_key(
+        common.mesh_key.as_deref(),
+        common.mesh_key_file.as_deref(),
+        common.insecure_key_permissions,
+    )
+}
+
+/// The mesh key from flags/env, or the default file (created on first use): `mesh show`.
+pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
+    match flag_key(common)? {
+        Some(given) => Ok(given),
+        None => ensure_default_key(common.insecure_key_permissions),
+    }
+}
+
+/// The mesh key from flags/env, else the default file if it exists and reads; never creates
+/// one (`ls`).
+pub fn existing_mesh_key(common: &Common) -> Result<Option<MeshKey>, Failure> {
+    match flag_key(common)? {
+        Some((key, _)) => Ok(Some(key)),
+        None => Ok(default_key_path()
+            .ok()
+            .and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok())),
+    }
+}
+
+/// The identity that flags win over the file for: a CA bundle, a given mesh key, or the
+/// default key file. A bundle and a mesh key together are an error.
+fn identity_plan(common: &Common, file: &FileConfig) -> Result<IdentityPlan, Failure> {
+    let key_file = match (&common.mesh_key, &common.mesh_key_file) {
+        (None, None) => file.mesh_key_file.as_deref(),
+        (_, flag) => flag.as_deref(),
+    };
+    match common.identity.as_ref().or(file.identity.as_ref()) {
+        Some(_) if common.mesh_key.is_some() || key_file.is_some() => Err(Failure::usage(
+            "give either --identity (CA mode) or a mesh key, not both",
         )),
-        (None, Some(path)) => Ok((
-            MeshKey::read_file(path, common.insecure_key_permissions).map_err(Failure::usage)?,
-            MeshKeySource::File(path.clone()),
-        )),
-        (None, None) => {
-            let (key, path, created) =
-                load_or_create_default(common.insecure_key_permissions).map_err(Failure::usage)?;
-            if created {
-                tracing::info!(path = %path.display(), "created a new mesh key; copy it to the other hosts of this mesh (`ambassador mesh show`)");
-            }
-            Ok((key, MeshKeySource::Default(path)))
-        }
+        Some(dir) => Ok(IdentityPlan::Bundle(dir.clone())),
+        None => Ok(
+            match given_key(
+                common.mesh_key.as_deref(),
+                key_file,
+                common.insecure_key_permissions,
+            )? {
+                Some((key, source)) => IdentityPlan::MeshKey { key, source },
+                None => IdentityPlan::DefaultMeshKey,
+            },
+        ),
     }
 }
 
@@ -353,49 +487,23 @@ fn node_name(given: Option<&str>) -> Result<NodeName, Failure> {
     }
 }
 
-fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
-    list.iter()
-        .map(|b| {
-            use std::net::ToSocketAddrs;
-            b.to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    Failure::usage(format!(
-                        "bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint"
-                    ))
-                })
-        })
-        .collect()
-}
+/// Default of `--peer-timeout`.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
-impl NodeConfig {
+/// Default of `--drain-timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default of `--health-interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+impl CheckedConfig {
+    /// What every command shares: identity, name, addresses, timeouts.
     fn base(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
-        let mut common = common.clone();
-        if common.mesh_key.is_none() && common.mesh_key_file.is_none() {
-            common.mesh_key_file = file.mesh_key_file.clone();
-        }
-        let bundle = common.identity.clone().or(file.identity.clone());
-        let identity = match bundle {
-            Some(dir) => {
-                if common.mesh_key.is_some() || common.mesh_key_file.is_some() {
-                    return Err(Failure::usage(
-                        "give either --identity (CA mode) or a mesh key, not both",
-                    ));
-                }
-                IdentitySource::Bundle(dir)
-            }
-            None => {
-                let (key, source) = mesh_key(&common)?;
-                IdentitySource::MeshKey { key, source }
-            }
-        };
-        let peer_timeout = match (common.peer_timeout, &file.peer_timeout) {
-            (Some(t), _) => t,
-            (None, Some(t)) => crate::cli::parse_duration(t)
-                .map_err(|e| Failure::usage(format!("peer_timeout: {e}")))?,
-            (None, None) => DEFAULT_PEER_TIMEOUT,
-        };
+        let identity = identity_plan(common, file)?;
+        let peer_timeout = common
+            .peer_timeout
+            .or(file.peer_timeout)
+            .unwrap_or(DEFAULT_PEER_TIMEOUT);
         if peer_timeout < Duration::from_millis(300) {
             return Err(Failure::usage("--peer-timeout must be at least 300ms"));
         }
@@ -405,7 +513,7 @@ impl NodeConfig {
             common.interfaces.clone()
         };
         let given = common.node.as_deref().or(file.node.as_deref());
-        Ok(Self {
+        Ok(NodeConfig {
             node: node_name(given)?,
             node_explicit: given.is_some(),
             identity,
@@ -417,16 +525,16 @@ impl NodeConfig {
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             interfaces,
             announce: Vec::new(),
-            health_interval: Duration::from_secs(2),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             connect: Vec::new(),
             transport: TransportSettings::with_peer_timeout(peer_timeout),
-            drain_timeout: match (common.drain_timeout, &file.drain_timeout) {
-                (Some(t), _) => t,
-                (None, Some(t)) => crate::cli::parse_duration(t)
-                    .map_err(|e| Failure::usage(format!("drain_timeout: {e}")))?,
-                (None, None) => Duration::from_secs(30),
-            },
+            drain_timeout: common
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             config_file: None,
+            flags: Flags(common.clone()),
         })
     }
 
@@ -479,43 +587,27 @@ impl NodeConfig {
         };
         let mut connect = Vec::new();
         for spec in specs {
-            connect.push(connect_config(
-                "connect",
-                spec,
+            let what = "connect";
+            let source = Source::parse(
+                what,
                 &args.backends,
                 args.discover.as_deref(),
                 args.dns_server,
-                args.direct,
-                redis_auth.clone(),
-                args.wait,
-                args.policy,
-            )?);
+            )?;
+            connect.push(
+                ConnectConfig {
+                    spec,
+                    source,
+                    direct: args.direct,
+                    redis_auth: redis_auth.clone(),
+                    wait: args.wait,
+                    policy: args.policy,
+                }
+                .check(what)?,
+            );
         }
         if args.from_env {
-            let links = docker_links(std::env::vars())?;
-            if links.is_empty() {
-                return Err(Failure::usage(
-                    "--from-env found no NAME_PORT_<port>_TCP=tcp://HOST:PORT variable",
-                ));
-            }
-            for (service, port, target) in links {
-                let spec = ConnectSpec {
-                    service,
-                    listen_ip: args.listen_ip,
-                    listen_port: Some(port),
-                };
-                connect.push(connect_config(
-                    "--from-env",
-                    spec,
-                    &[target],
-                    None,
-                    None,
-                    true,
-                    None,
-                    args.wait,
-                    args.policy,
-                )?);
-            }
+            connect.extend(from_env(args)?);
         }
         check_unique(connect.iter().map(|c| &c.spec.service))?;
         let mut cfg = Self::base(common, &FileConfig::default())?;
@@ -523,88 +615,198 @@ impl NodeConfig {
         Ok(cfg)
     }
 
-    /// From `ambassador run -c FILE`; flags given on the command line win over the file.
+    /// From a `run -c` file; flags given on the command line win over the file.
     pub fn from_file(common: &Common, file: &FileConfig) -> Result<Self, Failure> {
         let mut cfg = Self::base(common, file)?;
-        if let Some(h) = &file.health_interval {
-            let h = crate::cli::parse_duration(h)
-                .map_err(|e| Failure::usage(format!("health_interval: {e}")))?;
+        if let Some(h) = file.health_interval {
             cfg.health_interval = check_interval(h)?;
         }
-        let env_auth = redis_auth(None, cfg.insecure_key_permissions)?;
+        let insecure = cfg.insecure_key_permissions;
+        let env_auth = redis_auth(None, insecure)?;
         for (name, a) in &file.announce {
-            let section =
-                |e: &dyn std::fmt::Display| Failure::usage(format!("[announce.{name}]: {e}"));
-            let mut spec = name.clone();
-            if let Some(p) = a.port {
-                spec.push_str(&format!(":{p}"));
-            }
-            if let Some(t) = &a.target {
-                spec.push_str(&format!("={t}"));
-            }
-            let spec = AnnounceSpec::parse(&spec).map_err(|e| section(&e))?;
-            let weight = a.weight.unwrap_or(1);
-            if !(1..=10_000).contains(&weight) {
-                return Err(section(&"weight must be 1-10000"));
-            }
-            let allow = match &a.allow {
-                Some(list) => parse_allow(list, &format!("[announce.{name}] allow"))?,
-                None => None,
-            };
-            let redis_auth = match &a.redis_auth_file {
-                Some(f) => Some(
-                    RedisAuth::read_file(f, cfg.insecure_key_permissions)
-                        .map_err(|e| section(&e))?,
-                ),
-                None => env_auth.clone(),
-            };
-            cfg.announce.push(AnnounceConfig {
-                spec,
-                weight,
-                allow,
-                redis_auth,
-            });
+            cfg.announce
+                .push(a.check(name, env_auth.as_ref(), insecure)?);
         }
         for (name, c) in &file.connect {
-            let mut spec = name.clone();
-            if let Some(p) = c.port {
-                spec.push_str(&format!(":{p}"));
-            }
-            if let Some(l) = &c.listen {
-                spec.push_str(&format!("={l}"));
-            }
-            let spec = ConnectSpec::parse(&spec)
-                .map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?;
-            let wait = match &c.wait {
-                Some(w) => crate::cli::parse_duration(w)
-                    .map_err(|e| Failure::usage(format!("[connect.{name}] wait: {e}")))?,
-                None => DEFAULT_WAIT,
-            };
-            let redis_auth = match &c.redis_auth_file {
-                Some(f) => Some(
-                    RedisAuth::read_file(f, cfg.insecure_key_permissions)
-                        .map_err(|e| Failure::usage(format!("[connect.{name}]: {e}")))?,
-                ),
-                None => None,
-            };
-            cfg.connect.push(connect_config(
-                &format!("[connect.{name}]"),
-                spec,
-                &c.backends,
-                c.discover.as_deref(),
-                c.dns_server,
-                c.direct,
-                redis_auth,
-                wait,
-                c.policy.unwrap_or_default(),
-            )?);
+            cfg.connect.push(c.check(name, insecure)?);
         }
+        // Section names differ in case, service names do not.
+        check_unique(cfg.announce.iter().map(|a| &a.spec.service))?;
+        check_unique(cfg.connect.iter().map(|c| &c.spec.service))?;
         if cfg.announce.is_empty() && cfg.connect.is_empty() {
             return Err(Failure::usage(
                 "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
             ));
         }
         Ok(cfg)
+    }
+
+    /// The start-up step after checking: resolves the identity, reading the default mesh key
+    /// file or, the first time, creating it (the only write configuration does).
+    pub fn prepare(self) -> Result<NodeConfig, Failure> {
+        let insecure = self.insecure_key_permissions;
+        self.map_identity(|plan| match plan {
+            IdentityPlan::MeshKey { key, source } => Ok(IdentitySource::MeshKey { key, source }),
+            IdentityPlan::DefaultMeshKey => {
+                let (key, source) = ensure_default_key(insecure)?;
+                Ok(IdentitySource::MeshKey { key, source })
+            }
+            IdentityPlan::Bundle(dir) => Ok(IdentitySource::Bundle(dir)),
+        })
+    }
+}
+
+impl<I> NodeConfig<I> {
+    /// The same configuration with its identity mapped by `f`.
+    fn map_identity<J>(
+        self,
+        f: impl FnOnce(I) -> Result<J, Failure>,
+    ) -> Result<NodeConfig<J>, Failure> {
+        Ok(NodeConfig {
+            identity: f(self.identity)?,
+            node: self.node,
+            node_explicit: self.node_explicit,
+            deny_file: self.deny_file,
+            insecure_key_permissions: self.insecure_key_permissions,
+            bind: self.bind,
+            interfaces: self.interfaces,
+            announce: self.announce,
+            health_interval: self.health_interval,
+            connect: self.connect,
+            transport: self.transport,
+            drain_timeout: self.drain_timeout,
+            log_format: self.log_format,
+            config_file: self.config_file,
+            flags: self.flags,
+        })
+    }
+}
+
+/// `ambassador run -c FILE`: loads the file and checks it with `common` winning over it.
+/// Writes nothing (`run -c FILE --check` stops here).
+pub fn load_file(common: &Common, path: &Path) -> Result<CheckedConfig, Failure> {
+    let file = FileConfig::load(path)?;
+    let mut cfg = CheckedConfig::from_file(common, &file)?;
+    cfg.config_file = Some(path.to_path_buf());
+    Ok(cfg)
+}
+
+/// For a SIGHUP reload: the fixed backends of every `[connect.NAME]` section that has
+/// `backends`, by service. The file goes through exactly the checks of start-up
+/// ([`load_file`], with the flags the node was started with) and nothing is written; an error
+/// means the whole file is refused, and the running backends should stay.
+pub fn reload_static_backends(
+    path: &Path,
+    flags: &Flags,
+) -> Result<BTreeMap<ServiceName, Vec<SocketAddr>>, Failure> {
+    Ok(load_file(&flags.0, path)?
+        .connect
+        .into_iter()
+        .filter_map(|c| match c.source {
+            Source::Static(addrs) => Some((c.spec.service, addrs)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// `connect --from-env`: a direct consumer for each Docker link variable.
+fn from_env(args: &ConnectArgs) -> Result<Vec<ConnectConfig>, Failure> {
+    let links = docker_links(std::env::vars())?;
+    if links.is_empty() {
+        return Err(Failure::usage(
+            "--from-env found no NAME_PORT_<port>_TCP=tcp://HOST:PORT variable",
+        ));
+    }
+    let what = "--from-env";
+    links
+        .into_iter()
+        .map(|(service, port, target)| {
+            let spec = ConnectSpec {
+                service,
+                listen_ip: args.listen_ip,
+                listen_port: Some(port),
+            };
+            ConnectConfig {
+                spec,
+                source: Source::parse(what, &[target], None, None)?,
+                direct: true,
+                redis_auth: None,
+                wait: args.wait,
+                policy: args.policy,
+            }
+            .check(what)
+        })
+        .collect()
+}
+
+/// The SPEC a file section stands for: `NAME[:PORT][=TAIL]`.
+fn section_spec(name: &str, port: Option<u16>, tail: Option<&str>) -> String {
+    let mut spec = name.to_string();
+    if let Some(p) = port {
+        spec.push(':');
+        spec.push_str(&p.to_string());
+    }
+    if let Some(t) = tail {
+        spec.push('=');
+        spec.push_str(t);
+    }
+    spec
+}
+
+impl FileAnnounce {
+    /// Checks the section `[announce.NAME]`; `env_auth` applies when it names no credentials.
+    fn check(
+        &self,
+        name: &str,
+        env_auth: Option<&RedisAuth>,
+        insecure: bool,
+    ) -> Result<AnnounceConfig, Failure> {
+        let section = |e: &dyn std::fmt::Display| Failure::usage(format!("[announce.{name}]: {e}"));
+        let spec = AnnounceSpec::parse(&section_spec(name, self.port, self.target.as_deref()))
+            .map_err(|e| section(&e))?;
+        let allow = match &self.allow {
+            Some(list) => parse_allow(list, &format!("[announce.{name}] allow"))?,
+            None => None,
+        };
+        let redis_auth = match &self.redis_auth_file {
+            Some(f) => Some(RedisAuth::read_file(f, insecure).map_err(|e| section(&e))?),
+            None => env_auth.cloned(),
+        };
+        Ok(AnnounceConfig {
+            spec,
+            weight: self.weight.unwrap_or(WEIGHT_MIN),
+            allow,
+            redis_auth,
+        })
+    }
+}
+
+impl FileConnect {
+    /// Checks the section `[connect.NAME]`.
+    fn check(&self, name: &str, insecure: bool) -> Result<ConnectConfig, Failure> {
+        let what = format!("[connect.{name}]");
+        let section = |e: &dyn std::fmt::Display| Failure::usage(format!("{what}: {e}"));
+        let spec = ConnectSpec::parse(&section_spec(name, self.port, self.listen.as_deref()))
+            .map_err(|e| section(&e))?;
+        let redis_auth = match &self.redis_auth_file {
+            Some(f) => Some(RedisAuth::read_file(f, insecure).map_err(|e| section(&e))?),
+            None => None,
+        };
+        let source = Source::parse(
+            &what,
+            &self.backends,
+            self.discover.as_deref(),
+            self.dns_server,
+        )?;
+        ConnectConfig {
+            spec,
+            source,
+            direct: self.direct,
+            redis_auth,
+            wait: self.wait.unwrap_or(DEFAULT_WAIT),
+            policy: self.policy.unwrap_or_default(),
+        }
+        .check(&what)
     }
 }
 
@@ -634,9 +836,6 @@ fn parse_allow(list: &[String], what: &str) -> Result<Option<Vec<NodeName>>, Fai
         .map(Some)
 }
 
-/// Default of `--peer-timeout`.
-pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
-
 fn check_interval(d: Duration) -> Result<Duration, Failure> {
     if d < Duration::from_millis(100) {
         return Err(Failure::usage("--health-interval must be at least 100ms"));
@@ -658,9 +857,21 @@ fn check_unique<'a>(names: impl Iterator<Item = &'a ServiceName>) -> Result<(), 
 mod tests {
     use super::*;
 
+    fn key_flags() -> Common {
+        Common {
+            mesh_key: Some(MeshKey::generate().unwrap().to_text()),
+            node: Some("node-a".into()),
+            ..Common::default()
+        }
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
     #[test]
     fn file_config_parses_and_rejects_typos() {
-        let f: FileConfig = toml::from_str(
+        let f = file(
             r#"
             node = "node-a"
             [announce.redis]
@@ -670,10 +881,113 @@ mod tests {
             port = 8080
             wait = "2s"
             "#,
-        )
-        .unwrap();
+        );
         assert_eq!(f.announce["redis"].port, Some(6379));
         assert!(toml::from_str::<FileConfig>("nod = \"x\"").is_err());
         assert!(toml::from_str::<FileConfig>("[announce.redis]\nprot = 1").is_err());
+    }
+
+    #[test]
+    fn checking_leaves_the_default_key_for_prepare() {
+        let common = Common {
+            node: Some("node-a".into()),
+            ..Common::default()
+        };
+        let cfg =
+            CheckedConfig::from_file(&common, &file("[announce.redis]\nport = 6379")).unwrap();
+        assert!(matches!(cfg.identity, IdentityPlan::DefaultMeshKey));
+        let cfg = CheckedConfig::from_file(&key_flags(), &file("[connect.redis]")).unwrap();
+        assert!(matches!(
+            cfg.identity,
+            IdentityPlan::MeshKey {
+                source: MeshKeySource::Inline,
+                ..
+            }
+        ));
+        let prepared = cfg.prepare().unwrap();
+        assert!(matches!(prepared.identity, IdentitySource::MeshKey { .. }));
+    }
+
+    #[test]
+    fn identity_precedence() {
+        // An inline key wins over the file's key file (which is then not read at all).
+        let f = file("mesh_key_file = \"/nonexistent/mesh.key\"\n[connect.redis]");
+        assert!(CheckedConfig::from_file(&key_flags(), &f).is_ok());
+        let f = file("identity = \"/nonexistent/bundle\"\n[connect.redis]");
+        let e = CheckedConfig::from_file(&key_flags(), &f).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let both = Common {
+            mesh_key_file: Some("/nonexistent/mesh.key".into()),
+            ..key_flags()
+        };
+        let e = existing_mesh_key(&both).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "give either --mesh-key or --mesh-key-file, not both"
+        );
+    }
+
+    #[test]
+    fn sources() {
+        let parse = |b: &[&str], d: Option<&str>| {
+            let b: Vec<String> = b.iter().map(|s| s.to_string()).collect();
+            Source::parse("x", &b, d, None)
+        };
+        assert_eq!(parse(&[], None).unwrap(), Source::Mesh);
+        assert_eq!(
+            parse(&["127.0.0.1:7443"], None).unwrap(),
+            Source::Static(vec!["127.0.0.1:7443".parse().unwrap()])
+        );
+        assert_eq!(
+            parse(&[], Some("mdns:_redis._tcp")).unwrap(),
+            Source::MdnsType("_redis._tcp.local.".into())
+        );
+        assert!(matches!(
+            parse(&[], Some("dns-srv:_r._tcp.lan")).unwrap(),
+            Source::DnsSrv { .. }
+        ));
+        assert!(parse(&["127.0.0.1:1"], Some("mdns:_r._tcp")).is_err());
+        assert!(parse(&[], Some("srv:x")).is_err());
+        let e = Source::parse("x", &[], None, Some("127.0.0.1:53".parse().unwrap())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x: --dns-server needs --discover dns-srv:NAME"
+        );
+    }
+
+    #[test]
+    fn reload_gives_the_static_backends_or_refuses_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "[connect.redis]\nport = 6400\nbackends = [\"127.0.0.1:7443\", \"127.0.0.2:7443\"]\n\
+             [connect.web]\nport = 8080\n",
+        )
+        .unwrap();
+        let flags = Flags(key_flags());
+        let lists = reload_static_backends(&path, &flags).unwrap();
+        let redis = ServiceName::parse("redis").unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[&redis].len(), 2);
+        std::fs::write(
+            &path,
+            "[connect.redis]\nport = 6400\nbackends = [\"nope\"]\n",
+        )
+        .unwrap();
+        let e = reload_static_backends(&path, &flags).unwrap_err();
+        assert!(e.to_string().contains("bad backend \"nope\""), "{e}");
+        // The same checks as start-up: a bad weight elsewhere refuses the file too.
+        std::fs::write(
+            &path,
+            "[connect.redis]\nport = 6400\nbackends = [\"127.0.0.1:7443\"]\n\
+             [announce.db]\nport = 5432\nweight = 0\n",
+        )
+        .unwrap();
+        let e = reload_static_backends(&path, &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("run.toml:6: weight must be 1-10000"), "{e}");
+        assert_eq!(format!("{flags:?}"), "Flags(..)");
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! # Layout
 //! Data flows one way: discovery → registry / endpoint sets → balancer → transport → proxy.
-//! - [`cli`], [`config`]: the command line and the TOML file, validated in one place into a
-//!   [`config::NodeConfig`] before any socket is bound; [`spec`]: the SPEC grammar.
+//! - [`cli`], [`config`]: the command line and the TOML file, checked in one place (start-up
+//!   and SIGHUP alike) into a [`config::CheckedConfig`], writing nothing, before any socket is
+//!   bound; its `prepare` makes the [`config::NodeConfig`] a node runs with (creating the
+//!   default mesh key if needed). [`spec`]: the SPEC grammar; [`weight`]: the weight's bounds.
+//! - [`commands`]: the `mesh` and `ca` commands.
 //! - [`names`]: newtypes that must not be mixed up (service and node names, certificate
 //!   fingerprints, mesh ids, QUIC versus TCP addresses).
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
@@ -26,6 +29,7 @@
 
 pub(crate) mod balance;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod discovery;
@@ -39,3 +43,4 @@ pub(crate) mod proxy;
 pub(crate) mod secret_file;
 pub mod spec;
 pub mod transport;
+pub mod weight;

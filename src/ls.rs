@@ -6,10 +6,11 @@ use mdns_sd::ServiceEvent;
 use serde::Serialize;
 
 use crate::cli::{Common, LsArgs};
+use crate::config::existing_mesh_key;
 use crate::discovery::mdns::{Mdns, instance_from_resolved};
 use crate::discovery::{Instance, Registry};
 use crate::error::Failure;
-use crate::identity::{MeshKey, MeshRoot, default_key_path};
+use crate::identity::MeshRoot;
 use crate::names::MeshId;
 
 /// One row of the listing.
@@ -24,24 +25,13 @@ pub struct Row {
 
 /// This host's mesh id, if a key is configured or the default key exists. Never creates a key.
 fn own_mesh_id(common: &Common) -> Result<Option<MeshId>, Failure> {
-    let key = match (&common.mesh_key, &common.mesh_key_file) {
-        (Some(k), _) => Some(MeshKey::parse(k).map_err(Failure::usage)?),
-        (None, Some(p)) => {
-            Some(MeshKey::read_file(p, common.insecure_key_permissions).map_err(Failure::usage)?)
-        }
-        (None, None) => default_key_path()
-            .ok()
-            .and_then(|p| MeshKey::read_file(&p, common.insecure_key_permissions).ok()),
-    };
-    match key {
-        Some(k) => Ok(Some(
+    existing_mesh_key(common)?
+        .map(|k| {
             MeshRoot::derive(&k)
-                .map_err(|e| Failure::Runtime(e.into()))?
-                .mesh_id()
-                .clone(),
-        )),
-        None => Ok(None),
-    }
+                .map(|root| root.mesh_id().clone())
+                .map_err(|e| Failure::Runtime(e.into()))
+        })
+        .transpose()
 }
 
 /// Browses for `timeout` and returns every instance seen (and not withdrawn meanwhile).

@@ -1,16 +1,18 @@
 //! The `ambassador` binary: parse, set up logging, install the crypto provider, validate the
 //! configuration, run the library, map the outcome to an exit code.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ambassador::cli::{CaCommand, Cli, Command, LogFormat, MeshCommand};
-use ambassador::config::{FileConfig, NodeConfig, mesh_key};
+use ambassador::cli::{
+    CaCommand, Cli, Command, Common, LogFormat, LsArgs, MeshCommand, StatusArgs,
+};
+use ambassador::commands;
+use ambassador::config::{CheckedConfig, NodeConfig, load_file};
 use ambassador::error::Failure;
-use ambassador::identity::{MeshKey, MeshRoot, ca};
-use ambassador::names::{NodeName, ServiceName};
 use ambassador::node::Control;
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -55,115 +57,72 @@ async fn run_node(cfg: NodeConfig) -> Result<(), Failure> {
     ambassador::node::run(cfg, rx).await
 }
 
-fn parse_date(text: &str) -> Result<time::OffsetDateTime, Failure> {
-    let bad = || Failure::usage(format!("--start {text:?}: expected a date as YYYY-MM-DD"));
-    let mut parts = text.splitn(3, '-').map(|p| p.parse::<i32>());
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    let month = time::Month::try_from(u8::try_from(m).map_err(|_| bad())?).map_err(|_| bad())?;
-    let date = time::Date::from_calendar_date(y, month, u8::try_from(d).map_err(|_| bad())?)
-        .map_err(|_| bad())?;
-    Ok(date.midnight().assume_utc())
+/// What the command line asks for, its configuration checked (and nothing written yet).
+enum Job<'a> {
+    /// Run a node.
+    Node(Box<CheckedConfig>),
+    /// `run -c FILE --check`: the file is valid.
+    Checked(&'a Path),
+    /// `ls`.
+    Ls(&'a LsArgs),
+    /// `status`.
+    Status(&'a StatusArgs),
+    /// `mesh new`, `mesh show`.
+    Mesh(&'a MeshCommand),
+    /// `ca init`, `ca issue`.
+    Ca(&'a CaCommand),
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// Checks the configuration a command asks for; writes nothing.
+fn job(cli: &Cli) -> Result<Job<'_>, Failure> {
     let common = &cli.common;
-    match &cli.command {
-        Command::Announce(args) => {
-            let cfg = NodeConfig::from_announce(common, args)?;
-            run_node(cfg).await
-        }
-        Command::Connect(args) => {
-            let cfg = NodeConfig::from_connect(common, args)?;
-            run_node(cfg).await
-        }
+    let job = match &cli.command {
+        Command::Announce(args) => Job::Node(Box::new(CheckedConfig::from_announce(common, args)?)),
+        Command::Connect(args) => Job::Node(Box::new(CheckedConfig::from_connect(common, args)?)),
         Command::Run(args) => {
-            let file = FileConfig::load(&args.config)?;
-            let mut cfg = NodeConfig::from_file(common, &file)?;
-            cfg.config_file = Some(args.config.clone());
-            run_node(cfg).await
-        }
-        Command::Ls(args) => ambassador::ls::run(common, args).await,
-        Command::Status(args) => ambassador::control::print_status(args.json).await,
-        Command::Mesh(MeshCommand::New { out }) => {
-            let key = MeshKey::generate().map_err(Failure::usage)?;
-            match out {
-                Some(path) => {
-                    key.write_new_file(path).map_err(Failure::usage)?;
-                    eprintln!("wrote a new mesh key to {}", path.display());
-                }
-                None => println!("{}", key.to_text()),
+            let cfg = load_file(common, &args.config)?;
+            if args.check {
+                Job::Checked(&args.config)
+            } else {
+                Job::Node(Box::new(cfg))
             }
+        }
+        Command::Ls(args) => Job::Ls(args),
+        Command::Status(args) => Job::Status(args),
+        Command::Mesh(cmd) => Job::Mesh(cmd),
+        Command::Ca(cmd) => Job::Ca(cmd),
+    };
+    Ok(job)
+}
+
+async fn run(common: &Common, job: Job<'_>) -> Result<(), Failure> {
+    match job {
+        Job::Node(cfg) => run_node(cfg.prepare()?).await,
+        Job::Checked(path) => {
+            println!("{}: valid", path.display());
             Ok(())
         }
-        Command::Ca(CaCommand::Init { out }) => {
-            let mesh = ca::init(out).map_err(Failure::usage)?;
-            eprintln!(
-                "CA made in {} (mesh id {mesh}); keep ca.key offline, issue node bundles with `ambassador ca issue NODE --ca {} --out DIR`",
-                out.display(),
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Ca(CaCommand::Issue {
-            node,
-            ca: ca_dir,
-            services,
-            days,
-            start,
-            out,
-        }) => {
-            let node = NodeName::parse(node).map_err(Failure::usage)?;
-            let services = services
-                .iter()
-                .map(|s| ServiceName::parse(s.trim()).map_err(Failure::usage))
-                .collect::<Result<Vec<_>, _>>()?;
-            let start = start.as_deref().map(parse_date).transpose()?;
-            let req = ca::IssueRequest {
-                node,
-                services,
-                days: *days,
-                start,
-            };
-            let fp = ca::issue(ca_dir, &req, out, common.insecure_key_permissions)
-                .map_err(Failure::usage)?;
-            eprintln!(
-                "issued node.crt for node {} in {} (certificate fingerprint {fp})",
-                req.node,
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Mesh(MeshCommand::Show) => {
-            let (key, source) = mesh_key(common)?;
-            let root = MeshRoot::derive(&key).map_err(|e| Failure::Runtime(e.into()))?;
-            println!("{}", key.to_text());
-            eprintln!("mesh id {} (key from {source})", root.mesh_id());
-            Ok(())
-        }
+        Job::Ls(args) => ambassador::ls::run(common, args).await,
+        Job::Status(args) => ambassador::control::print_status(args.json).await,
+        Job::Mesh(MeshCommand::New { out }) => commands::mesh_new(out.as_deref()),
+        Job::Mesh(MeshCommand::Show) => commands::mesh_show(common),
+        Job::Ca(CaCommand::Init { out }) => commands::ca_init(out),
+        Job::Ca(CaCommand::Issue(args)) => commands::ca_issue(common, args),
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let file_format = match &cli.command {
-        Command::Run(args) => FileConfig::load(&args.config)
-            .ok()
-            .and_then(|f| f.log_format),
-        _ => None,
-    };
-    init_logging(
-        cli.common.log_format.or(file_format).unwrap_or_default(),
-        cli.common.verbose,
-    );
-    // One crypto provider for the whole process (ring); an error means one is already set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // A current-thread runtime by default: a sidecar's work is a few QUIC connections, each
-    // driven by one task, and one thread avoids cross-thread wake-ups on the data path
-    // (measured against a one-worker multi-thread runtime: 1.7x the requests/s at 50 clients,
-    // half the CPU per request, lower 1-client latency; benches/results.md).
-    // AMBASSADOR_WORKER_THREADS=N runs N worker threads instead.
+/// Prints a failure and gives its exit code.
+fn failed(f: &Failure) -> ExitCode {
+    eprintln!("ambassador: {f}");
+    ExitCode::from(f.exit_code() as u8)
+}
+
+/// A current-thread runtime by default: a sidecar's work is a few QUIC connections, each
+/// driven by one task, and one thread avoids cross-thread wake-ups on the data path
+/// (measured against a one-worker multi-thread runtime: 1.7x the requests/s at 50 clients,
+/// half the CPU per request, lower 1-client latency; benches/results.md).
+/// AMBASSADOR_WORKER_THREADS=N runs N worker threads instead.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let workers = std::env::var("AMBASSADOR_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -177,19 +136,32 @@ fn main() -> ExitCode {
             b
         }
     };
-    builder.enable_all();
-    let runtime = match builder.build() {
+    builder.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Configuration first: a bad one is one line and exit 2, before anything is written.
+    let job = match job(&cli) {
+        Ok(job) => job,
+        Err(f) => return failed(&f),
+    };
+    let format = match &job {
+        Job::Node(cfg) => cfg.log_format,
+        _ => cli.common.log_format.unwrap_or_default(),
+    };
+    init_logging(format, cli.common.verbose);
+    // One crypto provider for the whole process (ring); an error means one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ambassador: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(&cli.common, job)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("ambassador: {f}");
-            ExitCode::from(f.exit_code() as u8)
-        }
+        Err(f) => failed(&f),
     }
 }

@@ -14,9 +14,51 @@ pub struct SpecError {
     grammar: &'static str,
 }
 
-const ANNOUNCE_GRAMMAR: &str =
-    "NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345";
-const CONNECT_GRAMMAR: &str = "NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379";
+/// One of the two SPEC grammars.
+struct Grammar {
+    /// `announce` or `connect`.
+    kind: &'static str,
+    /// The grammar, with examples.
+    text: &'static str,
+}
+
+const ANNOUNCE: Grammar = Grammar {
+    kind: "announce",
+    text: "NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345",
+};
+const CONNECT: Grammar = Grammar {
+    kind: "connect",
+    text: "NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379",
+};
+
+impl Grammar {
+    /// `spec` does not follow this grammar, because of `why`.
+    fn error(&self, spec: &str, why: String) -> SpecError {
+        SpecError {
+            kind: self.kind,
+            spec: spec.to_string(),
+            why,
+            grammar: self.text,
+        }
+    }
+
+    /// Splits `NAME[:PORT][=TAIL]` into the service, its port and the tail (unparsed).
+    fn split<'s>(
+        &self,
+        spec: &'s str,
+    ) -> Result<(ServiceName, Option<u16>, Option<&'s str>), SpecError> {
+        let (head, tail) = match spec.split_once('=') {
+            Some((h, t)) => (h, Some(t)),
+            None => (spec, None),
+        };
+        let (name, port) = match head.split_once(':') {
+            Some((n, p)) => (n, Some(parse_port(p).map_err(|e| self.error(spec, e))?)),
+            None => (head, None),
+        };
+        let service = ServiceName::parse(name).map_err(|e| self.error(spec, e.to_string()))?;
+        Ok((service, port, tail))
+    }
+}
 
 /// One service to announce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,75 +112,33 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} has no address"))
 }
 
-fn split_name_port(
-    kind: &'static str,
-    spec: &str,
-    grammar: &'static str,
-    head: &str,
-) -> Result<(ServiceName, Option<u16>), SpecError> {
-    let err = |why: String| SpecError {
-        kind,
-        spec: spec.to_string(),
-        why,
-        grammar,
-    };
-    let (name, port) = match head.split_once(':') {
-        Some((n, p)) => (n, Some(parse_port(p).map_err(err)?)),
-        None => (head, None),
-    };
-    let service = ServiceName::parse(name).map_err(|e| err(e.to_string()))?;
-    Ok((service, port))
-}
-
 impl AnnounceSpec {
     /// Parses `NAME[:PORT][=TARGET]`.
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
-        let err = |why: String| SpecError {
-            kind: "announce",
-            spec: spec.to_string(),
-            why,
-            grammar: ANNOUNCE_GRAMMAR,
+        let (service, port, target) = ANNOUNCE.split(spec)?;
+        let target = target
+            .map(parse_addr)
+            .transpose()
+            .map_err(|e| ANNOUNCE.error(spec, e))?;
+        let (port, target) = match (port, target) {
+            (Some(port), Some(target)) => (port, target),
+            (Some(port), None) => (port, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)),
+            (None, Some(target)) => (target.port(), target),
+            (None, None) => return Err(ANNOUNCE.error(spec, "give a port or a target".into())),
         };
-        let (head, target) = match spec.split_once('=') {
-            Some((h, t)) => (h, Some(parse_addr(t).map_err(err)?)),
-            None => (spec, None),
-        };
-        let (service, port) = split_name_port("announce", spec, ANNOUNCE_GRAMMAR, head)?;
-        match (port, target) {
-            (Some(port), Some(target)) => Ok(Self {
-                service,
-                port,
-                target,
-            }),
-            (Some(port), None) => Ok(Self {
-                service,
-                port,
-                target: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
-            }),
-            (None, Some(target)) => Ok(Self {
-                service,
-                port: target.port(),
-                target,
-            }),
-            (None, None) => Err(err("give a port or a target".into())),
-        }
+        Ok(Self {
+            service,
+            port,
+            target,
+        })
     }
 }
 
 impl ConnectSpec {
     /// Parses `NAME[:PORT][=LISTEN]`.
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
-        let err = |why: String| SpecError {
-            kind: "connect",
-            spec: spec.to_string(),
-            why,
-            grammar: CONNECT_GRAMMAR,
-        };
-        let (head, listen) = match spec.split_once('=') {
-            Some((h, l)) => (h, Some(l)),
-            None => (spec, None),
-        };
-        let (service, port) = split_name_port("connect", spec, CONNECT_GRAMMAR, head)?;
+        let (service, port, listen) = CONNECT.split(spec)?;
+        let err = |why: String| CONNECT.error(spec, why);
         let (listen_ip, listen_port) = match listen {
             None => (IpAddr::V4(Ipv4Addr::LOCALHOST), port),
             Some(l) => match l.parse::<SocketAddr>() {

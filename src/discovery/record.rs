@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
+use crate::weight::check_weight;
 
 /// The DNS-SD service type of every ambassador record.
 pub const SERVICE_TYPE: &str = "_ambassador._udp.local.";
@@ -90,7 +91,7 @@ impl TxtRecord {
             Some(w) => w
                 .parse::<u32>()
                 .ok()
-                .filter(|w| (1..=10_000).contains(w))
+                .and_then(|w| check_weight(w).ok())
                 .ok_or(RecordError::Malformed("w"))?,
         };
         let up = match get("h").as_deref() {

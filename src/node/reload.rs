@@ -5,9 +5,8 @@ use tracing::{info, warn};
 
 use super::Node;
 use super::consume::{static_endpoints, static_sets};
-use crate::config::{FileConfig, IdentitySource};
+use crate::config::{IdentitySource, reload_static_backends};
 use crate::discovery::BackendKind;
-use crate::names::ServiceName;
 use crate::transport;
 
 impl Node {
@@ -56,44 +55,35 @@ impl Node {
         info!(fingerprint = %identity.fingerprint, "identity reloaded; open connections are kept");
     }
 
-    /// Re-reads the config file's `[connect.NAME]` backends and applies them to the running
-    /// static consumers (new connections only; open ones are kept).
+    /// Re-reads the config file's `[connect.NAME]` backends, through the same checks as
+    /// start-up (a bad file is refused whole and the backends stay), and applies them to the
+    /// running static consumers (new connections only; open ones are kept).
     fn reload_backends(&self) {
         let Some(path) = &self.cfg.config_file else {
             return;
         };
-        let file = match FileConfig::load(path) {
-            Ok(f) => f,
+        let lists = match reload_static_backends(path, &self.cfg.flags) {
+            Ok(lists) => lists,
             Err(e) => return warn!(error = %e, "config not reloaded"),
         };
         let sets = static_sets(&self.consumers);
-        for (name, c) in &file.connect {
-            let Some(set) = ServiceName::parse(name)
-                .ok()
-                .and_then(|n| sets.get(&n).copied())
-            else {
-                if !c.backends.is_empty() {
-                    warn!(service = %name, "a new or non-static [connect] section needs a restart");
-                }
+        for (service, addrs) in &lists {
+            let Some(set) = sets.get(service) else {
+                warn!(%service, "a new or non-static [connect] section needs a restart");
                 continue;
             };
-            let mut addrs = Vec::new();
-            for b in &c.backends {
-                use std::net::ToSocketAddrs;
-                match b.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                    Some(a) => addrs.push(a),
-                    None => {
-                        return warn!(service = %name, backend = %b, "bad backend; config not reloaded");
-                    }
-                }
-            }
-            let kind = if c.direct {
+            let direct = self
+                .cfg
+                .connect
+                .iter()
+                .any(|c| c.spec.service == *service && c.direct);
+            let kind = if direct {
                 BackendKind::Direct
             } else {
                 BackendKind::Peer
             };
-            if set.replace(static_endpoints(&addrs, kind)) {
-                info!(service = %name, backends = ?addrs, "backends reloaded");
+            if set.replace(static_endpoints(addrs, kind)) {
+                info!(%service, backends = ?addrs, "backends reloaded");
             }
         }
     }

@@ -1,0 +1,172 @@
+//! The key and CA commands: `mesh new`, `mesh show`, `ca init` and `ca issue`. Each prints what
+//! it made (the secret only on stdout, when asked for) and says where on stderr.
+
+use std::path::Path;
+
+use crate::cli::{Common, IssueArgs};
+use crate::config::mesh_key;
+use crate::error::Failure;
+use crate::identity::{MeshKey, MeshRoot, ca};
+use crate::names::{NodeName, ServiceName};
+
+/// `ambassador mesh new [--out FILE]`: a fresh mesh key, printed, or written to a new 0600
+/// file.
+pub fn mesh_new(out: Option<&Path>) -> Result<(), Failure> {
+    let key = MeshKey::generate().map_err(Failure::usage)?;
+    match out {
+        Some(path) => {
+            key.write_new_file(path).map_err(Failure::usage)?;
+            eprintln!("wrote a new mesh key to {}", path.display());
+        }
+        None => println!("{}", key.to_text()),
+    }
+    Ok(())
+}
+
+/// `ambassador mesh show`: the mesh key in use (the default one is created on first use) and
+/// its public mesh id.
+pub fn mesh_show(common: &Common) -> Result<(), Failure> {
+    let (key, source) = mesh_key(common)?;
+    let root = MeshRoot::derive(&key).map_err(|e| Failure::Runtime(e.into()))?;
+    println!("{}", key.to_text());
+    eprintln!("mesh id {} (key from {source})", root.mesh_id());
+    Ok(())
+}
+
+/// `ambassador ca init --out DIR`: a new CA in a new directory.
+pub fn ca_init(out: &Path) -> Result<(), Failure> {
+    let mesh = ca::init(out).map_err(Failure::usage)?;
+    eprintln!(
+        "CA made in {} (mesh id {mesh}); keep ca.key offline, issue node bundles with `ambassador ca issue NODE --ca {} --out DIR`",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `ambassador ca issue NODE --ca DIR --out DIR`: a node bundle. The arguments are checked
+/// before the CA is read.
+pub fn ca_issue(common: &Common, args: &IssueArgs) -> Result<(), Failure> {
+    let node = NodeName::parse(&args.node).map_err(Failure::usage)?;
+    let services = args
+        .services
+        .iter()
+        .map(|s| ServiceName::parse(s.trim()).map_err(Failure::usage))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = args.start.as_deref().map(parse_date).transpose()?;
+    let req = ca::IssueRequest {
+        node,
+        services,
+        days: args.days,
+        start,
+    };
+    let fp = ca::issue(&args.ca, &req, &args.out, common.insecure_key_permissions)
+        .map_err(Failure::usage)?;
+    eprintln!(
+        "issued node.crt for node {} in {} (certificate fingerprint {fp})",
+        req.node,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `--start YYYY-MM-DD`, as midnight UTC.
+pub fn parse_date(text: &str) -> Result<time::OffsetDateTime, Failure> {
+    let bad = || Failure::usage(format!("--start {text:?}: expected a date as YYYY-MM-DD"));
+    let mut parts = text.splitn(3, '-').map(|p| p.parse::<i32>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let month = time::Month::try_from(u8::try_from(m).map_err(|_| bad())?).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(y, month, u8::try_from(d).map_err(|_| bad())?)
+        .map_err(|_| bad())?;
+    Ok(date.midnight().assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn issue_args(dir: &Path, start: Option<&str>) -> IssueArgs {
+        IssueArgs {
+            node: "node-a".into(),
+            ca: dir.join("ca"),
+            services: vec!["redis".into()],
+            days: 30,
+            start: start.map(str::to_string),
+            out: dir.join("node-a"),
+        }
+    }
+
+    #[test]
+    fn mesh_new_writes_a_private_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.key");
+        mesh_new(Some(&path)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(MeshKey::read_file(&path, false).is_ok());
+        // Never over an existing key.
+        let e = mesh_new(Some(&path)).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+
+    #[test]
+    fn mesh_show_shows_a_given_key() {
+        let common = Common {
+            mesh_key: Some(MeshKey::generate().unwrap().to_text()),
+            ..Common::default()
+        };
+        mesh_show(&common).unwrap();
+        let bad = Common {
+            mesh_key: Some("nope".into()),
+            ..Common::default()
+        };
+        assert_eq!(mesh_show(&bad).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn ca_init_then_issue() {
+        let dir = tempfile::tempdir().unwrap();
+        ca_init(&dir.path().join("ca")).unwrap();
+        let args = issue_args(dir.path(), None);
+        ca_issue(&Common::default(), &args).unwrap();
+        let id = ca::load(&args.out, false).unwrap();
+        assert_eq!(id.node.as_str(), "node-a");
+    }
+
+    #[test]
+    fn ca_issue_with_a_bad_start_is_a_usage_error_before_the_ca_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ca_issue(
+            &Common::default(),
+            &issue_args(dir.path(), Some("2026-13-01")),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "--start \"2026-13-01\": expected a date as YYYY-MM-DD"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        let d = parse_date("2026-03-04").unwrap();
+        assert_eq!((d.year(), d.month() as u8, d.day()), (2026, 3, 4));
+        assert_eq!(d.hour(), 0);
+        for bad in [
+            "",
+            "2026",
+            "2026-03",
+            "2026-02-30",
+            "2026-00-01",
+            "x-1-1",
+            "2026-1-1-1",
+        ] {
+            assert!(parse_date(bad).is_err(), "{bad}");
+        }
+    }
+}
