@@ -39,6 +39,24 @@ fn check_label(kind: &'static str, name: &str, extra: &[char]) -> Result<(), Nam
     Ok(())
 }
 
+/// The text accessors of a string newtype: `as_str` and `Display`.
+macro_rules! text_newtype {
+    ($name:ident) => {
+        impl $name {
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// A service name such as `redis`: a DNS label (letters, digits, `-`, `_`), lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
@@ -50,18 +68,9 @@ impl ServiceName {
         check_label("service", name, &['_'])?;
         Ok(Self(name.to_ascii_lowercase()))
     }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(ServiceName);
 
 /// A node name such as `node-b`: a DNS label, lower-cased. It is the TLS server name of the
 /// node's certificate, so it must be a valid DNS name.
@@ -109,18 +118,9 @@ impl NodeName {
         let label = if label.is_empty() { "node" } else { label };
         Self(format!("{label}-{suffix}"))
     }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for NodeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(NodeName);
 
 /// Checks a fixed-length hex id and lower-cases it.
 fn hex_id(kind: &'static str, text: &str, len: usize) -> Result<String, NameError> {
@@ -153,18 +153,9 @@ impl Fingerprint {
     pub fn of_digest(digest: &[u8]) -> Self {
         Self(hex::encode(digest))
     }
-
-    /// The fingerprint as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(Fingerprint);
 
 /// The public id of a mesh: the first 8 bytes of the SHA-256 of its root's public key, as 16
 /// lower-case hex digits (TXT `mesh`). Never derived from a secret by anything but that hash.
@@ -183,22 +174,13 @@ impl MeshId {
         Self(hex::encode(&digest[..digest.len().min(8)]))
     }
 
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The first 8 hex digits, which tag instance and host names (`svc@node_<tag>`).
     pub fn tag(&self) -> &str {
         self.0.get(..8).unwrap_or(&self.0)
     }
 }
 
-impl fmt::Display for MeshId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(MeshId);
 
 /// The UDP address of an ambassador's QUIC endpoint (what mesh records and `--backend` give).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Activity;
-use super::splice::{SpliceEnd, splice};
+use super::splice::splice;
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::{NodeName, ServiceName, TcpAddr};
@@ -205,14 +205,7 @@ async fn handle_stream(
         return;
     }
     let _active = cfg.activity.enter();
-    let stats = splice(tcp, send, recv).await;
-    let (up, down) = (stats.tcp_to_quic, stats.quic_to_tcp);
-    match stats.end {
-        SpliceEnd::Closed => debug!(service = %req.service, up, down, "stream closed"),
-        SpliceEnd::Reset(cause) => {
-            info!(service = %req.service, up, down, %cause, "stream reset")
-        }
-    }
+    splice(tcp, send, recv).await.log_end(&req.service);
 }
 
 /// Reads the request header within the bound; at most [`MAX_AWAITING_HEADER`] streams of one

@@ -94,6 +94,7 @@ impl ResetCause {
 
 /// What a splice carried.
 #[derive(Debug, Clone)]
+#[must_use = "a splice's end is logged once, by its connection's task"]
 pub(crate) struct SpliceStats {
     /// Bytes from TCP into the stream.
     pub tcp_to_quic: u64,
@@ -101,6 +102,18 @@ pub(crate) struct SpliceStats {
     pub quic_to_tcp: u64,
     /// How it ended.
     pub end: SpliceEnd,
+}
+
+impl SpliceStats {
+    /// The one log line of a spliced connection: a clean close at debug, a reset (with its
+    /// cause) at info. `of` names what was carried (an instance, a service).
+    pub(crate) fn log_end(&self, of: &dyn std::fmt::Display) {
+        let (up, down) = (self.tcp_to_quic, self.quic_to_tcp);
+        match &self.end {
+            SpliceEnd::Closed => tracing::debug!(%of, up, down, "closed"),
+            SpliceEnd::Reset(cause) => tracing::info!(%of, up, down, %cause, "reset"),
+        }
+    }
 }
 
 /// Error code of a stream reset caused by a TCP reset or failure.

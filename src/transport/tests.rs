@@ -83,6 +83,25 @@ async fn first_stream_failure(conn: quinn::Connection) -> PeerFailure {
     connection_failure(&conn).expect("the connection ended")
 }
 
+/// Dials `serving` (a provider endpoint) as `consumer` would for `record`'s record, and
+/// checks that the dial is refuted as `why`.
+async fn assert_refuted(
+    consumer: &NodeIdentity,
+    consumer_deny: &Arc<DenyList>,
+    serving: &NodeIdentity,
+    record: &NodeIdentity,
+    why: Refutation,
+) {
+    let srv = server(serving, &DenyList::empty());
+    let addr = srv.local_addr().unwrap();
+    let err = pool(consumer, consumer_deny)
+        .get(&target(record, addr))
+        .await
+        .unwrap_err();
+    assert_eq!(err, PeerFailure::NotWhoItClaims { addr, why });
+    assert!(err.refutes_record());
+}
+
 fn setup() -> (MeshRoot, NodeIdentity, NodeIdentity) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let root = MeshRoot::derive(&MeshKey::generate().unwrap()).unwrap();
@@ -107,43 +126,20 @@ async fn a_member_is_reached() {
 async fn a_node_of_another_mesh_is_not_who_its_record_claims() {
     let (_, _, consumer) = setup();
     let (_, rogue, _) = setup();
-    let srv = server(&rogue, &DenyList::empty());
-    let addr = srv.local_addr().unwrap();
-    let err = pool(&consumer, &DenyList::empty())
-        .get(&target(&rogue, addr))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        PeerFailure::NotWhoItClaims {
-            addr,
-            // Both meshes' roots carry the same name: the chain fails on its signature.
-            why: Refutation::Certificate(AlertDescription::DecryptError)
-        }
-    );
-    assert!(err.refutes_record());
+    // Both meshes' roots carry the same name: the chain fails on its signature.
+    let why = Refutation::Certificate(AlertDescription::DecryptError);
+    assert_refuted(&consumer, &DenyList::empty(), &rogue, &rogue, why).await;
 }
 
 #[tokio::test]
 async fn a_record_with_another_fingerprint_is_refuted() {
     let (root, provider, consumer) = setup();
     let impostor = root.issue(&node("provider")).unwrap();
-    let srv = server(&impostor, &DenyList::empty());
-    let addr = srv.local_addr().unwrap();
-    let err = pool(&consumer, &DenyList::empty())
-        .get(&target(&provider, addr))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        PeerFailure::NotWhoItClaims {
-            addr,
-            why: Refutation::FingerprintMismatch {
-                expected: provider.fingerprint.clone(),
-                got: Some(impostor.fingerprint.clone()),
-            }
-        }
-    );
+    let why = Refutation::FingerprintMismatch {
+        expected: provider.fingerprint.clone(),
+        got: Some(impostor.fingerprint.clone()),
+    };
+    assert_refuted(&consumer, &DenyList::empty(), &impostor, &provider, why).await;
 }
 
 #[tokio::test]
@@ -157,19 +153,8 @@ async fn an_expired_provider_certificate_is_refuted() {
             now - time::Duration::days(1),
         )
         .unwrap();
-    let srv = server(&expired, &DenyList::empty());
-    let addr = srv.local_addr().unwrap();
-    let err = pool(&consumer, &DenyList::empty())
-        .get(&target(&expired, addr))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        PeerFailure::NotWhoItClaims {
-            addr,
-            why: Refutation::Certificate(AlertDescription::CertificateExpired)
-        }
-    );
+    let why = Refutation::Certificate(AlertDescription::CertificateExpired);
+    assert_refuted(&consumer, &DenyList::empty(), &expired, &expired, why).await;
 }
 
 #[tokio::test]
@@ -185,19 +170,8 @@ async fn a_revoked_provider_is_refuted_and_a_revoked_consumer_is_refused() {
     let deny = DenyList::load(&list).unwrap();
 
     // The consumer's list revokes the provider: the consumer refuses it in the handshake.
-    let srv = server(&provider, &DenyList::empty());
-    let addr = srv.local_addr().unwrap();
-    let err = pool(&consumer, &deny)
-        .get(&target(&provider, addr))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        PeerFailure::NotWhoItClaims {
-            addr,
-            why: Refutation::Certificate(AlertDescription::CertificateRevoked)
-        }
-    );
+    let why = Refutation::Certificate(AlertDescription::CertificateRevoked);
+    assert_refuted(&consumer, &deny, &provider, &provider, why).await;
 
     // The provider's list revokes the consumer: with TLS 1.3 the consumer learns it after its
     // handshake, on its first stream.

@@ -16,7 +16,7 @@ use super::direct::{DirectError, splice_tcp};
 use super::{Candidate, Consumer, Rejection, Target};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::names::{Fingerprint, ServiceName};
-use crate::proxy::splice::{SpliceEnd, splice};
+use crate::proxy::splice::splice;
 use crate::transport::protocol::{HeaderError, Refusal, Reply, Request};
 use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
 
@@ -307,14 +307,7 @@ async fn carry(consumer: &Consumer, tcp: TcpStream, pick: &Candidate, opened: Op
         }
         Opened::Stream(send, recv) => {
             debug!(instance = %pick.key, "stream open");
-            let stats = splice(tcp, send, recv).await;
-            let (up, down) = (stats.tcp_to_quic, stats.quic_to_tcp);
-            match stats.end {
-                SpliceEnd::Closed => debug!(instance = %pick.key, up, down, "closed"),
-                SpliceEnd::Reset(cause) => {
-                    info!(instance = %pick.key, up, down, %cause, "reset")
-                }
-            }
+            splice(tcp, send, recv).await.log_end(&pick.key);
         }
     }
 }
