@@ -41,6 +41,7 @@ pub mod names;
 pub mod node;
 pub(crate) mod proxy;
 pub(crate) mod secret_file;
+pub mod served;
 pub mod spec;
 pub mod transport;
 pub mod weight;

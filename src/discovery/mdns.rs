@@ -1,8 +1,8 @@
 //! mDNS/DNS-SD through `mdns-sd`: announcing this node's services and browsing the mesh's.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mdns_sd::{
@@ -11,8 +11,10 @@ use mdns_sd::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BackendKind, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord};
-use crate::names::{MeshId, NodeName};
+use super::{
+    BackendKind, GoodbyeOutcome, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord, Upserted,
+};
+use crate::names::{Fingerprint, MeshId, NodeName};
 
 /// Errors of the mDNS layer.
 #[derive(Debug, thiserror::Error)]
@@ -142,9 +144,16 @@ pub fn instance_from_resolved(rs: &ResolvedService) -> Result<Instance, RecordEr
 pub struct BrowseFilter {
     /// Only records of this mesh id.
     pub mesh_id: MeshId,
-    /// Records of this node (our own) are skipped.
+    /// This node's name: its records (with its certificate) are skipped; a record of this
+    /// name with another certificate is another node given the same name.
     pub own_node: NodeName,
+    /// This node's certificate fingerprint (replaced on a CA-mode reload).
+    pub own_fingerprint: Arc<RwLock<Fingerprint>>,
 }
+
+/// Records of this node's name announced by another node (another certificate), by instance
+/// key: what `status` shows as name conflicts.
+pub type Conflicts = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// The next mDNS event, or `None` once `cancel` fires or the daemon stops.
 async fn next_event(
@@ -157,48 +166,128 @@ async fn next_event(
     }
 }
 
+/// What the mesh browser remembers between events, so each oddity is logged once.
+struct Browser<'a> {
+    registry: &'a Registry,
+    filter: BrowseFilter,
+    conflicts: Conflicts,
+    /// Records of another mesh, already logged.
+    ignored: HashSet<String>,
+    /// Malformed records, already logged.
+    malformed: HashSet<String>,
+}
+
+impl Browser<'_> {
+    /// A resolved record (from the mDNS cache or an answer): kept as a hint for consumers.
+    fn on_resolved(&mut self, resolved: Result<Instance, RecordError>, fullname: &str) {
+        let inst = match resolved {
+            Ok(inst) => inst,
+            // Normal while only an IPv6 link-local address has been resolved yet.
+            Err(RecordError::NoAddress) => {
+                return debug!(instance = %fullname, "record has no usable address yet");
+            }
+            Err(e) => {
+                if self.malformed.insert(fullname.to_string()) {
+                    warn!(instance = %fullname, error = %e, "ignoring a malformed record");
+                }
+                return;
+            }
+        };
+        if inst.mesh != self.filter.mesh_id {
+            if self.ignored.insert(inst.fullname.clone()) {
+                info!(instance = %inst.fullname, mesh = %inst.mesh, "ignoring a record of another mesh");
+            }
+            return;
+        }
+        if inst.node == self.filter.own_node {
+            let own = self
+                .filter
+                .own_fingerprint
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if inst.fingerprint == own {
+                return;
+            }
+            self.conflict(&inst);
+        }
+        let (key, addrs, port) = (inst.key(), inst.addrs.clone(), inst.quic_port);
+        match self.registry.upsert(inst) {
+            Upserted::New => {
+                info!(instance = %key, ?addrs, quic_port = port, "discovered (a record: verified when dialled)")
+            }
+            Upserted::Updated => info!(instance = %key, ?addrs, quic_port = port, "record updated"),
+            Upserted::Unchanged => {}
+        }
+    }
+
+    /// A record of this node's name with another certificate: two nodes were given one
+    /// `--node`. Both stay usable, told apart by certificate; say so once, loudly.
+    fn conflict(&self, inst: &Instance) {
+        let key = inst.key();
+        let mut conflicts = self.conflicts.lock().unwrap_or_else(|e| e.into_inner());
+        if conflicts.contains_key(&key) {
+            return;
+        }
+        let addrs: Vec<String> = inst
+            .addrs
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, inst.quic_port).to_string())
+            .collect();
+        let what = format!(
+            "node {} with certificate {} at {} also announces {}",
+            inst.node,
+            inst.fingerprint,
+            addrs.join(","),
+            inst.service
+        );
+        warn!(instance = %inst.fullname, other = %addrs.join(","), fingerprint = %inst.fingerprint, "another node of this mesh uses this node's name: give each node its own --node (both stay usable, told apart by certificate)");
+        conflicts.insert(key, what);
+    }
+
+    /// An mDNS goodbye: only a reason to doubt a record whose node is verified.
+    fn on_removed(&mut self, fullname: &str) {
+        self.ignored.remove(fullname);
+        self.malformed.remove(fullname);
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| !key.starts_with(fullname));
+        match self.registry.goodbye(fullname) {
+            GoodbyeOutcome::Unknown => {}
+            GoodbyeOutcome::Removed => {
+                info!(instance = %fullname, "withdrawn (mDNS goodbye, no verified connection to its node)");
+            }
+            GoodbyeOutcome::Kept(nodes) => {
+                for (node, fp) in nodes {
+                    info!(instance = %fullname, %node, fingerprint = %fp, "mDNS goodbye ignored: its node still serves it over its verified connection (forged or stale goodbye?)");
+                }
+            }
+        }
+    }
+}
+
 /// Feeds `registry` from mDNS events until `cancel` fires.
 pub async fn run_browser(
     rx: mdns_sd::Receiver<ServiceEvent>,
     registry: &Registry,
     filter: BrowseFilter,
+    conflicts: Conflicts,
     cancel: CancellationToken,
 ) {
-    let mut ignored: HashSet<String> = HashSet::new();
-    let mut malformed: HashSet<String> = HashSet::new();
+    let mut browser = Browser {
+        registry,
+        filter,
+        conflicts,
+        ignored: HashSet::new(),
+        malformed: HashSet::new(),
+    };
     while let Some(event) = next_event(&rx, &cancel).await {
         match event {
-            ServiceEvent::ServiceResolved(rs) => match instance_from_resolved(&rs) {
-                Ok(inst) if inst.node == filter.own_node => {}
-                Ok(inst) if inst.mesh != filter.mesh_id => {
-                    if ignored.insert(inst.fullname.clone()) {
-                        info!(instance = %inst.fullname, mesh = %inst.mesh, "ignoring a record of another mesh");
-                    }
-                }
-                Ok(inst) => {
-                    let name = inst.fullname.clone();
-                    let addrs = inst.addrs.clone();
-                    if registry.upsert(inst) {
-                        info!(instance = %name, ?addrs, "discovered");
-                    }
-                }
-                Err(RecordError::NoAddress) => {
-                    // Normal while only an IPv6 link-local address has been resolved yet.
-                    debug!(instance = %rs.fullname, "record has no usable address yet");
-                }
-                Err(e) => {
-                    if malformed.insert(rs.fullname.clone()) {
-                        warn!(instance = %rs.fullname, error = %e, "ignoring a malformed record");
-                    }
-                }
-            },
-            ServiceEvent::ServiceRemoved(_, fullname) => {
-                ignored.remove(&fullname);
-                malformed.remove(&fullname);
-                if registry.remove(&fullname).is_some() {
-                    info!(instance = %fullname, "withdrawn by its node");
-                }
+            ServiceEvent::ServiceResolved(rs) => {
+                browser.on_resolved(instance_from_resolved(&rs), &rs.fullname);
             }
+            ServiceEvent::ServiceRemoved(_, fullname) => browser.on_removed(&fullname),
             _ => {}
         }
     }

@@ -17,7 +17,7 @@ use super::{Candidate, Consumer, Rejection, Target};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::names::{Fingerprint, ServiceName};
 use crate::proxy::splice::splice;
-use crate::transport::protocol::{HeaderError, Refusal, Reply, Request};
+use crate::transport::protocol::{HeaderError, Refusal, RefusalCode, Reply, Request};
 use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
 
 /// Least wait for a provider's answer before another instance is asked too (a hedge).
@@ -83,8 +83,11 @@ pub(crate) enum Opened {
 pub(super) enum Next {
     /// The client connection is served (or closed for good).
     Done,
-    /// Try another instance.
+    /// Try another instance known now.
     Another,
+    /// Try another instance, waiting for one (up to the wait bound) if none is known: the
+    /// instance's node is draining or lost, so a restarted one may be announced any moment.
+    AwaitAnother,
 }
 
 impl Consumer {
@@ -255,6 +258,11 @@ pub(super) async fn conclude(
             warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
             Next::Done
         }
+        AttemptError::Refused(r) if r.code == RefusalCode::Draining => {
+            info!(instance = %pick.key, refusal = %r, "its node is stopping; trying another instance (waiting for one if need be)");
+            consumer.balancer.failed(&pick.key, &r.to_string());
+            Next::AwaitAnother
+        }
         e @ (AttemptError::Refused(_) | AttemptError::Stream(_) | AttemptError::Direct(_)) => {
             info!(instance = %pick.key, error = %e, "instance failed; trying another");
             consumer.balancer.failed(&pick.key, &e.to_string());
@@ -293,7 +301,7 @@ fn peer_failed(consumer: &Arc<Consumer>, pick: &Candidate, failure: PeerFailure)
         Some(key) => consumer.peer_lost(&key, &failure),
         None => consumer.balancer.failed(&pick.key, &reason),
     }
-    Next::Another
+    Next::AwaitAnother
 }
 
 /// Carries the client connection over what the attempt opened, and logs how it ended.

@@ -13,6 +13,7 @@ mod attempt;
 mod direct;
 mod listener;
 mod probe;
+mod verify;
 
 pub(crate) use listener::serve_listener;
 
@@ -54,7 +55,7 @@ pub(crate) struct Candidate {
 impl Candidate {
     fn from_instance(inst: &Instance, local: SocketAddr) -> Self {
         Self {
-            key: inst.fullname.clone(),
+            key: inst.key(),
             target: Target::Peer(peer_target(inst, local)),
             weight: inst.weight,
         }
@@ -155,6 +156,10 @@ pub(crate) struct Consumer {
     rejected: Mutex<HashSet<Rejection>>,
     /// Peers being probed after a loss.
     probing: Mutex<HashSet<PeerKey>>,
+    /// Records being verified in the background.
+    verifying: Mutex<HashSet<PeerKey>>,
+    /// Verified nodes already asked whether they still answer (a name with two certificates).
+    checked: Mutex<HashSet<PeerKey>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// Open client connections, for the drain.
@@ -183,6 +188,8 @@ impl Consumer {
             balancer: Balancer::new(settings.policy, Backoff::default()),
             rejected: Mutex::default(),
             probing: Mutex::default(),
+            verifying: Mutex::default(),
+            checked: Mutex::default(),
             cancel,
             tracker,
             activity: super::Activity::default(),
@@ -199,6 +206,14 @@ impl Consumer {
         self.probing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn verifying(&self) -> std::sync::MutexGuard<'_, HashSet<PeerKey>> {
+        self.verifying.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PeerKey>> {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn reject(&self, rejection: Rejection) {
         self.rejected().insert(rejection);
     }
@@ -208,7 +223,7 @@ impl Consumer {
         [
             Rejection::Refuted(peer_target(i, self.local)),
             Rejection::NotAllowed {
-                instance: i.fullname.clone(),
+                instance: i.key(),
                 fingerprint: i.fingerprint.clone(),
             },
         ]
@@ -242,7 +257,7 @@ impl Consumer {
             Backends::Discovered(registry) => {
                 let pred = |all: &[Instance]| {
                     all.iter()
-                        .any(|i| !tried.contains(&i.fullname) && self.usable(i))
+                        .any(|i| !tried.contains(&i.key()) && self.usable(i))
                 };
                 registry.wait_for(&self.service, deadline, pred).await;
             }
@@ -284,7 +299,7 @@ impl Consumer {
             ),
             Backends::Discovered(registry) => {
                 let all = registry.instances(&self.service);
-                (all.iter().map(|i| i.fullname.clone()).collect(), all)
+                (all.iter().map(Instance::key).collect(), all)
             }
         };
         self.balancer.retain(|key| keys.contains(key));
@@ -293,6 +308,11 @@ impl Consumer {
             .flat_map(|i| self.rejections_of(i))
             .collect();
         self.rejected().retain(|r| live.contains(r));
+        let peers: HashSet<PeerKey> = instances
+            .iter()
+            .map(|i| peer_target(i, self.local).key())
+            .collect();
+        self.checked().retain(|k| peers.contains(k));
     }
 
     /// Sizes of the per-instance state: balancer entries, rejections, probes.
@@ -301,7 +321,7 @@ impl Consumer {
         (
             self.balancer.len(),
             self.rejected().len(),
-            self.probing().len(),
+            self.probing().len() + self.checked().len() + self.verifying().len(),
         )
     }
 
@@ -336,6 +356,7 @@ pub(crate) fn upkeep(consumer: Arc<Consumer>) -> impl std::future::Future<Output
                         return;
                     }
                     consumer.prune();
+                    consumer.verify();
                 }
             }
         }
