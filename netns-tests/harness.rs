@@ -18,12 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::os::unix::process::CommandExt;
 
 /// The binary under test (the release build when run with `cargo test --release`).
 pub const AMBASSADOR: &str = env!("CARGO_BIN_EXE_ambassador");
+
+/// One second, the unit of the tests' deadlines.
+pub const SEC: Duration = Duration::from_secs(1);
+
+/// One millisecond, the unit of their poll intervals.
+pub const MS: Duration = Duration::from_millis(1);
 
 /// Prefix of every namespace this harness creates (followed by the test process id).
 const NS_PREFIX: &str = "ambt-";
@@ -49,6 +55,83 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
         }
         std::thread::sleep(every);
     }
+}
+
+/// Seconds since the Unix epoch: the clock of the client scripts' time stamps, and of
+/// [`log_epoch`].
+pub fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The time stamp that starts a plain log line (`2026-11-22T05:50:04.490514Z  INFO ...`), as
+/// seconds since the Unix epoch.
+pub fn log_epoch(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let s: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + mi * 60) as f64 + s)
+}
+
+/// Resident memory of a running process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The command line of a running process, NULs shown as spaces.
+pub fn cmdline(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
+    String::from_utf8_lossy(&raw).replace('\0', " ")
+}
+
+/// Whether every program in `progs` is installed; prints a SKIPPED line for `what` if not.
+pub fn have_tools(progs: &[&str], what: &str) -> bool {
+    let missing: Vec<&str> = progs
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if !missing.is_empty() {
+        report(&format!(
+            "SKIPPED: {what} — not installed: {}",
+            missing.join(", ")
+        ));
+    }
+    missing.is_empty()
+}
+
+/// Runs `ip ARGS...` in the root namespace (acting on the test's own namespaces with `-n`),
+/// failing the test if it fails (topology steps).
+pub fn ip(args: &[&str]) {
+    let mut all = vec!["ip"];
+    all.extend_from_slice(args);
+    must(&all);
 }
 
 /// Runs a command in the root namespace (setup and teardown); returns whether it succeeded.
@@ -488,14 +571,101 @@ impl Lan {
 
     /// Waits for a plain TCP listener on `port` in `host` (checks `ss`, makes no connection).
     pub fn wait_tcp_listen(&self, host: &Host, port: u16, timeout: Duration) -> bool {
-        wait_until(timeout, Duration::from_millis(20), || {
+        self.wait_listen(host, "-Hltn", port, timeout)
+    }
+
+    /// Waits for a UDP socket bound to `port` in `host` (checks `ss`).
+    pub fn wait_udp_listen(&self, host: &Host, port: u16, timeout: Duration) -> bool {
+        self.wait_listen(host, "-Hlun", port, timeout)
+    }
+
+    fn wait_listen(&self, host: &Host, ss_flags: &str, port: u16, timeout: Duration) -> bool {
+        wait_until(timeout, 20 * MS, || {
             let out = self.run(
                 host,
-                Duration::from_secs(5),
-                &["ss", "-Hltn", &format!("sport = :{port}")],
+                5 * SEC,
+                &["ss", ss_flags, &format!("sport = :{port}")],
             );
             out.ok() && !out.stdout.trim().is_empty()
         })
+    }
+
+    /// Runs `args` in `host` and fails the test if it fails (topology steps).
+    pub fn must_run(&self, host: &Host, args: &[&str]) {
+        let out = self.run(host, 10 * SEC, args);
+        assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
+    }
+
+    /// Occurrences of `needle` in the log of `p`.
+    pub fn log_count(&self, p: &Proc, needle: &str) -> usize {
+        self.log(p).matches(needle).count()
+    }
+
+    /// The lines of `p`'s log that contain every one of `needles`.
+    pub fn count_lines(&self, p: &Proc, needles: &[&str]) -> usize {
+        self.log(p)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// The first line of `p`'s log that contains `needle` (empty if none).
+    pub fn log_line(&self, p: &Proc, needle: &str) -> String {
+        self.log(p)
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// When `p` first logged a line containing `needle` (its time stamp, epoch seconds).
+    pub fn first_log_time(&self, p: &Proc, needle: &str) -> Option<f64> {
+        self.log(p)
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(log_epoch)
+    }
+
+    /// Waits until `needle` occurs in the log of `p` more often than `before` times; returns
+    /// when (epoch seconds), `None` at the deadline.
+    pub fn wait_log_more(
+        &self,
+        p: &Proc,
+        needle: &str,
+        before: usize,
+        timeout: Duration,
+    ) -> Option<f64> {
+        wait_until(timeout, 5 * MS, || self.log_count(p, needle) > before).then(now_epoch)
+    }
+
+    /// Starts tcpdump on `host`'s port of the bridge (switch namespace): every frame to or
+    /// from `host`, until [`Capture::stop`].
+    pub fn capture(&self, host: &Host) -> Capture {
+        let path = self.path(&format!("{}-port.pcap", host.name));
+        // `-Z root`: Debian's tcpdump otherwise drops to the tcpdump user, which cannot write
+        // into the test directory.
+        let proc = self.spawn_in_switch(
+            "tcpdump",
+            &[
+                "tcpdump",
+                "-i",
+                &host.port,
+                "-n",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            self.wait_log(&proc, "listening on", 10 * SEC),
+            "tcpdump did not start"
+        );
+        Capture { proc, path }
     }
 
     /// Prints every process log (used when a test fails).
@@ -586,6 +756,34 @@ impl Drop for Lan {
         sys(&["ip", "netns", "del", &self.switch_ns]);
         // 3. The temporary directory goes with `self.dir`.
     }
+}
+
+/// A running capture of one host's bridge port (see [`Lan::capture`]).
+pub struct Capture {
+    proc: Proc,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Stops tcpdump and returns the capture file's bytes.
+    pub fn stop(self, lan: &Lan) -> Vec<u8> {
+        lan.signal(&self.proc, "INT");
+        assert!(
+            lan.wait_exit(&self.proc, 10 * SEC).is_some(),
+            "tcpdump did not stop"
+        );
+        fs::read(&self.path).expect("read capture")
+    }
+}
+
+/// The UDP datagrams of a capture between `a` and `b` other than mDNS: the tunnel's QUIC.
+pub fn udp_between(bytes: &[u8], a: &Host, b: &Host) -> Vec<(Ipv4Addr, u16, Ipv4Addr, u16, usize)> {
+    pcap_udp(bytes)
+        .into_iter()
+        .filter(|(s, sp, d, dp, _)| {
+            *sp != 5353 && *dp != 5353 && [*s, *d].contains(&a.ip) && [*s, *d].contains(&b.ip)
+        })
+        .collect()
 }
 
 /// Minimal pcap reader: the UDP datagrams of an Ethernet capture (`tcpdump -w`), as
