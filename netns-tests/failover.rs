@@ -54,10 +54,7 @@ fn ls_health(lan: &Lan, host: &Host, key: &Path, service: &str) -> BTreeMap<Stri
 /// 400 connections 1:3 within 10 %.
 #[test]
 fn round_robin_and_weights_spread_connections() {
-    let Some(lan) = Lan::new(&["a", "b", "c", "d"]) else {
-        return;
-    };
-    let (a, b, c, d) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("d"));
+    let (lan, [a, b, c, d]) = lan!("a", "b", "c", "d");
     let key = lan.mesh_key("mesh");
     for h in [&b, &c, &d] {
         provider(&lan, h, &key, &[]);
@@ -305,10 +302,7 @@ fn median(conns: &[Conn]) -> Duration {
 /// the live instance after a few round trips.
 #[test]
 fn sigkilled_provider_is_failed_over_without_errors() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     let (_, announce_b) = provider(&lan, &b, &key, &[]);
     provider(&lan, &c, &key, &[]);
@@ -399,10 +393,7 @@ fn sigkilled_provider_is_failed_over_without_errors() {
 /// is marked down within two health intervals, and a restarted Redis is used again.
 #[test]
 fn dead_target_is_marked_down_and_comes_back() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     const INTERVAL: Duration = Duration::from_secs(1);
     let health = ["--health-interval", "1s"];
@@ -515,10 +506,7 @@ fn dead_target_is_marked_down_and_comes_back() {
 /// without an error, then comes back.
 #[test]
 fn cut_link_moves_traffic_away_and_back() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     provider(&lan, &b, &key, &[]);
     provider(&lan, &c, &key, &[]);

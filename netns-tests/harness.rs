@@ -36,6 +36,21 @@ const NS_PREFIX: &str = "ambt-";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// `let (lan, [a, b]) = lan!("a", "b");`: a [`Lan`] with one host per name, and those hosts in
+/// that order; returns from the test (after the SKIPPED line) when network namespaces cannot
+/// be made here.
+macro_rules! lan {
+    ($($name:literal),+ $(,)?) => {
+        match $crate::harness::Lan::new(&[$($name),+]) {
+            Some(lan) => {
+                let hosts = [$(lan.host($name)),+];
+                (lan, hosts)
+            }
+            None => return,
+        }
+    };
+}
+
 /// Writes one line to the real stderr, past the test harness's output capture, so that it shows
 /// in CI logs (a SKIPPED notice, a benchmark figure).
 pub fn report(line: &str) {

@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo test --release --test netns -- --nocapture`
 
-mod failover;
+#[macro_use]
 mod harness;
+mod failover;
 mod migration;
 mod nodes;
 mod security;
@@ -19,10 +20,7 @@ use sha2::{Digest, Sha256};
 /// a. Redis over the mesh: PING, SET, GET and redis-benchmark from A reach B's loopback-only Redis.
 #[test]
 fn redis_over_the_mesh() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).start();
     let connect = lan.connect(&a, &key).spec("redis").start();
@@ -196,10 +194,7 @@ fn one_gib_each_way_byte_exact() {
     const LEN: u64 = 1 << 30;
     const VIA_FD3: &str = "exec 3>&1 >/dev/null; exec socat \"$@\"";
     const FROM_FD3: &str = "exec 3<&0 </dev/null; exec socat \"$@\"";
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
 
     let (sink, _, sink_out) = lan.spawn_piped(
@@ -327,10 +322,7 @@ fn one_gib_each_way_byte_exact() {
 /// stream to a member.
 #[test]
 fn rogue_host_of_another_mesh_is_ignored_and_refused() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     let rogue_key = lan.mesh_key("rogue");
 
@@ -419,10 +411,7 @@ fn rogue_host_of_another_mesh_is_ignored_and_refused() {
 /// d. A capture on B's bridge port during a SET of a random marker shows the marker nowhere.
 #[test]
 fn capture_between_hosts_shows_no_plaintext() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     let capture = lan.capture(&b);
 
@@ -478,10 +467,7 @@ fn capture_between_hosts_shows_no_plaintext() {
 /// e. Redis on a non-default port, announced under the usual one; the app still uses 6379.
 #[test]
 fn redis_on_a_non_default_port() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 12345).start();
     lan.announce(&b, &key)
@@ -501,10 +487,7 @@ fn redis_on_a_non_default_port() {
 /// f. SIGTERM stops an announcing node cleanly (exit 0) and consumers see the withdrawal at once.
 #[test]
 fn clean_stop_withdraws_the_announcement() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).start();
     let announce = lan.announce(&b, &key).spec("redis:6379").start();

@@ -30,10 +30,7 @@ use crate::nodes::{
 /// SIGTERM stops at once.
 #[test]
 fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).who("b").start();
     let announce = |node: &str, specs: &[&str], extra: &[&str]| {
@@ -412,10 +409,7 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
 /// Point 2a: Redis moves from host B to host C under load: no failed request, new connections on C.
 #[test]
 fn migration_to_another_host_loses_no_request() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     migrate(
         &lan,
@@ -438,10 +432,7 @@ fn migration_to_another_host_loses_no_request() {
 /// the new port 6380), under load: no failed request, new connections on the new port.
 #[test]
 fn migration_to_another_port_loses_no_request() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     migrate(
         &lan,
@@ -526,16 +517,7 @@ fn srv_records(mesh: &[&Host], direct: &[&Host]) -> Vec<String> {
 /// naming a host of another mesh is never used (its identity is checked).
 #[test]
 fn dns_srv_records_changed_during_the_test_are_followed() {
-    let Some(lan) = Lan::new(&["a", "b", "c", "d", "e"]) else {
-        return;
-    };
-    let (a, b, c, d, e) = (
-        lan.host("a"),
-        lan.host("b"),
-        lan.host("c"),
-        lan.host("d"),
-        lan.host("e"),
-    );
+    let (lan, [a, b, c, d, e]) = lan!("a", "b", "c", "d", "e");
     let key = lan.mesh_key("mesh");
     let rogue_key = lan.mesh_key("rogue");
     for (h, k) in [(&b, &key), (&c, &key), (&e, &rogue_key)] {
@@ -704,10 +686,7 @@ fn write_run_config(path: &Path, key: &Path, mesh: &[String], direct: &[String])
 /// connections, open connections are kept; a bad file is refused and the old backends stay.
 #[test]
 fn static_backends_and_sighup_reload() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     for h in [&b, &c] {
         lan.redis(h, 6379).lan_too().who(&h.name).start();
@@ -829,10 +808,7 @@ fn static_backends_and_sighup_reload() {
 /// variable is a usage error (exit 2).
 #[test]
 fn docker_link_variables_are_forwarded() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).lan_too().who("b").start();
     lan.redis(&c, 6380).lan_too().who("c").start();
@@ -1114,10 +1090,7 @@ fn parse_browse(out: &str) -> Vec<Browsed> {
 /// `connect --direct --discover mdns:_redis._tcp`, and its withdrawal is followed.
 #[test]
 fn avahi_browses_announcements_and_publishes_a_plain_service() {
-    let Some(lan) = Lan::new(&["a", "b", "c", "v"]) else {
-        return;
-    };
-    let (a, b, c, v) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("v"));
+    let (lan, [a, b, c, v]) = lan!("a", "b", "c", "v");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).who("b").start();
     // B: redis (up) with weight 3, and `cache` whose target does not answer (h=down).
@@ -1240,10 +1213,7 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
 /// reflector) and reaches it through the mesh, routed by the router.
 #[test]
 fn avahi_reflector_carries_announcements_across_subnets() {
-    let Some(lan) = Lan::new(&["a", "r", "b"]) else {
-        return;
-    };
-    let (a, r, b) = (lan.host("a"), lan.host("r"), lan.host("b"));
+    let (lan, [a, r, b]) = lan!("a", "r", "b");
     let key = lan.mesh_key("mesh");
     // B moves to its own bridge and subnet 10.78.X.0/24; R gets a second interface there.
     let x = a.ip.octets()[2];

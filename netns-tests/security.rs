@@ -119,10 +119,7 @@ fn denying_provider<'a>(lan: &'a Lan, host: &Host, identity: &Identity, deny: &P
 /// `status`. Then the one-ambassador layout: `connect --direct --redis-auth-file`.
 #[test]
 fn redis_credentials_injection_staging_and_production() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     let staging_pw = secret(&lan, "staging");
     let prod_pw = secret(&lan, "prod");
@@ -398,10 +395,7 @@ fn redis_credentials_injection_staging_and_production() {
 /// and D cannot pass itself off as A (`--node a` with D's certificate is refused at start).
 #[test]
 fn allow_list_admits_only_named_nodes() {
-    let Some(lan) = Lan::new(&["a", "b", "d"]) else {
-        return;
-    };
-    let (a, b, d) = (lan.host("a"), lan.host("b"), lan.host("d"));
+    let (lan, [a, b, d]) = lan!("a", "b", "d");
     let ca = ca_init(&lan);
     let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
     let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
@@ -505,10 +499,7 @@ fn allow_list_admits_only_named_nodes() {
 /// (exit 2), or D, claiming to be A, is refused.
 #[test]
 fn allow_list_is_not_bypassed_with_a_mesh_key() {
-    let Some(lan) = Lan::new(&["b", "d"]) else {
-        return;
-    };
-    let (b, d) = (lan.host("b"), lan.host("d"));
+    let (lan, [b, d]) = lan!("b", "d");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).who("b").start();
     let provider = lan
@@ -547,10 +538,7 @@ fn certificate_limited_to_other_services_is_ignored() {
     if !have_tools(&AVAHI_TOOLS, "forged mDNS records") {
         return;
     }
-    let Some(lan) = Lan::new(&["a", "b", "x", "f"]) else {
-        return;
-    };
-    let (a, b, x, f) = (lan.host("a"), lan.host("b"), lan.host("x"), lan.host("f"));
+    let (lan, [a, b, x, f]) = lan!("a", "b", "x", "f");
     let ca = ca_init(&lan);
     let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
     let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &["--services", "redis"]);
@@ -661,10 +649,7 @@ fn certificate_limited_to_other_services_is_ignored() {
 ///    and only the expired one can be the cause.) Without faketime, only part 1 runs.
 #[test]
 fn expired_certificate_is_refused() {
-    let Some(lan) = Lan::new(&["a", "b", "e"]) else {
-        return;
-    };
-    let (a, b, e) = (lan.host("a"), lan.host("b"), lan.host("e"));
+    let (lan, [a, b, e]) = lan!("a", "b", "e");
     let ca = ca_init(&lan);
     let long = ["--start", "2019-12-31", "--days", "4000"];
     let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &long);
@@ -802,10 +787,7 @@ fn expired_certificate_is_refused() {
 ///    B's new fingerprint.
 #[test]
 fn deny_list_and_sighup_reload() {
-    let Some(lan) = Lan::new(&["a", "b", "d"]) else {
-        return;
-    };
-    let (a, b, d) = (lan.host("a"), lan.host("b"), lan.host("d"));
+    let (lan, [a, b, d]) = lan!("a", "b", "d");
     let ca = ca_init(&lan);
     let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
     let (id_b, fp_b) = ca_issue(&lan, &ca, "b", "id-b", &[]);
@@ -953,10 +935,7 @@ fn deny_list_and_sighup_reload() {
 /// node and must be refused, not carried on the QUIC connection opened before the revocation.
 #[test]
 fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let ca = ca_init(&lan);
     let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
     let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
@@ -998,10 +977,7 @@ fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
 /// "reachable" re-admits the peer, which is lost again at once, and so on.)
 #[test]
 fn refused_consumer_does_not_redial_in_a_loop() {
-    let Some(lan) = Lan::new(&["b", "d"]) else {
-        return;
-    };
-    let (b, d) = (lan.host("b"), lan.host("d"));
+    let (lan, [b, d]) = lan!("b", "d");
     let ca = ca_init(&lan);
     let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
     let (id_d, fp_d) = ca_issue(&lan, &ca, "d", "id-d", &[]);
@@ -1043,10 +1019,7 @@ fn refused_consumer_does_not_redial_in_a_loop() {
 /// `--insecure-key-permissions`.
 #[test]
 fn key_files_readable_by_others_are_refused() {
-    let Some(lan) = Lan::new(&["a"]) else {
-        return;
-    };
-    let a = lan.host("a");
+    let (lan, [a]) = lan!("a");
     let key = lan.mesh_key("mesh");
     let open_key = lan.path("open.key");
     fs::copy(&key, &open_key).unwrap();
@@ -1364,10 +1337,7 @@ fn hundred_legit(lan: &Lan, a: &Host, what: &str) -> Duration {
 /// bounded.
 #[test]
 fn garbage_datagrams_and_other_mesh_cost_only_themselves() {
-    let Some(lan) = Lan::new(&["a", "b", "g"]) else {
-        return;
-    };
-    let (a, b, g) = (lan.host("a"), lan.host("b"), lan.host("g"));
+    let (lan, [a, b, g]) = lan!("a", "b", "g");
     let key = lan.mesh_key("mesh");
     let (provider, rogue) = provider_and_rogue(&lan, &b, &g, &key);
     let consumer = consumer_rr(&lan, &a, &key);
@@ -1462,10 +1432,7 @@ fn forged_copy_costs_only_itself(at_rogue: bool) {
     if !have_tools(&AVAHI_TOOLS, "forged mDNS records") {
         return;
     }
-    let Some(lan) = Lan::new(&["a", "b", "g", "f"]) else {
-        return;
-    };
-    let (a, b, g, f) = (lan.host("a"), lan.host("b"), lan.host("g"), lan.host("f"));
+    let (lan, [a, b, g, f]) = lan!("a", "b", "g", "f");
     let key = lan.mesh_key("mesh");
     let (_provider, rogue) = provider_and_rogue(&lan, &b, &g, &key);
     let legit = wait_ls_row(
@@ -1559,10 +1526,7 @@ fn forged_copy_of_a_record_at_a_dead_address_costs_only_itself() {
 #[test]
 fn same_node_name_in_another_mesh_does_not_hide_a_record() {
     const TRIALS: u16 = 6;
-    let Some(lan) = Lan::new(&["a", "b", "g"]) else {
-        return;
-    };
-    let (a, b, g) = (lan.host("a"), lan.host("b"), lan.host("g"));
+    let (lan, [a, b, g]) = lan!("a", "b", "g");
     let key = lan.mesh_key("mesh");
     let other_key = lan.mesh_key("other");
     lan.redis(&b, 6379).who("legit").start();
