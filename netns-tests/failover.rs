@@ -34,6 +34,24 @@ fn provider(lan: &Lan, host: &Host, key: &Path, extra: &[&str]) -> (Proc, Proc) 
     (redis, announce)
 }
 
+/// How many peer connections consumer `connect` has lost so far.
+fn lost_peers(lan: &Lan, connect: &Proc) -> usize {
+    lan.log_count(connect, "peer connection lost")
+}
+
+/// Waits (up to the peer timeout and 10 s more) until consumer `connect` has lost more peer
+/// connections than `before`; returns when (epoch seconds). The loss is an event of the
+/// consumer's, seen in its log: its status shows only that the instance is ejected, which a
+/// hedged attempt makes it for a moment too.
+fn wait_peer_lost(lan: &Lan, connect: &Proc, before: usize) -> Option<f64> {
+    lan.wait_log_more(
+        connect,
+        "peer connection lost",
+        before,
+        PEER_TIMEOUT + 10 * SEC,
+    )
+}
+
 /// Health (`up`) of `service` per node, as `ambassador ls --json` on `host` sees the records.
 fn ls_health(lan: &Lan, host: &Host, key: &Path, service: &str) -> BTreeMap<String, bool> {
     ls_rows(lan, host, &["--mesh-key-file", key.to_str().unwrap()])
@@ -311,7 +329,7 @@ fn sigkilled_provider_is_failed_over_without_errors() {
 
     let client = Client::start(&lan, &a, 6379, 4);
     client.wait_conns(&lan, 200, 20 * SEC);
-    let lost_before = lan.log_count(&connect, "peer connection lost");
+    let lost_before = lost_peers(&lan, &connect);
     let t_kill = client.between_connections(&lan, || {
         lan.signal(&announce_b, "KILL");
         assert!(
@@ -319,14 +337,7 @@ fn sigkilled_provider_is_failed_over_without_errors() {
             "B's ambassador survived SIGKILL"
         );
     });
-    // The peer's loss is an event of the consumer's (its status shows only that the instance
-    // is ejected, which a hedged attempt does for a moment too): its log line.
-    let t_detect = lan.wait_log_more(
-        &connect,
-        "peer connection lost",
-        lost_before,
-        PEER_TIMEOUT + 10 * SEC,
-    );
+    let t_detect = wait_peer_lost(&lan, &connect, lost_before);
     let after_detect = client.conns().len();
     // Some more connections once the dead peer is known.
     client.wait_conns(&lan, after_detect + 200, 20 * SEC);
@@ -515,20 +526,13 @@ fn cut_link_moves_traffic_away_and_back() {
 
     let client = Client::start(&lan, &a, 6379, 2);
     client.wait_conns(&lan, 100, 20 * SEC);
-    let lost_before = lan.log_count(&connect, "peer connection lost");
+    let lost_before = lost_peers(&lan, &connect);
     let link = |state: &str| {
         let out = lan.run(&b, 10 * SEC, &["ip", "link", "set", &b.ifname, state]);
         assert!(out.ok(), "ip link set {} {state} on B: {out:?}", b.ifname);
     };
     let t_cut = client.between_connections(&lan, || link("down"));
-    // The peer's loss is an event of the consumer's (its status shows only that the instance
-    // is ejected, which a hedged attempt does for a moment too): its log line.
-    let t_detect = lan.wait_log_more(
-        &connect,
-        "peer connection lost",
-        lost_before,
-        PEER_TIMEOUT + 10 * SEC,
-    );
+    let t_detect = wait_peer_lost(&lan, &connect, lost_before);
     let n = client.conns().len();
     client.wait_conns(&lan, n + 120, 20 * SEC);
 

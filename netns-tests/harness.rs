@@ -393,15 +393,20 @@ impl Lan {
         self.dir.path().join(name)
     }
 
+    /// Runs `ambassador ARGS...` to completion in the root namespace, with the test's config
+    /// dir: the commands that only make files (mesh keys, a CA and its certificates).
+    pub fn offline(&self, args: &[&str]) -> std::process::Output {
+        Command::new(AMBASSADOR)
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.dir())
+            .output()
+            .unwrap_or_else(|e| panic!("run ambassador {}: {e}", args.join(" ")))
+    }
+
     /// Makes a fresh mesh key file (`ambassador mesh new --out`) and returns its path.
     pub fn mesh_key(&self, name: &str) -> PathBuf {
         let path = self.path(&format!("{name}.key"));
-        let out = Command::new(AMBASSADOR)
-            .args(["mesh", "new", "--out"])
-            .arg(&path)
-            .env("XDG_CONFIG_HOME", self.dir())
-            .output()
-            .expect("run ambassador mesh new");
+        let out = self.offline(&["mesh", "new", "--out", path.to_str().unwrap()]);
         assert!(
             out.status.success(),
             "ambassador mesh new failed: {}",
@@ -443,7 +448,7 @@ impl Lan {
     }
 
     fn spawn_in(&self, ns: &str, label: &str, args: &[&str]) -> Proc {
-        self.spawn_with(ns, label, args, false, false).0
+        self.spawn_with(ns, label, args, (false, false)).0
     }
 
     /// Like [`Lan::spawn`], with stdin and/or stdout as pipes to this process (stderr goes to the
@@ -456,16 +461,16 @@ impl Lan {
         stdin: bool,
         stdout: bool,
     ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
-        self.spawn_with(&host.ns, label, args, stdin, stdout)
+        self.spawn_with(&host.ns, label, args, (stdin, stdout))
     }
 
+    /// Starts `args` in `ns`; `piped`: whether (stdin, stdout) are pipes to this process.
     fn spawn_with(
         &self,
         ns: &str,
         label: &str,
         args: &[&str],
-        stdin: bool,
-        stdout: bool,
+        (stdin, stdout): (bool, bool),
     ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
         let log = self.path(&format!("{label}.log"));
         let file = File::create(&log).expect("create log file");
@@ -631,6 +636,24 @@ impl Lan {
             .find(|l| l.contains(needle))
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Waits until `p` logs a line containing `needle`; returns that line, `None` at the
+    /// deadline.
+    pub fn wait_log_line(&self, p: &Proc, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_log(p, needle, timeout)
+            .then(|| self.log_line(p, needle))
+    }
+
+    /// The first `max` lines of `p`'s log that contain any of `needles`, joined by `sep` (what
+    /// a test shows of a process's view).
+    pub fn log_excerpt(&self, p: &Proc, needles: &[&str], max: usize, sep: &str) -> String {
+        self.log(p)
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .take(max)
+            .collect::<Vec<_>>()
+            .join(sep)
     }
 
     /// When `p` first logged a line containing `needle` (its time stamp, epoch seconds).

@@ -14,7 +14,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use harness::{Lan, SEC, report, udp_between, wait_until};
-use nodes::{assert_pong, connections_received, get_calls, get_n, ls_service, redis, set_get};
+use nodes::{
+    assert_pong, connections_received, get_calls, get_n, ls_service, redis, redis_remote, set_get,
+};
 use sha2::{Digest, Sha256};
 
 /// a. Redis over the mesh: PING, SET, GET and redis-benchmark from A reach B's loopback-only Redis.
@@ -93,11 +95,7 @@ fn redis_over_the_mesh() {
     }
 
     // A cannot reach B's Redis directly: B answers (refused), so only the mesh carried the bytes.
-    let direct = lan.run(
-        &a,
-        10 * SEC,
-        &["redis-cli", "-h", &b.ip.to_string(), "-p", "6379", "PING"],
-    );
+    let direct = redis_remote(&lan, &a, &b.ip.to_string(), 6379, &["PING"]);
     assert!(
         !direct.stdout.contains("PONG"),
         "B's Redis is reachable directly from A: {direct:?}"
@@ -398,14 +396,8 @@ fn rogue_host_of_another_mesh_is_ignored_and_refused() {
         !lan.log(&announce_b).contains("peer=c2"),
         "B accepted C as a peer"
     );
-    eprintln!(
-        "C's view of the refusal: {}",
-        lan.log(&connect_c)
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    let view = lan.log_excerpt(&connect_c, &["WARN"], usize::MAX, " | ");
+    eprintln!("C's view of the refusal: {view}");
 }
 
 /// d. A capture on B's bridge port during a SET of a random marker shows the marker nowhere.
@@ -488,8 +480,8 @@ fn redis_on_a_non_default_port() {
 #[test]
 fn clean_stop_withdraws_the_announcement() {
     let (lan, [a, b]) = lan!("a", "b");
-    let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).start();
+    let key = lan.mesh_key("mesh");
     let announce = lan.announce(&b, &key).spec("redis:6379").start();
     let connect = lan.connect(&a, &key).spec("redis").wait("1s").start();
     assert_pong(&lan, &a, 6379, "connect redis");

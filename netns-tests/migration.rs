@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Host, Lan, MS, Out, Proc, SEC, ip, now_epoch, report, wait_until};
 use crate::nodes::{
     Conn, Session, assert_no_failure, connections_received, count_who, ls_json, node_status,
-    read_conns, redis, set, spread, wait_who,
+    read_conns, redis, redis_remote, set, spread, wait_who,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -74,11 +74,9 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
     held.expect_who("b", "before the drain");
     let t0 = Instant::now();
     lan.signal(&b1, "TERM");
-    assert!(
-        lan.wait_log(&b1, "draining:", 3 * SEC),
-        "no \"draining:\" line within 3 s of SIGTERM"
-    );
-    let draining_line = lan.log_line(&b1, "draining:");
+    let draining_line = lan
+        .wait_log_line(&b1, "draining:", 3 * SEC)
+        .expect("no \"draining:\" line within 3 s of SIGTERM");
     assert!(
         draining_line.contains("open=1"),
         "the drain should wait for exactly the one open connection: {draining_line}"
@@ -96,11 +94,9 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
         BTreeMap::from([("c".into(), 4)]),
         "new connections during B's drain"
     );
-    assert!(
-        lan.wait_log(&b1, "refused stream", 2 * SEC),
-        "B did not log the refused stream"
-    );
-    let refusal_line = lan.log_line(&b1, "refused stream");
+    let refusal_line = lan
+        .wait_log_line(&b1, "refused stream", 2 * SEC)
+        .expect("B did not log the refused stream");
     assert!(
         refusal_line.contains("code=draining"),
         "the refusal is not the typed \"draining\" one: {refusal_line}"
@@ -603,20 +599,8 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
 
     // These records have TTL 0: each consumer re-resolves once a second (the floor), neither
     // more often nor less.
-    const WINDOW: Duration = Duration::from_secs(4);
-    let names = ["_redis._tcp.example.lan", "_redisd._tcp.example.lan"];
-    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
-    std::thread::sleep(WINDOW);
-    for (name, before) in names.iter().zip(before) {
-        let n = srv_queries(&lan, &dns, name) - before;
-        report(&format!(
-            "FIGURE SRV records with TTL 0: {n} queries for {name} in {WINDOW:?}"
-        ));
-        assert!(
-            (2..=6).contains(&n),
-            "{n} SRV queries for {name} in {WINDOW:?} with TTL 0 (expected one a second)"
-        );
-    }
+    let ttl0 = ("TTL 0", "one a second");
+    assert_srv_queries(&lan, &dns, ttl0, Duration::from_secs(4), 2..=6);
     lan.signal(&dns, "TERM");
     assert!(
         lan.wait_exit(&dns, 5 * SEC).is_some(),
@@ -642,24 +626,34 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
         "the consumer never tried (and rejected) E"
     );
     // With TTL 3 s, re-resolution follows the TTL: about one query in 3 s, not one a second.
-    const WINDOW3: Duration = Duration::from_secs(6);
-    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
-    std::thread::sleep(WINDOW3);
-    for (name, before) in names.iter().zip(before) {
-        let n = srv_queries(&lan, &dns, name) - before;
-        report(&format!(
-            "FIGURE SRV records with TTL 3 s: {n} queries for {name} in {WINDOW3:?}"
-        ));
-        assert!(
-            (1..=3).contains(&n),
-            "{n} SRV queries for {name} in {WINDOW3:?} with TTL 3 s (expected one in 3 s)"
-        );
-    }
+    let ttl3 = ("TTL 3 s", "one in 3 s");
+    assert_srv_queries(&lan, &dns, ttl3, Duration::from_secs(6), 1..=3);
 }
 
-/// SRV queries for `name` that dnsmasq `dns` logged so far.
-fn srv_queries(lan: &Lan, dns: &Proc, name: &str) -> usize {
-    lan.log_count(dns, &format!("query[SRV] {name} from"))
+/// Counts the SRV queries for each of the two services that dnsmasq `dns` logs during
+/// `window` (a measurement: the window is slept through): `expected` for each. `ttl` names the
+/// records' TTL and the rate it should give, for the figure and the failure message.
+fn assert_srv_queries(
+    lan: &Lan,
+    dns: &Proc,
+    (ttl, rate): (&str, &str),
+    window: Duration,
+    expected: std::ops::RangeInclusive<usize>,
+) {
+    let names = ["_redis._tcp.example.lan", "_redisd._tcp.example.lan"];
+    let queries = |name: &str| lan.log_count(dns, &format!("query[SRV] {name} from"));
+    let before: Vec<usize> = names.iter().map(|n| queries(n)).collect();
+    std::thread::sleep(window);
+    for (name, before) in names.iter().zip(before) {
+        let n = queries(name) - before;
+        report(&format!(
+            "FIGURE SRV records with {ttl}: {n} queries for {name} in {window:?}"
+        ));
+        assert!(
+            expected.contains(&n),
+            "{n} SRV queries for {name} in {window:?} with {ttl} (expected {rate})"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,11 +849,7 @@ fn docker_link_variables_are_forwarded() {
         "B's Redis does not see a direct connection from A: {info:?}"
     );
     // Loopback only by default.
-    let outside = lan.run(
-        &c,
-        5 * SEC,
-        &["redis-cli", "-h", &a.ip.to_string(), "-p", "6379", "PING"],
-    );
+    let outside = redis_remote(&lan, &c, &a.ip.to_string(), 6379, &["PING"]);
     assert!(
         !outside.stdout.contains("PONG"),
         "the default listener is reachable from another host: {outside:?}"
@@ -877,19 +867,7 @@ fn docker_link_variables_are_forwarded() {
         .args(&["--listen-ip", "0.0.0.0"])
         .start();
     assert!(lan.wait_tcp_listen(&a, 6381, 10 * SEC));
-    let remote = lan.run(
-        &c,
-        10 * SEC,
-        &[
-            "redis-cli",
-            "-h",
-            &a.ip.to_string(),
-            "-p",
-            "6381",
-            "GET",
-            "who",
-        ],
-    );
+    let remote = redis_remote(&lan, &c, &a.ip.to_string(), 6381, &["GET", "who"]);
     assert_eq!(
         remote.stdout.trim(),
         "b",
@@ -1284,11 +1262,7 @@ fn avahi_reflector_carries_announcements_across_subnets() {
         ..b.clone()
     };
     // Routed, not bridged: A reaches B through R.
-    let ping = lan.run(
-        &a,
-        10 * SEC,
-        &["redis-cli", "-h", &b_ip.to_string(), "-p", "9", "PING"],
-    );
+    let ping = redis_remote(&lan, &a, &b_ip.to_string(), 9, &["PING"]);
     assert!(
         format!("{}{}", ping.stdout, ping.stderr).contains("refused"),
         "A cannot reach B across R: {ping:?}"

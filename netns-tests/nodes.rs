@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command};
+use std::process::ChildStdin;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -379,12 +379,7 @@ pub fn wait_ls_row(
 /// `ambassador ca init --out DIR`; the CA directory.
 pub fn ca_init(lan: &Lan) -> PathBuf {
     let dir = lan.path("ca");
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "init", "--out"])
-        .arg(&dir)
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .expect("run ambassador ca init");
+    let out = lan.offline(&["ca", "init", "--out", dir.to_str().unwrap()]);
     assert!(out.status.success(), "ca init failed: {out:?}");
     dir
 }
@@ -393,15 +388,8 @@ pub fn ca_init(lan: &Lan) -> PathBuf {
 /// fingerprint.
 pub fn ca_issue(lan: &Lan, ca: &Path, node: &str, dir: &str, extra: &[&str]) -> (Identity, String) {
     let out_dir = lan.path(dir);
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "issue", node, "--ca"])
-        .arg(ca)
-        .arg("--out")
-        .arg(&out_dir)
-        .args(extra)
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .expect("run ambassador ca issue");
+    let (ca, out) = (ca.to_str().unwrap(), out_dir.to_str().unwrap());
+    let out = lan.offline(&[&["ca", "issue", node, "--ca", ca, "--out", out][..], extra].concat());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -453,16 +441,9 @@ impl Lan {
 }
 
 impl Redis<'_> {
-    /// Binds to `addr` instead of 127.0.0.1.
-    pub fn bind(mut self, addr: &str) -> Self {
-        self.bind = addr.to_string();
-        self
-    }
-
-    /// Binds to the host's LAN address too, protected mode off: a plain TCP backend that other
-    /// hosts reach directly.
-    pub fn lan_too(mut self) -> Self {
-        self.lan_too = true;
+    /// Stores `who` = `name` once it runs (so that `GET who` says which server answered).
+    pub fn who(mut self, name: &str) -> Self {
+        self.who = Some(name.to_string());
         self
     }
 
@@ -473,9 +454,16 @@ impl Redis<'_> {
         self
     }
 
-    /// Stores `who` = `name` once it runs (so that `GET who` says which server answered).
-    pub fn who(mut self, name: &str) -> Self {
-        self.who = Some(name.to_string());
+    /// Binds to `addr` instead of 127.0.0.1.
+    pub fn bind(mut self, addr: &str) -> Self {
+        self.bind = addr.to_string();
+        self
+    }
+
+    /// Binds to the host's LAN address too, protected mode off: a plain TCP backend that other
+    /// hosts reach directly.
+    pub fn lan_too(mut self) -> Self {
+        self.lan_too = true;
         self
     }
 
@@ -527,6 +515,15 @@ impl Redis<'_> {
 pub fn redis(lan: &Lan, host: &Host, port: u16, args: &[&str]) -> Out {
     let port_s = port.to_string();
     let mut all = vec!["redis-cli", "-p", &port_s];
+    all.extend_from_slice(args);
+    lan.run(host, 10 * SEC, &all)
+}
+
+/// `redis-cli -h IP -p PORT ARGS...` on `host`: a client on one host reaching a server of
+/// another directly (not through a local ambassador).
+pub fn redis_remote(lan: &Lan, host: &Host, ip: &str, port: u16, args: &[&str]) -> Out {
+    let port_s = port.to_string();
+    let mut all = vec!["redis-cli", "-h", ip, "-p", &port_s];
     all.extend_from_slice(args);
     lan.run(host, 10 * SEC, &all)
 }

@@ -30,8 +30,8 @@ use crate::harness::{
     AMBASSADOR, Host, Lan, Proc, SEC, cmdline, have_tools, report, rss_kib, udp_between, wait_until,
 };
 use crate::nodes::{
-    Identity, Node, Session, ca_init, ca_issue, get_calls, get_who_n, ls_rows, redis, wait_ls_row,
-    wait_pong, who, who_within,
+    Credentials, Identity, Node, Session, ca_init, ca_issue, get_calls, get_who_n, ls_rows, redis,
+    wait_ls_row, wait_pong, who, who_within,
 };
 use crate::{Stream, hex};
 
@@ -97,6 +97,14 @@ fn have_faketime() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Whether `ls` on `host` (CA mode: no key) lists a `redis` record of `node` within 15 s.
+fn sees_redis_of(lan: &Lan, host: &Host, node: &str) -> bool {
+    wait_ls_row(lan, host, &[], 15 * SEC, |r| {
+        r["service"] == "redis" && r["node"] == node
+    })
+    .is_some()
 }
 
 /// `announce redis:6379` on `host` in CA mode, refusing the fingerprints of the `deny` file.
@@ -430,15 +438,13 @@ fn allow_list_admits_only_named_nodes() {
         out.stdout.trim().is_empty(),
         "D (not allowed) got an answer: {out:?}"
     );
-    assert!(
-        lan.wait_log(
+    let refusal = lan
+        .wait_log_line(
             &consumer_d,
             "refused; closing the client connection",
-            5 * SEC
-        ),
-        "D's ambassador did not log the refusal"
-    );
-    let refusal = lan.log_line(&consumer_d, "refused; closing the client connection");
+            5 * SEC,
+        )
+        .expect("D's ambassador did not log the refusal");
     assert!(
         refusal.contains("not allowed"),
         "D's refusal is not typed 'not allowed': {refusal}"
@@ -603,16 +609,10 @@ fn certificate_limited_to_other_services_is_ignored() {
     let forger = Forger::start(&lan, &f, &[("x-host", x.ip.to_string().as_str())]);
     forger.publish(&lan, "redis@x", Some("x-host"), 7443, &txt);
 
-    let consumer = lan
-        .connect(&a, &id_a)
-        .spec("redis")
-        .policy("round-robin")
-        .start();
+    let consumer = consumer_rr(&lan, &a, &id_a);
     // A sees both redis records (so the test proves something).
     assert!(
-        wait_ls_row(&lan, &a, &[], 15 * SEC, |r| r["service"] == "redis"
-            && r["node"] == "x")
-        .is_some(),
+        sees_redis_of(&lan, &a, "x"),
         "A never saw the forged redis@x record"
     );
     assert!(
@@ -722,11 +722,9 @@ fn expired_certificate_is_refused() {
         got.stdout.trim() != "b",
         "E, with an expired certificate, reached B's Redis: {got:?}"
     );
-    assert!(
-        lan.wait_log(&provider_b, "refused a QUIC handshake", 10 * SEC),
-        "B did not log a refused handshake from E"
-    );
-    let line = lan.log_line(&provider_b, "refused a QUIC handshake");
+    let line = lan
+        .wait_log_line(&provider_b, "refused a QUIC handshake", 10 * SEC)
+        .expect("B did not log a refused handshake from E");
     assert!(
         line.to_lowercase().contains("expired"),
         "B's refusal does not say the certificate expired: {line}"
@@ -746,17 +744,8 @@ fn expired_certificate_is_refused() {
         lan.wait_log(&provider_e, "announcing", 10 * SEC),
         "E did not announce under faketime"
     );
-    let consumer_a = lan
-        .connect(&a, &id_a)
-        .spec("redis")
-        .policy("round-robin")
-        .start();
-    assert!(
-        wait_ls_row(&lan, &a, &[], 15 * SEC, |r| r["service"] == "redis"
-            && r["node"] == "e")
-        .is_some(),
-        "A never saw E's record"
-    );
+    let consumer_a = consumer_rr(&lan, &a, &id_a);
+    assert!(sees_redis_of(&lan, &a, "e"), "A never saw E's record");
     assert!(wait_who(&lan, &a, 6379, "b", 15 * SEC), "A did not reach B");
     let answers = get_who_n(&lan, &a, 6379, 20);
     assert!(
@@ -764,11 +753,9 @@ fn expired_certificate_is_refused() {
         "A's answers with E's record around: {answers:?}"
     );
     assert_eq!(get_calls(&lan, &e, 6379), 0, "E's Redis ran a GET");
-    assert!(
-        lan.wait_log(&consumer_a, "peer failed the mesh handshake", 5 * SEC),
-        "A never tried E's record, or did not log the refusal"
-    );
-    let line = lan.log_line(&consumer_a, "peer failed the mesh handshake");
+    let line = lan
+        .wait_log_line(&consumer_a, "peer failed the mesh handshake", 5 * SEC)
+        .expect("A never tried E's record, or did not log the refusal");
     assert!(
         line.to_lowercase().contains("expired"),
         "A's refusal does not say the certificate expired: {line}"
@@ -826,12 +813,7 @@ fn deny_list_and_sighup_reload() {
     let refusals = |lan: &Lan| lan.count_lines(&provider, &["refused a QUIC handshake"]);
     eprintln!(
         "D's view: {}",
-        lan.log(&consumer_d)
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" | ")
+        lan.log_excerpt(&consumer_d, &["WARN"], 2, " | ")
     );
 
     // 2.
@@ -1130,14 +1112,9 @@ fn key_files_readable_by_others_are_refused() {
     // The CA key, for `ca issue`.
     let ca_key = ca.join("ca.key");
     fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o604)).unwrap();
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "issue", "z", "--ca"])
-        .arg(&ca)
-        .arg("--out")
-        .arg(lan.path("id-z"))
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .unwrap();
+    let id_z = lan.path("id-z");
+    let (ca, id_z) = (ca.to_str().unwrap(), id_z.to_str().unwrap());
+    let out = lan.offline(&["ca", "issue", "z", "--ca", ca, "--out", id_z]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -1296,7 +1273,7 @@ fn provider_and_rogue(lan: &Lan, b: &Host, g: &Host, key: &Path) -> (Proc, Proc)
 }
 
 /// `connect redis --policy round-robin` on A (round-robin: every record is tried early).
-fn consumer_rr(lan: &Lan, a: &Host, key: &Path) -> Proc {
+fn consumer_rr<C: Credentials + ?Sized>(lan: &Lan, a: &Host, key: &C) -> Proc {
     lan.connect(a, key)
         .spec("redis")
         .policy("round-robin")
@@ -1494,15 +1471,8 @@ fn forged_copy_costs_only_itself(at_rogue: bool) {
         !lan.log(&rogue).contains("peer connected"),
         "a peer connected to the rogue ambassador"
     );
-    eprintln!(
-        "A's view of the forged record:\n  {}",
-        lan.log(&consumer)
-            .lines()
-            .filter(|l| l.contains("b-copy") || l.contains("WARN"))
-            .take(12)
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    );
+    let view = lan.log_excerpt(&consumer, &["b-copy", "WARN"], 12, "\n  ");
+    eprintln!("A's view of the forged record:\n  {view}");
 }
 
 /// See [`forged_copy_costs_only_itself`]: the copy points at an ambassador of another mesh.
