@@ -34,6 +34,31 @@ fn provider(lan: &Lan, host: &Host, key: &Path, extra: &[&str]) -> (Proc, Proc) 
     (redis, announce)
 }
 
+/// The set-up of tests b–d: providers of `redis` on B and C (with `extra` announce options),
+/// and its consumer (node `a`) on A, which has had answers from both.
+struct Pair {
+    key: PathBuf,
+    redis_b: Proc,
+    announce_b: Proc,
+    connect: Proc,
+}
+
+impl Pair {
+    fn start(lan: &Lan, [a, b, c]: [&Host; 3], extra: &[&str]) -> Pair {
+        let key = lan.mesh_key("mesh");
+        let (redis_b, announce_b) = provider(lan, b, &key, extra);
+        provider(lan, c, &key, extra);
+        let connect = lan.connect(a, &key).spec("redis").start();
+        wait_all_answer(lan, a, 6379, &["b", "c"], 20 * SEC);
+        Pair {
+            key,
+            redis_b,
+            announce_b,
+            connect,
+        }
+    }
+}
+
 /// How many peer connections consumer `connect` has lost so far.
 fn lost_peers(lan: &Lan, connect: &Proc) -> usize {
     lan.log_count(connect, "peer connection lost")
@@ -321,11 +346,11 @@ fn median(conns: &[Conn]) -> Duration {
 #[test]
 fn sigkilled_provider_is_failed_over_without_errors() {
     let (lan, [a, b, c]) = lan!("a", "b", "c");
-    let key = lan.mesh_key("mesh");
-    let (_, announce_b) = provider(&lan, &b, &key, &[]);
-    provider(&lan, &c, &key, &[]);
-    let connect = lan.connect(&a, &key).spec("redis").start();
-    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+    let Pair {
+        announce_b,
+        connect,
+        ..
+    } = Pair::start(&lan, [&a, &b, &c], &[]);
 
     let client = Client::start(&lan, &a, 6379, 4);
     client.wait_conns(&lan, 200, 20 * SEC);
@@ -405,13 +430,9 @@ fn sigkilled_provider_is_failed_over_without_errors() {
 #[test]
 fn dead_target_is_marked_down_and_comes_back() {
     let (lan, [a, b, c]) = lan!("a", "b", "c");
-    let key = lan.mesh_key("mesh");
     const INTERVAL: Duration = Duration::from_secs(1);
     let health = ["--health-interval", "1s"];
-    let (redis_b, _) = provider(&lan, &b, &key, &health);
-    provider(&lan, &c, &key, &health);
-    lan.connect(&a, &key).spec("redis").start();
-    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+    let Pair { key, redis_b, .. } = Pair::start(&lan, [&a, &b, &c], &health);
     // A browse may miss a record that was multicast less than a second before: poll.
     let both_up = BTreeMap::from([("b".to_string(), true), ("c".to_string(), true)]);
     let mut seen = BTreeMap::new();
@@ -518,11 +539,7 @@ fn dead_target_is_marked_down_and_comes_back() {
 #[test]
 fn cut_link_moves_traffic_away_and_back() {
     let (lan, [a, b, c]) = lan!("a", "b", "c");
-    let key = lan.mesh_key("mesh");
-    provider(&lan, &b, &key, &[]);
-    provider(&lan, &c, &key, &[]);
-    let connect = lan.connect(&a, &key).spec("redis").start();
-    wait_all_answer(&lan, &a, 6379, &["b", "c"], 20 * SEC);
+    let Pair { connect, .. } = Pair::start(&lan, [&a, &b, &c], &[]);
 
     let client = Client::start(&lan, &a, 6379, 2);
     client.wait_conns(&lan, 100, 20 * SEC);

@@ -267,6 +267,21 @@ impl Out {
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
+
+    /// Asserts a usage error: exit code 2, and stderr saying each of `needles` (why).
+    pub fn assert_refused(&self, needles: &[&str], what: &str) {
+        assert_eq!(
+            self.status.and_then(|s| s.code()),
+            Some(2),
+            "{what}: not refused: {self:?}"
+        );
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "{what}: the refusal does not say {n:?}: {self:?}"
+            );
+        }
+    }
 }
 
 struct Tracked {
@@ -572,6 +587,19 @@ impl Lan {
     pub fn running(&self, p: &Proc) -> bool {
         let procs = self.procs.lock().unwrap();
         !procs[p.idx].reaped && !exited(p.pid)
+    }
+
+    /// Waits up to `timeout` for `p` to exit and asserts that it exited with code 0.
+    pub fn wait_clean_exit(&self, p: &Proc, timeout: Duration, what: &str) {
+        let status = self
+            .wait_exit(p, timeout)
+            .unwrap_or_else(|| panic!("{what}: {} did not exit within {timeout:?}", p.label));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{what}: {} exited {status}",
+            p.label
+        );
     }
 
     /// Waits up to `timeout` for `p` to exit; returns its status (`None`: still running).

@@ -762,6 +762,16 @@ impl Session {
         );
     }
 
+    /// Its `PING`, which must answer `PONG`.
+    pub fn expect_pong(&mut self, what: &str) {
+        assert_eq!(
+            self.cmd(&["PING"]).as_deref(),
+            Ok("PONG"),
+            "{what}: the held connection ({})",
+            self.proc.label
+        );
+    }
+
     /// Whether the connection was closed by the other side within `timeout`.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
