@@ -330,6 +330,25 @@ impl Client {
     }
 }
 
+/// What a fail-over must give the clients after `what`: no connection failed, the consumer
+/// noticed the dead peer (`detection`: from the fault to "peer connection lost") within the
+/// peer timeout and 2 s, and no connection waited for that: one sent to the dead peer is hedged
+/// onto the live one after a few round trips (~0.1 s).
+fn assert_failed_over(conns: &[Conn], detection: Option<Duration>, what: &str) {
+    assert_no_failure(conns, what);
+    let detection = detection.expect("the consumer never logged \"peer connection lost\"");
+    assert!(
+        detection < PEER_TIMEOUT + 2 * SEC,
+        "{what}: the dead peer was noticed only after {detection:?} (peer timeout {PEER_TIMEOUT:?})"
+    );
+    assert!(
+        worst(conns) < PEER_TIMEOUT / 2,
+        "{what}: a connection waited {:?}: it was not hedged onto the live instance before the \
+         peer timeout ({PEER_TIMEOUT:?}) noticed the dead one",
+        worst(conns)
+    );
+}
+
 fn worst(conns: &[Conn]) -> Duration {
     conns.iter().map(Conn::latency).max().unwrap_or_default()
 }
@@ -385,20 +404,7 @@ fn sigkilled_provider_is_failed_over_without_errors() {
         count_who(&before),
         count_who(&spike),
     ));
-    assert_no_failure(&conns, "SIGKILL of B's ambassador");
-    let detection = detection.expect("the consumer never logged \"peer connection lost\"");
-    assert!(
-        detection < PEER_TIMEOUT + 2 * SEC,
-        "the dead peer was noticed only after {detection:?} (peer timeout {PEER_TIMEOUT:?})"
-    );
-    // A connection to the dead peer is hedged onto the live one after a few round trips
-    // (~0.1 s), well before the peer timeout notices the death.
-    assert!(
-        worst(&conns) < PEER_TIMEOUT / 2,
-        "a connection waited {:?}: it was not hedged onto the live instance before the peer \
-         timeout ({PEER_TIMEOUT:?}) noticed the dead one",
-        worst(&conns)
-    );
+    assert_failed_over(&conns, detection, "SIGKILL of B's ambassador");
     assert!(
         count_who(&before).get("b").is_some_and(|n| *n > 10),
         "B carried too little before the kill to prove anything: {:?}",
@@ -601,21 +607,7 @@ fn cut_link_moves_traffic_away_and_back() {
         count_who(&during),
         count_who(&after),
     ));
-    assert_no_failure(&conns, "B's link cut and restored");
-    let t_detect = t_detect.expect("the consumer never logged \"peer connection lost\"");
-    assert!(
-        since(t_detect) < PEER_TIMEOUT + 2 * SEC,
-        "the cut link was noticed only after {:?}",
-        since(t_detect)
-    );
-    // A connection to the dead peer is hedged onto the live one after a few round trips
-    // (~0.1 s), well before the peer timeout notices the death.
-    assert!(
-        worst(&conns) < PEER_TIMEOUT / 2,
-        "a connection waited {:?}: it was not hedged onto the live instance before the peer \
-         timeout ({PEER_TIMEOUT:?}) noticed the dead one",
-        worst(&conns)
-    );
+    assert_failed_over(&conns, t_detect.map(since), "B's link cut and restored");
     assert!(
         during.len() >= 100 && during.iter().all(|c| c.who.as_deref() == Some("c")),
         "while B was cut off, connections went to {:?}",

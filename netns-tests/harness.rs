@@ -704,6 +704,21 @@ impl Lan {
         wait_until(timeout, 5 * MS, || self.log_count(p, needle) > before).then(now_epoch)
     }
 
+    /// Runs `action`, then waits until `needle` occurs in the log of `p` more often than before
+    /// it; its result, `None` when the line did not come within `timeout`.
+    pub fn logs_after<T>(
+        &self,
+        p: &Proc,
+        needle: &str,
+        timeout: Duration,
+        action: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let before = self.log_count(p, needle);
+        let result = action();
+        self.wait_log_more(p, needle, before, timeout)
+            .map(|_| result)
+    }
+
     /// Starts tcpdump on `host`'s port of the bridge (switch namespace): every frame to or
     /// from `host`, until [`Capture::stop`].
     pub fn capture(&self, host: &Host) -> Capture {

@@ -570,13 +570,12 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
     );
 
     // A record naming a node of another mesh, next to C's: never used. (TTL 3 s now.)
-    let changed_before = lan.log_count(&mesh, "SRV backends changed");
-    let dns = dnsmasq(&lan, &d, "dnsmasq-3", 3, &srv_records(&[&c, &e], &[&c]));
-    assert!(
-        lan.wait_log_more(&mesh, "SRV backends changed", changed_before, 10 * SEC)
-            .is_some(),
-        "the consumer did not pick up the records of C and E"
-    );
+    let records = srv_records(&[&c, &e], &[&c]);
+    let dns = lan
+        .logs_after(&mesh, "SRV backends changed", 10 * SEC, || {
+            dnsmasq(&lan, &d, "dnsmasq-3", 3, &records)
+        })
+        .expect("the consumer did not pick up the records of C and E");
     let counts = spread(&lan, &a, 6379, 20);
     assert_eq!(
         counts,
@@ -737,13 +736,9 @@ fn static_backends_and_sighup_reload() {
         ),
     )
     .expect("write the bad config");
-    let refused_before = lan.log_count(&run, "not reloaded");
-    lan.signal(&run, "HUP");
-    assert!(
-        lan.wait_log_more(&run, "not reloaded", refused_before, 5 * SEC)
-            .is_some(),
-        "a bad file was not refused"
-    );
+    let hup = || lan.signal(&run, "HUP");
+    let refused = lan.logs_after(&run, "not reloaded", 5 * SEC, hup);
+    assert!(refused.is_some(), "a bad file was not refused");
     let counts = spread(&lan, &a, 6400, 20);
     assert_eq!(
         counts.values().sum::<usize>(),

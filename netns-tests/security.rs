@@ -713,14 +713,13 @@ fn expired_certificate_is_refused() {
         got.stdout.trim() != "b",
         "E, with an expired certificate, reached B's Redis: {got:?}"
     );
-    let line = lan
-        .wait_log_line(&provider_b, "refused a QUIC handshake", 10 * SEC)
-        .expect("B did not log a refused handshake from E");
-    assert!(
-        line.to_lowercase().contains("expired"),
-        "B's refusal does not say the certificate expired: {line}"
+    let refusal = (&provider_b, "refused a QUIC handshake", 10 * SEC);
+    expect_expired(
+        &lan,
+        refusal,
+        "B did not log a refused handshake from E",
+        "B",
     );
-    eprintln!("B's refusal of E: {line}");
     assert!(!lan.log(&provider_b).contains("peer=e"), "B accepted E");
     assert_eq!(get_calls(&lan, &b, 6379), 0, "B's Redis ran a GET for E");
     lan.signal(&consumer_e, "TERM");
@@ -744,14 +743,25 @@ fn expired_certificate_is_refused() {
         "A's answers with E's record around: {answers:?}"
     );
     assert_eq!(get_calls(&lan, &e, 6379), 0, "E's Redis ran a GET");
-    let line = lan
-        .wait_log_line(&consumer_a, "peer failed the mesh handshake", 5 * SEC)
-        .expect("A never tried E's record, or did not log the refusal");
+    let refusal = (&consumer_a, "peer failed the mesh handshake", 5 * SEC);
+    expect_expired(
+        &lan,
+        refusal,
+        "A never tried E's record, or did not log the refusal",
+        "A",
+    );
+}
+
+/// Waits for `who`'s log line of its `refusal` (process, wording, deadline; `missing` fails
+/// the test without it), which must say that E's certificate expired.
+fn expect_expired(lan: &Lan, refusal: (&Proc, &str, Duration), missing: &str, who: &str) {
+    let (p, needle, timeout) = refusal;
+    let line = lan.wait_log_line(p, needle, timeout).expect(missing);
     assert!(
         line.to_lowercase().contains("expired"),
-        "A's refusal does not say the certificate expired: {line}"
+        "{who}'s refusal does not say the certificate expired: {line}"
     );
-    eprintln!("A's refusal of E: {line}");
+    eprintln!("{who}'s refusal of E: {line}");
 }
 
 /// Deny list and SIGHUP, in CA mode; provider B, consumers A and D.
