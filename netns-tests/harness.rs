@@ -141,11 +141,11 @@ pub fn have_tools(progs: &[&str], what: &str) -> bool {
     missing.is_empty()
 }
 
-/// Runs `ip ARGS...` in the root namespace (acting on the test's own namespaces with `-n`),
-/// failing the test if it fails (topology steps).
-pub fn ip(args: &[&str]) {
-    let mut all = vec!["ip"];
-    all.extend_from_slice(args);
+/// `ip -n NS WORDS...` in the root namespace (WORDS split at spaces), failing the test if it
+/// fails: one topology step on one of the test's namespaces.
+pub fn ip_in(ns: &str, words: &str) {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend(words.split_whitespace());
     must(&all);
 }
 

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Host, Lan, MS, Out, Proc, SEC, ip, now_epoch, report, wait_until};
+use crate::harness::{Host, Lan, MS, Out, Proc, SEC, ip_in, now_epoch, report, wait_until};
 use crate::nodes::{
     Conn, Session, assert_no_failure, connections_received, count_who, ls_json, node_status,
     read_conns, redis, redis_remote, set, spread, wait_who,
@@ -1149,63 +1149,27 @@ fn avahi_reflector_carries_announcements_across_subnets() {
     let r_far = Ipv4Addr::new(10, 78, x, 1);
     let b_ip = Ipv4Addr::new(10, 78, x, 10);
     let sw = lan.switch_ns().to_string();
-    ip(&["-n", &sw, "link", "add", "br1", "type", "bridge"]);
-    ip(&["-n", &sw, "link", "set", "br1", "up"]);
-    ip(&["-n", &sw, "link", "set", &b.port, "nomaster"]);
-    ip(&["-n", &sw, "link", "set", &b.port, "master", "br1"]);
-    ip(&[
-        "-n", &sw, "link", "add", "q1", "type", "veth", "peer", "name", "eth1", "netns", &r.ns,
-    ]);
-    ip(&["-n", &sw, "link", "set", "q1", "master", "br1"]);
-    ip(&["-n", &sw, "link", "set", "q1", "up"]);
-    ip(&[
-        "-n",
-        &r.ns,
-        "addr",
-        "add",
-        &format!("{r_far}/24"),
-        "dev",
-        "eth1",
-    ]);
-    ip(&["-n", &r.ns, "link", "set", "eth1", "up"]);
+    ip_in(&sw, "link add br1 type bridge");
+    ip_in(&sw, "link set br1 up");
+    ip_in(&sw, &format!("link set {} nomaster", b.port));
+    ip_in(&sw, &format!("link set {} master br1", b.port));
+    ip_in(
+        &sw,
+        &format!("link add q1 type veth peer name eth1 netns {}", r.ns),
+    );
+    ip_in(&sw, "link set q1 master br1");
+    ip_in(&sw, "link set q1 up");
+    ip_in(&r.ns, &format!("addr add {r_far}/24 dev eth1"));
+    ip_in(&r.ns, "link set eth1 up");
     lan.must_run(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    ip(&["-n", &b.ns, "addr", "flush", "dev", &b.ifname]);
-    ip(&[
-        "-n",
+    ip_in(&b.ns, &format!("addr flush dev {}", b.ifname));
+    ip_in(&b.ns, &format!("addr add {b_ip}/24 dev {}", b.ifname));
+    ip_in(
         &b.ns,
-        "addr",
-        "add",
-        &format!("{b_ip}/24"),
-        "dev",
-        &b.ifname,
-    ]);
-    ip(&[
-        "-n",
-        &b.ns,
-        "route",
-        "replace",
-        "224.0.0.0/4",
-        "dev",
-        &b.ifname,
-    ]);
-    ip(&[
-        "-n",
-        &b.ns,
-        "route",
-        "add",
-        &near_net,
-        "via",
-        &r_far.to_string(),
-    ]);
-    ip(&[
-        "-n",
-        &a.ns,
-        "route",
-        "add",
-        &far_net,
-        "via",
-        &r.ip.to_string(),
-    ]);
+        &format!("route replace 224.0.0.0/4 dev {}", b.ifname),
+    );
+    ip_in(&b.ns, &format!("route add {near_net} via {r_far}"));
+    ip_in(&a.ns, &format!("route add {far_net} via {}", r.ip));
     let b_far = Host {
         ip: b_ip,
         ..b.clone()

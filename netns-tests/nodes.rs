@@ -376,37 +376,53 @@ pub fn wait_ls_row(
 // ---------------------------------------------------------------------------------------------
 // CA mode.
 
-/// `ambassador ca init --out DIR`; the CA directory.
-pub fn ca_init(lan: &Lan) -> PathBuf {
-    let dir = lan.path("ca");
-    let out = lan.offline(&["ca", "init", "--out", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "ca init failed: {out:?}");
-    dir
+/// A CA made by `ambassador ca init` in the test directory (`ca/`); it issues node bundles into
+/// `id-<node>/`.
+pub struct Ca<'a> {
+    lan: &'a Lan,
+    /// The CA directory (`ca.crt`, `ca.key`).
+    pub dir: PathBuf,
 }
 
-/// `ambassador ca issue NODE --ca CA --out DIR EXTRA...`; the bundle and the new certificate's
-/// fingerprint.
-pub fn ca_issue(lan: &Lan, ca: &Path, node: &str, dir: &str, extra: &[&str]) -> (Identity, String) {
-    let out_dir = lan.path(dir);
-    let (ca, out) = (ca.to_str().unwrap(), out_dir.to_str().unwrap());
-    let out = lan.offline(&[&["ca", "issue", node, "--ca", ca, "--out", out][..], extra].concat());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "ca issue {node} failed: {text}");
-    let fp = text
-        .split("certificate fingerprint ")
-        .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect::<String>()
-        })
-        .filter(|f| f.len() == 64)
-        .unwrap_or_else(|| panic!("ca issue printed no fingerprint: {text}"));
-    (Identity(out_dir), fp)
+impl<'a> Ca<'a> {
+    /// `ambassador ca init --out DIR`.
+    pub fn init(lan: &'a Lan) -> Ca<'a> {
+        let dir = lan.path("ca");
+        let out = lan.offline(&["ca", "init", "--out", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "ca init failed: {out:?}");
+        Ca { lan, dir }
+    }
+
+    /// `ambassador ca issue NODE --ca CA --out id-NODE EXTRA...`; the bundle and the new
+    /// certificate's fingerprint.
+    pub fn issue(&self, node: &str, extra: &[&str]) -> (Identity, String) {
+        let out_dir = self.lan.path(&format!("id-{node}"));
+        let (ca, out) = (self.dir.to_str().unwrap(), out_dir.to_str().unwrap());
+        let args = [&["ca", "issue", node, "--ca", ca, "--out", out][..], extra].concat();
+        let out = self.lan.offline(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "ca issue {node} failed: {text}");
+        let fp = text
+            .split("certificate fingerprint ")
+            .nth(1)
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_ascii_hexdigit())
+                    .collect::<String>()
+            })
+            .filter(|f| f.len() == 64)
+            .unwrap_or_else(|| panic!("ca issue printed no fingerprint: {text}"));
+        (Identity(out_dir), fp)
+    }
+
+    /// [`Ca::issue`] for each of `nodes`, without extra options.
+    pub fn issue_each<const N: usize>(&self, nodes: [&str; N]) -> [(Identity, String); N] {
+        nodes.map(|n| self.issue(n, &[]))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ use crate::harness::{
     AMBASSADOR, Host, Lan, Proc, SEC, cmdline, have_tools, report, rss_kib, udp_between, wait_until,
 };
 use crate::nodes::{
-    Credentials, Identity, Node, Session, ca_init, ca_issue, get_calls, get_who_n, ls_rows, redis,
-    wait_ls_row, wait_pong, who, who_within,
+    Ca, Credentials, Identity, Node, Session, get_calls, get_who_n, ls_rows, redis, wait_ls_row,
+    wait_pong, who, who_within,
 };
 use crate::{Stream, hex};
 
@@ -416,10 +416,8 @@ fn redis_credentials_injection_staging_and_production() {
 #[test]
 fn allow_list_admits_only_named_nodes() {
     let (lan, [a, b, d]) = lan!("a", "b", "d");
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, _) = ca_issue(&lan, &ca, "d", "id-d", &[]);
+    let ca = Ca::init(&lan);
+    let [(id_a, _), (id_b, _), (id_d, _)] = ca.issue_each(["a", "b", "d"]);
     lan.redis(&b, 6379).who("b").start();
 
     let provider = lan
@@ -549,10 +547,10 @@ fn certificate_limited_to_other_services_is_ignored() {
         return;
     }
     let (lan, [a, b, x, f]) = lan!("a", "b", "x", "f");
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &["--services", "redis"]);
-    let (id_x, fp_x) = ca_issue(&lan, &ca, "x", "id-x", &["--services", "api"]);
+    let ca = Ca::init(&lan);
+    let (id_a, _) = ca.issue("a", &[]);
+    let (id_b, _) = ca.issue("b", &["--services", "redis"]);
+    let (id_x, fp_x) = ca.issue("x", &["--services", "api"]);
 
     // 1. The start refusal.
     let refused = lan.announce(&x, &id_x).spec("redis:6379").run();
@@ -646,17 +644,11 @@ fn certificate_limited_to_other_services_is_ignored() {
 #[test]
 fn expired_certificate_is_refused() {
     let (lan, [a, b, e]) = lan!("a", "b", "e");
-    let ca = ca_init(&lan);
+    let ca = Ca::init(&lan);
     let long = ["--start", "2019-12-31", "--days", "4000"];
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &long);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &long);
-    let (id_e, _) = ca_issue(
-        &lan,
-        &ca,
-        "e",
-        "id-e",
-        &["--start", "2020-01-01", "--days", "1"],
-    );
+    let (id_a, _) = ca.issue("a", &long);
+    let (id_b, _) = ca.issue("b", &long);
+    let (id_e, _) = ca.issue("e", &["--start", "2020-01-01", "--days", "1"]);
 
     // 1. The start refusal.
     for cmd in ["announce", "connect"] {
@@ -776,10 +768,8 @@ fn expect_expired(lan: &Lan, refusal: (&Proc, &str, Duration), missing: &str, wh
 #[test]
 fn deny_list_and_sighup_reload() {
     let (lan, [a, b, d]) = lan!("a", "b", "d");
-    let ca = ca_init(&lan);
-    let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, fp_b) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, fp_d) = ca_issue(&lan, &ca, "d", "id-d", &[]);
+    let ca = Ca::init(&lan);
+    let [(id_a, fp_a), (id_b, fp_b), (id_d, fp_d)] = ca.issue_each(["a", "b", "d"]);
     let deny = lan.path("deny");
     fs::write(&deny, format!("# revoked\n{fp_d}\n")).unwrap();
     lan.redis(&b, 6379).who("b").start();
@@ -857,7 +847,7 @@ fn deny_list_and_sighup_reload() {
     for f in ["node.key", "node.crt", "ca.crt"] {
         fs::remove_file(id_b.0.join(f)).unwrap();
     }
-    let (_, fp_b2) = ca_issue(&lan, &ca, "b", "id-b", &[]);
+    let (_, fp_b2) = ca.issue("b", &[]);
     assert_ne!(fp_b, fp_b2);
     lan.signal(&provider, "HUP");
     assert!(
@@ -902,9 +892,8 @@ fn deny_list_and_sighup_reload() {
 #[test]
 fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
     let (lan, [a, b]) = lan!("a", "b");
-    let ca = ca_init(&lan);
-    let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
+    let ca = Ca::init(&lan);
+    let [(id_a, fp_a), (id_b, _)] = ca.issue_each(["a", "b"]);
     let deny = lan.path("deny");
     fs::write(&deny, "").unwrap();
     lan.redis(&b, 6379).who("b").start();
@@ -935,9 +924,8 @@ fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
 #[test]
 fn refused_consumer_does_not_redial_in_a_loop() {
     let (lan, [b, d]) = lan!("b", "d");
-    let ca = ca_init(&lan);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, fp_d) = ca_issue(&lan, &ca, "d", "id-d", &[]);
+    let ca = Ca::init(&lan);
+    let [(id_b, _), (id_d, fp_d)] = ca.issue_each(["b", "d"]);
     let deny = lan.path("deny");
     fs::write(&deny, format!("{fp_d}\n")).unwrap();
     lan.redis(&b, 6379).who("b").start();
@@ -991,8 +979,8 @@ fn key_files_readable_by_others_are_refused() {
         ),
     )
     .unwrap();
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
+    let ca = Ca::init(&lan);
+    let (id_a, _) = ca.issue("a", &[]);
     let node_key = id_a.0.join("node.key");
     fs::set_permissions(&node_key, fs::Permissions::from_mode(0o644)).unwrap();
 
@@ -1081,10 +1069,10 @@ fn key_files_readable_by_others_are_refused() {
     }
 
     // The CA key, for `ca issue`.
-    let ca_key = ca.join("ca.key");
+    let ca_key = ca.dir.join("ca.key");
     fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o604)).unwrap();
     let id_z = lan.path("id-z");
-    let (ca, id_z) = (ca.to_str().unwrap(), id_z.to_str().unwrap());
+    let (ca, id_z) = (ca.dir.to_str().unwrap(), id_z.to_str().unwrap());
     let out = lan.offline(&["ca", "issue", "z", "--ca", ca, "--out", id_z]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
