@@ -673,6 +673,20 @@ impl Lan {
             .then(|| self.log_line(p, needle))
     }
 
+    /// Like [`Lan::wait_log_line`], failing the test with `missing` without the line, or with
+    /// `wrong` when it does not contain `detail` too.
+    pub fn expect_log_line(
+        &self,
+        p: &Proc,
+        (needle, timeout): (&str, Duration),
+        detail: &str,
+        (missing, wrong): (&str, &str),
+    ) -> String {
+        let line = self.wait_log_line(p, needle, timeout).expect(missing);
+        assert!(line.contains(detail), "{wrong}: {line}");
+        line
+    }
+
     /// The first `max` lines of `p`'s log that contain any of `needles`, joined by `sep` (what
     /// a test shows of a process's view).
     pub fn log_excerpt(&self, p: &Proc, needles: &[&str], max: usize, sep: &str) -> String {

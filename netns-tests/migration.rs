@@ -74,12 +74,14 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
     held.expect_who("b", "before the drain");
     let t0 = Instant::now();
     lan.signal(&b1, "TERM");
-    let draining_line = lan
-        .wait_log_line(&b1, "draining:", 3 * SEC)
-        .expect("no \"draining:\" line within 3 s of SIGTERM");
-    assert!(
-        draining_line.contains("open=1"),
-        "the drain should wait for exactly the one open connection: {draining_line}"
+    lan.expect_log_line(
+        &b1,
+        ("draining:", 3 * SEC),
+        "open=1",
+        (
+            "no \"draining:\" line within 3 s of SIGTERM",
+            "the drain should wait for exactly the one open connection",
+        ),
     );
     assert!(
         lan.wait_log(&connect, "withdrawn by its node", 3 * SEC),
@@ -94,13 +96,12 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
         BTreeMap::from([("c".into(), 4)]),
         "new connections during B's drain"
     );
-    let refusal_line = lan
-        .wait_log_line(&b1, "refused stream", 2 * SEC)
-        .expect("B did not log the refused stream");
-    assert!(
-        refusal_line.contains("code=draining"),
-        "the refusal is not the typed \"draining\" one: {refusal_line}"
+    let refused = ("refused stream", 2 * SEC);
+    let why = (
+        "B did not log the refused stream",
+        "the refusal is not the typed \"draining\" one",
     );
+    lan.expect_log_line(&b1, refused, "code=draining", why);
     let retried = lan.log_line(&fixed, "draining");
     assert!(
         retried.contains("trying another"),

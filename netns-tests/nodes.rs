@@ -161,6 +161,11 @@ impl<'a> Node<'a> {
         self.args(&["--backend", addr])
     }
 
+    /// `--allow NODES` (the nodes allowed to connect to the announced services).
+    pub fn allow(self, nodes: &str) -> Self {
+        self.args(&["--allow", nodes])
+    }
+
     /// `--policy POLICY`.
     pub fn policy(self, policy: &str) -> Self {
         self.args(&["--policy", policy])

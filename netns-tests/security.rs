@@ -420,11 +420,8 @@ fn allow_list_admits_only_named_nodes() {
     let [(id_a, _), (id_b, _), (id_d, _)] = ca.issue_each(["a", "b", "d"]);
     lan.redis(&b, 6379).who("b").start();
 
-    let provider = lan
-        .announce(&b, &id_b)
-        .spec("redis:6379")
-        .args(&["--allow", "a,c"])
-        .start();
+    let provider = lan.announce(&b, &id_b).spec("redis:6379").allow("a,c");
+    let provider = provider.start();
     let consumer_a = lan.connect(&a, &id_a).spec("redis").start();
     let consumer_d = lan.connect(&d, &id_d).spec("redis").start();
     assert!(
@@ -510,11 +507,7 @@ fn allow_list_is_not_bypassed_with_a_mesh_key() {
     let (lan, [b, d]) = lan!("b", "d");
     let key = lan.mesh_key("mesh");
     lan.redis(&b, 6379).who("b").start();
-    let provider = lan
-        .announce(&b, &key)
-        .spec("redis:6379")
-        .args(&["--allow", "a"])
-        .start();
+    let provider = lan.announce(&b, &key).spec("redis:6379").allow("a").start();
     if lan.wait_exit(&provider, 2 * SEC).map(|s| s.code()) == Some(Some(2)) {
         return; // Refused at start: no false protection.
     }
