@@ -107,6 +107,17 @@ fn sees_redis_of(lan: &Lan, host: &Host, node: &str) -> bool {
     .is_some()
 }
 
+/// Once the consumer on `host` listens on `port`, a client connection through it does not
+/// reach B's Redis (`who` = b); `who` is the consumer, for the messages.
+fn assert_kept_out(lan: &Lan, host: &Host, port: u16, who: &str) {
+    assert!(
+        lan.wait_tcp_listen(host, port, 10 * SEC),
+        "{who}: the listener did not come up"
+    );
+    let got = redis(lan, host, port, &["GET", "who"]);
+    assert!(got.stdout.trim() != "b", "{who} reached B's Redis: {got:?}");
+}
+
 /// Writes `fingerprints` into the `deny` file of `provider` and reloads it with SIGHUP.
 fn reload_deny_list(lan: &Lan, provider: &Proc, deny: &Path, fingerprints: &[&str]) {
     let lines: String = fingerprints.iter().map(|f| format!("{f}\n")).collect();
@@ -689,15 +700,7 @@ fn expired_certificate_is_refused() {
         lan.wait_log(&consumer_e, "node up", 10 * SEC),
         "E did not start under faketime"
     );
-    assert!(
-        lan.wait_tcp_listen(&e, 16379, 10 * SEC),
-        "E's listener did not come up"
-    );
-    let got = redis(&lan, &e, 16379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "E, with an expired certificate, reached B's Redis: {got:?}"
-    );
+    assert_kept_out(&lan, &e, 16379, "E, with an expired certificate,");
     let refusal = (&provider_b, "refused a QUIC handshake", 10 * SEC);
     expect_expired(
         &lan,
@@ -783,12 +786,7 @@ fn deny_list_and_sighup_reload() {
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
         "A (not denied) did not get through"
     );
-    assert!(lan.wait_tcp_listen(&d, 6379, 10 * SEC));
-    let got = redis(&lan, &d, 6379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "D (revoked) reached B's Redis: {got:?}"
-    );
+    assert_kept_out(&lan, &d, 6379, "D (revoked)");
     assert!(
         lan.wait_log(&provider, "refused a QUIC handshake", 10 * SEC),
         "B did not log a refused handshake from D"
@@ -822,12 +820,7 @@ fn deny_list_and_sighup_reload() {
     );
     session.expect_pong("refusing A's new stream cost the open connection");
     let a2 = consumer_a("connect-a2", 16379);
-    assert!(lan.wait_tcp_listen(&a, 16379, 10 * SEC));
-    let got = redis(&lan, &a, 16379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "a new handshake from A (revoked) got through: {got:?}"
-    );
+    assert_kept_out(&lan, &a, 16379, "a new handshake from A (revoked)");
     assert!(
         wait_until(10 * SEC, Duration::from_millis(50), || refusals(&lan)
             > before),
