@@ -130,11 +130,23 @@ fn reload_deny_list(lan: &Lan, provider: &Proc, deny: &Path, fingerprints: &[&st
     );
 }
 
-/// `announce redis:6379` on `host` in CA mode, refusing the fingerprints of the `deny` file.
-fn denying_provider<'a>(lan: &'a Lan, host: &Host, identity: &Identity, deny: &Path) -> Node<'a> {
-    lan.announce(host, identity)
+/// B's side of the deny-list tests: its Redis (who=b) runs, and its `announce redis:6379` in CA
+/// mode (to be started) refuses what the file `deny` lists, which holds `denied` (fingerprints
+/// and comments, one a line) for a start.
+fn denying_provider<'a>(
+    lan: &'a Lan,
+    host: &Host,
+    identity: &Identity,
+    denied: &str,
+) -> (Node<'a>, PathBuf) {
+    let deny = lan.path("deny");
+    fs::write(&deny, denied).unwrap();
+    lan.redis(host, 6379).who("b").start();
+    let provider = lan
+        .announce(host, identity)
         .spec("redis:6379")
-        .args(&["--deny-file", deny.to_str().unwrap()])
+        .args(&["--deny-file", deny.to_str().unwrap()]);
+    (provider, deny)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,8 +439,7 @@ fn redis_credentials_injection_staging_and_production() {
 #[test]
 fn allow_list_admits_only_named_nodes() {
     let (lan, [a, b, d]) = lan!("a", "b", "d");
-    let ca = Ca::init(&lan);
-    let [(id_a, _), (id_b, _), (id_d, _)] = ca.issue_each(["a", "b", "d"]);
+    let [(id_a, _), (id_b, _), (id_d, _)] = Ca::init(&lan).issue_each(["a", "b", "d"]);
     lan.redis(&b, 6379).who("b").start();
 
     let provider = lan.announce(&b, &id_b).spec("redis:6379").allow("a,c");
@@ -766,11 +777,8 @@ fn deny_list_and_sighup_reload() {
     let (lan, [a, b, d]) = lan!("a", "b", "d");
     let ca = Ca::init(&lan);
     let [(id_a, fp_a), (id_b, fp_b), (id_d, fp_d)] = ca.issue_each(["a", "b", "d"]);
-    let deny = lan.path("deny");
-    fs::write(&deny, format!("# revoked\n{fp_d}\n")).unwrap();
-    lan.redis(&b, 6379).who("b").start();
-
-    let provider = denying_provider(&lan, &b, &id_b, &deny).bind(7443).start();
+    let (provider, deny) = denying_provider(&lan, &b, &id_b, &format!("# revoked\n{fp_d}\n"));
+    let provider = provider.bind(7443).start();
     let consumer_a = |label: &str, port: u16| {
         lan.connect(&a, &id_a)
             .spec(&format!("redis:{port}"))
@@ -878,12 +886,9 @@ fn deny_list_and_sighup_reload() {
 #[test]
 fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
     let (lan, [a, b]) = lan!("a", "b");
-    let ca = Ca::init(&lan);
-    let [(id_a, fp_a), (id_b, _)] = ca.issue_each(["a", "b"]);
-    let deny = lan.path("deny");
-    fs::write(&deny, "").unwrap();
-    lan.redis(&b, 6379).who("b").start();
-    let provider = denying_provider(&lan, &b, &id_b, &deny).start();
+    let [(id_a, fp_a), (id_b, _)] = Ca::init(&lan).issue_each(["a", "b"]);
+    let (provider, deny) = denying_provider(&lan, &b, &id_b, "");
+    let provider = provider.start();
     lan.connect(&a, &id_a).spec("redis").wait("2s").start();
     assert!(
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
@@ -910,12 +915,9 @@ fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
 #[test]
 fn refused_consumer_does_not_redial_in_a_loop() {
     let (lan, [b, d]) = lan!("b", "d");
-    let ca = Ca::init(&lan);
-    let [(id_b, _), (id_d, fp_d)] = ca.issue_each(["b", "d"]);
-    let deny = lan.path("deny");
-    fs::write(&deny, format!("{fp_d}\n")).unwrap();
-    lan.redis(&b, 6379).who("b").start();
-    let provider = denying_provider(&lan, &b, &id_b, &deny).start();
+    let [(id_b, _), (id_d, fp_d)] = Ca::init(&lan).issue_each(["b", "d"]);
+    let (provider, _) = denying_provider(&lan, &b, &id_b, &format!("{fp_d}\n"));
+    let provider = provider.start();
     let consumer = lan.connect(&d, &id_d).spec("redis").wait("2s").start();
     assert!(
         lan.wait_tcp_listen(&d, 6379, 15 * SEC),
