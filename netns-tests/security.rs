@@ -972,69 +972,44 @@ fn key_files_readable_by_others_are_refused() {
     let node_key = id_a.0.join("node.key");
     fs::set_permissions(&node_key, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let k = key.to_str().unwrap().to_string();
-    let ok = open_key.to_str().unwrap().to_string();
-    let oa = open_auth.to_str().unwrap().to_string();
-    let tm = toml.to_str().unwrap().to_string();
-    let ia = id_a.as_str().to_string();
-    let cases: Vec<(&str, &Path, Vec<&str>)> = vec![
+    let (k, oa) = (key.display(), open_auth.display());
+    // Each command line, split at spaces (the test directory's paths have none).
+    let cases: Vec<(&str, &Path, String)> = vec![
         (
             "mesh key file",
-            open_key.as_path(),
-            vec![
-                "announce",
-                "redis:6379",
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &ok,
-            ],
+            &open_key,
+            format!(
+                "announce redis:6379 --node a --mesh-key-file {}",
+                open_key.display()
+            ),
         ),
         (
             "--redis-auth-file",
-            open_auth.as_path(),
-            vec![
-                "announce",
-                "redis:6379",
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &k,
-                "--redis-auth-file",
-                &oa,
-            ],
+            &open_auth,
+            format!("announce redis:6379 --node a --mesh-key-file {k} --redis-auth-file {oa}"),
         ),
         (
             "TOML redis_auth_file",
-            open_auth.as_path(),
-            vec!["run", "-c", &tm, "--node", "a", "--mesh-key-file", &k],
+            &open_auth,
+            format!("run -c {} --node a --mesh-key-file {k}", toml.display()),
         ),
         (
             "connect --direct --redis-auth-file",
-            open_auth.as_path(),
-            vec![
-                "connect",
-                "redis:16379",
-                "--direct",
-                "--backend",
-                "127.0.0.1:6379",
-                "--redis-auth-file",
-                &oa,
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &k,
-            ],
+            &open_auth,
+            format!(
+                "connect redis:16379 --direct --backend 127.0.0.1:6379 --redis-auth-file {oa} \
+                 --node a --mesh-key-file {k}"
+            ),
         ),
         (
             "node.key",
-            node_key.as_path(),
-            vec!["announce", "redis:6379", "--identity", &ia],
+            &node_key,
+            format!("announce redis:6379 --identity {}", id_a.as_str()),
         ),
     ];
     for (i, (what, file, args)) in cases.iter().enumerate() {
         let mut all = vec![AMBASSADOR];
-        all.extend_from_slice(args);
+        all.extend(args.split_whitespace());
         let out = lan.run(&a, 10 * SEC, &all);
         out.assert_refused(&[], &format!("{what} readable by others"));
         let line = out.stderr.trim();
