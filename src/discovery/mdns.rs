@@ -256,7 +256,7 @@ impl Browser<'_> {
         match self.registry.goodbye(fullname) {
             GoodbyeOutcome::Unknown => {}
             GoodbyeOutcome::Removed => {
-                info!(instance = %fullname, "withdrawn (mDNS goodbye, no verified connection to its node)");
+                info!(instance = %fullname, "withdrawn by its node (mDNS goodbye)");
             }
             GoodbyeOutcome::Kept(nodes) => {
                 for (node, fp) in nodes {

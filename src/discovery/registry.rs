@@ -4,7 +4,7 @@
 //! changed record about it is ignored while its node still serves it, and it leaves when its
 //! node says so or its connection is lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -39,6 +39,28 @@ pub enum Upserted {
     Unchanged,
 }
 
+/// What a node's verified word did to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Its node drains (it stops): the record stays, but no new stream goes there.
+    Draining,
+    /// Its node says, over its verified connection, that it no longer serves it.
+    WithdrawnByNode,
+    /// Its node lost its verified connection, and another certificate of the same name is
+    /// verified: a restarted node's old process.
+    Superseded,
+}
+
+impl std::fmt::Display for Removed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Draining => "withdrawn by its node: it is stopping (over its verified connection)",
+            Self::WithdrawnByNode => "withdrawn by its node (over its verified connection)",
+            Self::Superseded => "superseded: its node restarted (a newer certificate of its name is verified and the old one is gone)",
+        })
+    }
+}
+
 /// What an mDNS goodbye did to the records of one full name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GoodbyeOutcome {
@@ -57,6 +79,8 @@ struct State {
     hints: BTreeMap<String, Instance>,
     /// What verified nodes serve.
     confirmed: HashMap<NodeKey, Confirmed>,
+    /// Nodes that were verified and lost their connection.
+    lost: HashSet<NodeKey>,
 }
 
 /// The live set of instances; discovery and the control streams write it, consumers read it
@@ -135,7 +159,9 @@ impl Registry {
     /// serves them over a verified connection stay; the others go.
     pub fn goodbye(&self, fullname: &str) -> GoodbyeOutcome {
         let mut state = self.lock();
-        let State { hints, confirmed } = &mut *state;
+        let State {
+            hints, confirmed, ..
+        } = &mut *state;
         let mut kept = Vec::new();
         let mut removed = false;
         hints.retain(|_, i| {
@@ -145,7 +171,7 @@ impl Registry {
             let node = (i.node.clone(), i.fingerprint.clone());
             if confirmed
                 .get(&node)
-                .is_some_and(|c| c.set.get(&i.service).is_some())
+                .is_some_and(|c| !c.set.draining && c.set.get(&i.service).is_some())
             {
                 kept.push(node);
                 true
@@ -180,27 +206,57 @@ impl Registry {
     }
 
     /// Replaces what verified nodes serve (from the control streams). Records that a node no
-    /// longer serves are removed; returns the instance keys removed that way.
-    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<String> {
+    /// longer serves are removed, and so are the records of a node that lost its connection
+    /// while another certificate of the same name is verified (a restarted node's old
+    /// process). Returns the instance keys changed (removed, or now draining), and why.
+    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<(String, Removed)> {
         let mut state = self.lock();
         if state.confirmed == confirmed {
             return Vec::new();
         }
-        let mut withdrawn = Vec::new();
-        state.hints.retain(|key, i| {
+        let State {
+            hints,
+            confirmed: previous,
+            lost,
+        } = &mut *state;
+        lost.extend(
+            previous
+                .keys()
+                .filter(|k| !confirmed.contains_key(*k))
+                .cloned(),
+        );
+        let verified_names: HashSet<String> = hints
+            .values()
+            .filter(|i| confirmed.contains_key(&(i.node.clone(), i.fingerprint.clone())))
+            .map(|i| i.fullname.clone())
+            .collect();
+        hints.retain(|key, i| {
             let node = (i.node.clone(), i.fingerprint.clone());
-            match confirmed.get(&node) {
-                Some(c) if c.set.get(&i.service).is_none() => {
-                    withdrawn.push(key.clone());
+            let why = match confirmed.get(&node) {
+                Some(c) if c.set.get(&i.service).is_none() => Some(Removed::WithdrawnByNode),
+                Some(_) => None,
+                None if lost.contains(&node) && verified_names.contains(&i.fullname) => {
+                    Some(Removed::Superseded)
+                }
+                None => None,
+            };
+            match why {
+                Some(why) => {
+                    removed.push((key.clone(), why));
                     false
                 }
-                _ => true,
+                None => true,
             }
         });
-        state.confirmed = confirmed;
+        lost.retain(|k| {
+            hints
+                .values()
+                .any(|i| i.node == k.0 && i.fingerprint == k.1)
+        });
+        *previous = confirmed;
         drop(state);
         self.bump();
-        withdrawn
+        removed
     }
 
     /// Every usable instance of `service`, as its node confirms it where it can.

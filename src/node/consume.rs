@@ -167,8 +167,8 @@ impl Node {
                         ((peer.node, peer.fingerprint), c)
                     })
                     .collect();
-                for key in registry.set_confirmed(confirmed) {
-                    info!(instance = %key, "withdrawn by its node (over its verified connection)");
+                for (key, why) in registry.set_confirmed(confirmed) {
+                    info!(instance = %key, "{why}");
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return,

@@ -230,7 +230,13 @@ impl Consumer {
     }
 
     fn usable(&self, i: &Instance) -> bool {
-        if !i.up || i.socket_addrs(self.local).is_empty() {
+        i.up && self.verifiable(i)
+    }
+
+    /// Whether a record may be dialled: it has an address this node can reach and was not
+    /// refuted or ruled out.
+    fn verifiable(&self, i: &Instance) -> bool {
+        if i.socket_addrs(self.local).is_empty() {
             return false;
         }
         let rejected = self.rejected();

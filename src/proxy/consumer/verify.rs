@@ -26,7 +26,8 @@ impl Consumer {
             return;
         };
         let all = registry.instances(&self.service);
-        for i in all.iter().filter(|i| !i.confirmed && self.usable(i)) {
+        // Whatever the record says of its health: only the node's word counts.
+        for i in all.iter().filter(|i| !i.confirmed && self.verifiable(i)) {
             self.spawn_verify(i);
         }
         let mut by_node: BTreeMap<&NodeName, Vec<&Instance>> = BTreeMap::new();
