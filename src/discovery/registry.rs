@@ -225,6 +225,14 @@ impl Registry {
                 .filter(|k| !confirmed.contains_key(*k))
                 .cloned(),
         );
+        let mut removed = Vec::new();
+        for i in hints.values() {
+            let node = (i.node.clone(), i.fingerprint.clone());
+            let was = previous.get(&node).is_some_and(|c| c.set.draining);
+            if !was && confirmed.get(&node).is_some_and(|c| c.set.draining) {
+                removed.push((i.key(), Removed::Draining));
+            }
+        }
         let verified_names: HashSet<String> = hints
             .values()
             .filter(|i| confirmed.contains_key(&(i.node.clone(), i.fingerprint.clone())))
