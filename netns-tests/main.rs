@@ -6,7 +6,7 @@
 //! Layout: `harness.rs` makes the LAN (namespaces, processes and their logs, captures, waits);
 //! `nodes.rs` runs what the scenarios use on it (ambassador nodes built with `lan.announce` /
 //! `lan.connect`, their `status --json` and `ls --json`, CA identities, Redis servers, held
-//! client sessions, client loops' results); `failover.rs`, `migration.rs` and `security.rs` hold
+//! client sessions, client loops' results); `failover.rs`, `migration.rs`, `security.rs` and `trust.rs` hold
 //! the scenarios of their issues, this file the basic ones.
 
 #[macro_use]
@@ -15,6 +15,7 @@ mod failover;
 mod migration;
 mod nodes;
 mod security;
+mod trust;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
