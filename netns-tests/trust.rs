@@ -122,7 +122,7 @@ impl Record {
             "--to-ip".into(),
             attacker.ip.to_string(),
             "--to-port".into(),
-            QUIC_PORT.to_string(),
+            REDIRECT_PORT.to_string(),
             "--addr".into(),
             attacker.ip.to_string(),
             "--count".into(),
@@ -166,15 +166,21 @@ const DOZEN: Forge = Forge {
     interval: Duration::from_millis(50),
 };
 
-/// An ambassador of another mesh on the attacker host, on [`QUIC_PORT`]: forged addresses lead
-/// to a QUIC server that answers, with a certificate that does not chain to the mesh root.
-fn attacker_ambassador(lan: &Lan, attacker: &Host) -> Proc {
-    let evil = lan.mesh_key("evil");
-    lan.announce(attacker, &evil)
-        .spec("redis:6379")
-        .node("evil")
-        .bind(QUIC_PORT)
-        .start()
+/// Where a forged redirect sends the instance: the attacker's address, this port.
+const REDIRECT_PORT: u16 = 7444;
+
+/// Ambassadors of another mesh on the attacker host, on [`QUIC_PORT`] (where a forged address
+/// of the real host leads) and on [`REDIRECT_PORT`] (where a forged SRV leads): QUIC servers
+/// that answer, with certificates that do not chain to the mesh root.
+fn attacker_ambassadors(lan: &Lan, attacker: &Host) {
+    for (name, port) in [("evil", QUIC_PORT), ("evil2", REDIRECT_PORT)] {
+        let evil = lan.mesh_key(name);
+        lan.announce(attacker, &evil)
+            .spec("redis:6379")
+            .node(name)
+            .bind(port)
+            .start();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,8 +442,8 @@ fn forged_goodbyes_are_ignored_while_the_node_serves() {
 // 2. Forged records.
 
 /// Case 2, a running consumer: forged answers (cache-flush bit set) for B's instance redirect
-/// its SRV to the attacker's address and port (where an ambassador of another mesh answers
-/// QUIC), add the attacker's address to B's host name, and set TXT h=down. Each forgery reaches
+/// its SRV to the attacker's address and another port (where an ambassador of another mesh
+/// answers QUIC), add the attacker's address to B's host name, and set TXT h=down. Each forgery reaches
 /// the consumer (a "record updated" line), and the client loop sees zero failures, all served
 /// by B, which stays healthy.
 #[test]
@@ -445,7 +451,7 @@ fn forged_records_do_not_move_a_running_consumer() {
     let (lan, [a, b, e]) = lan!("a", "b", "e");
     let key = lan.mesh_key("mesh");
     provider(&lan, &b, &key);
-    attacker_ambassador(&lan, &e);
+    attacker_ambassadors(&lan, &e);
     let connect = lan.connect(&a, &key).spec("redis:6379").start();
     wait_who(&lan, &a, 6379, "b", 15 * SEC);
     let record = Record::read(&lan, &e, "redis", "b");
@@ -501,7 +507,7 @@ fn consumer_started_during_forged_answers_gets_through() {
     let (lan, [a, b, e]) = lan!("a", "b", "e");
     let key = lan.mesh_key("mesh");
     provider(&lan, &b, &key);
-    attacker_ambassador(&lan, &e);
+    attacker_ambassadors(&lan, &e);
     let record = Record::read(&lan, &e, "redis", "b");
     let forger = record.spawn_forge(
         &lan,
