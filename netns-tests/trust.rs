@@ -187,11 +187,14 @@ fn attacker_ambassadors(lan: &Lan, attacker: &Host) {
 // Client loops.
 
 /// `threads` loops of one new connection per `GET who` through 127.0.0.1:`port`, one JSON line
-/// per connection, until the stop file exists.
+/// per connection, until the stop file exists. While the hold file exists, every loop waits
+/// between two connections (and says so with a `held-<thread>` file): a SIGKILL injected then
+/// hits no connection in flight, whose bytes the killed process took with it (no proxy can
+/// save those); what the tests claim is that no connection made after the fault fails.
 const CLIENT: &str = r#"
 import json, os, socket, sys, threading, time
 
-out, stop, nthreads, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out, stop, hold, nthreads, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 results = open(out, "a", buffering=1)
 lock = threading.Lock()
 
@@ -213,8 +216,15 @@ def one():
     finally:
         s.close()
 
-def worker():
+def worker(tid):
+    held = "%s-held-%d" % (hold, tid)
     while not os.path.exists(stop):
+        if os.path.exists(hold):
+            open(held, "w").close()
+            while os.path.exists(hold):
+                time.sleep(0.001)
+            os.remove(held)
+            continue
         t0, who, err = time.time(), None, None
         try:
             who = one()
@@ -224,7 +234,7 @@ def worker():
             results.write(json.dumps({"start": t0, "end": time.time(), "who": who, "err": err}) + "\n")
         time.sleep(0.01)
 
-threads = [threading.Thread(target=worker) for _ in range(nthreads)]
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
 for t in threads:
     t.start()
 for t in threads:
@@ -236,6 +246,8 @@ struct Client {
     proc: Proc,
     results: PathBuf,
     stop: PathBuf,
+    hold: PathBuf,
+    threads: usize,
 }
 
 impl Client {
@@ -247,6 +259,7 @@ impl Client {
         }
         let results = lan.path(&format!("{label}.jsonl"));
         let stop = lan.path(&format!("{label}.stop"));
+        let hold = lan.path(&format!("{label}.hold"));
         let proc = lan.spawn(
             host,
             label,
@@ -255,6 +268,7 @@ impl Client {
                 script.to_str().unwrap(),
                 results.to_str().unwrap(),
                 stop.to_str().unwrap(),
+                hold.to_str().unwrap(),
                 &threads.to_string(),
                 &port.to_string(),
             ],
@@ -263,7 +277,30 @@ impl Client {
             proc,
             results,
             stop,
+            hold,
+            threads,
         }
+    }
+
+    /// Runs `fault` while every loop of every client in `clients` waits between two
+    /// connections; returns the epoch time right after it.
+    fn between_connections(lan: &Lan, clients: &[&Client], fault: impl FnOnce()) -> f64 {
+        for c in clients {
+            fs::write(&c.hold, "").expect("create the hold file");
+        }
+        let held = wait_until(10 * SEC, MS, || {
+            clients.iter().all(|c| {
+                (0..c.threads)
+                    .all(|t| Path::new(&format!("{}-held-{t}", c.hold.display())).exists())
+            })
+        });
+        assert!(held, "the client loops did not pause within 10 s");
+        fault();
+        let t = now_epoch();
+        for c in clients {
+            fs::remove_file(&c.hold).expect("remove the hold file");
+        }
+        t
     }
 
     fn conns(&self) -> Vec<Conn> {
