@@ -284,7 +284,7 @@ impl Client {
 
     /// Runs `fault` while every loop of every client in `clients` waits between two
     /// connections; returns the epoch time right after it.
-    fn between_connections(lan: &Lan, clients: &[&Client], fault: impl FnOnce()) -> f64 {
+    fn between_connections(clients: &[&Client], fault: impl FnOnce()) -> f64 {
         for c in clients {
             fs::write(&c.hold, "").expect("create the hold file");
         }
@@ -632,7 +632,20 @@ fn restart_under_load(signal: &str) {
     }
 
     let t_signal = now_epoch();
-    lan.signal(&old, signal);
+    let stop = || {
+        lan.signal(&old, signal);
+        if signal == "KILL" {
+            assert!(lan.wait_exit(&old, 5 * SEC).is_some(), "B survived SIGKILL");
+        }
+    };
+    if signal == "KILL" {
+        // No connection in flight when the process dies (see CLIENT); the loops resume at
+        // once, before the restart, so they meet the dead node's connection first.
+        Client::between_connections(&[&clients[0], &clients[1]], stop);
+    } else {
+        // A drain lets the connections in flight finish: the loops run on.
+        stop();
+    }
     let status = lan
         .wait_exit(&old, 15 * SEC)
         .expect("the old ambassador did not exit");
