@@ -579,15 +579,18 @@ fn consumer_started_during_forged_answers_gets_through() {
     let first = lan.run(&a, 15 * SEC, &["redis-cli", "-p", "6379", "GET", "who"]);
     let took = t0.elapsed();
     report(&format!(
-        "FIGURE consumer started during forged answers: first connection answered in {took:.2?} ({:?}); --wait {WAIT:?}",
+        "FIGURE consumer started during forged answers: first connection ended after {took:.2?} with {:?}; --wait {WAIT:?}",
         first.stdout.trim()
     ));
-    assert_eq!(
-        first.stdout.trim(),
-        "b",
-        "the first client connection failed during forged answers: {first:?}"
-    );
-    assert!(took < WAIT, "the first connection took {took:?}");
+    // Checked at the end, so that a failure here does not hide how the rest goes.
+    let mut failures = Vec::new();
+    if first.stdout.trim() != "b" {
+        failures.push(format!(
+            "the first client connection failed during forged answers after {took:?}: {first:?}"
+        ));
+    } else if took >= WAIT {
+        failures.push(format!("the first connection took {took:?}"));
+    }
     let client = Client::start(&lan, &a, "client", 6379, 2);
     let t1 = now_epoch();
     client.wait_since(&lan, t1, 100, 20 * SEC);
@@ -605,6 +608,7 @@ fn consumer_started_during_forged_answers_gets_through() {
     );
     assert_info(&lan, &connect, &["discovered", "redis@b_"], "discovered");
     assert_info(&lan, &connect, &["verified node", "node=b"], "confirmed");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,11 +859,14 @@ fn two_nodes_with_one_name_are_both_used() {
         .filter(|r| r["service"] == "redis")
         .cloned()
         .collect();
-    assert!(
-        rows.len() == 2 && rows.iter().all(|r| r["name_conflict"] == true),
-        "ls --json on A: two rows marked name_conflict expected: {rows:?}; ls stderr: {}",
-        ls.stderr
-    );
+    // Checked at the end, so that a failure here does not hide how the rest goes.
+    let mut failures = Vec::new();
+    if !(rows.len() == 2 && rows.iter().all(|r| r["name_conflict"] == true)) {
+        failures.push(format!(
+            "ls --json on A: two rows marked name_conflict expected: {rows:?}; ls stderr: {}",
+            ls.stderr
+        ));
+    }
 
     // A consumer that starts later (the twins' own announcements are over) finds both too.
     lan.connect(&d, &key).spec("redis:6379").start();
@@ -936,4 +943,5 @@ fn two_nodes_with_one_name_are_both_used() {
             goodbye.as_str()
         }
     ));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
