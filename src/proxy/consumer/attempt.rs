@@ -113,18 +113,35 @@ impl Consumer {
         }
     }
 
-    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
-    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
-        let conn = self.pool.get(peer).await?;
-        if let Some(id) = peer_identity(&conn)
-            && !id.may_announce(&self.service)
-        {
-            return Err(AttemptError::NotAuthorized {
+    /// Whether the peer's certificate allows its node to announce this service (CA mode).
+    pub(super) fn check_announcer(&self, conn: &quinn::Connection) -> Result<(), AttemptError> {
+        match peer_identity(conn) {
+            Some(id) if !id.may_announce(&self.service) => Err(AttemptError::NotAuthorized {
                 node: id.node_label().to_string(),
                 service: self.service.clone(),
                 fingerprint: id.fingerprint,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// An announcement its node's certificate does not allow: never used again.
+    pub(super) fn not_authorized(&self, instance: &str, e: AttemptError) {
+        let why = e.to_string();
+        if let AttemptError::NotAuthorized { fingerprint, .. } = e {
+            self.reject(Rejection::NotAllowed {
+                instance: instance.to_string(),
+                fingerprint,
             });
         }
+        self.balancer.failed(instance, &why);
+        warn!(%instance, reason = %why, "ignoring this announcement");
+    }
+
+    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
+    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
+        let conn = self.pool.get(peer).await?;
+        self.check_announcer(&conn)?;
         // A stream failure on a connection that has ended is the connection's failure.
         let failed = |e: HeaderError| match connection_failure(&conn) {
             Some(f) => AttemptError::Peer(f),
@@ -235,15 +252,7 @@ pub(super) async fn conclude(
     match error {
         AttemptError::Peer(failure) => peer_failed(consumer, pick, failure),
         e @ AttemptError::NotAuthorized { .. } => {
-            let why = e.to_string();
-            if let AttemptError::NotAuthorized { fingerprint, .. } = e {
-                consumer.reject(Rejection::NotAllowed {
-                    instance: pick.key.clone(),
-                    fingerprint,
-                });
-            }
-            consumer.balancer.failed(&pick.key, &why);
-            warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            consumer.not_authorized(&pick.key, e);
             Next::Another
         }
         AttemptError::AuthRejected(why) => {

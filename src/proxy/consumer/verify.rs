@@ -52,13 +52,16 @@ impl Consumer {
                 return;
             }
         }
-        let consumer = self.clone();
+        let (consumer, instance) = (self.clone(), i.key());
         let span = info_span!("verify", instance = %i.key());
         let task = async move {
             match consumer.pool.get(&target).await {
-                Ok(_) => debug!("record verified: its node answers"),
+                Ok(conn) => match consumer.check_announcer(&conn) {
+                    Ok(()) => debug!("record verified: its node answers"),
+                    Err(e) => consumer.not_authorized(&instance, e),
+                },
                 Err(e) if e.refutes_record() => {
-                    warn!(error = %e, "record refuted by the handshake: it will not be used");
+                    warn!(error = %e, "peer failed the mesh handshake: its record will not be used");
                     consumer.reject(Rejection::Refuted(target));
                 }
                 Err(e) => debug!(error = %e, "record not verified yet"),
