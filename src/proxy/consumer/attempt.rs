@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{DirectError, splice_tcp};
-use super::{Candidate, Consumer, Rejection, Target};
+use super::{Candidate, Consumer, Rejection, Target, Tried};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::names::{Fingerprint, ServiceName};
 use crate::proxy::splice::splice;
@@ -184,7 +184,7 @@ impl Consumer {
 pub(super) async fn attempt(
     consumer: &Arc<Consumer>,
     tcp: &mut Option<TcpStream>,
-    tried: &mut HashSet<String>,
+    tried: &mut HashSet<Tried>,
     pick: Candidate,
 ) -> Option<(Candidate, Result<Opened, AttemptError>)> {
     // Boxed: the task of a connection is as large as its largest state, and two attempts in
@@ -199,7 +199,7 @@ pub(super) async fn attempt(
         let outcome = first.await;
         return Some((pick, outcome));
     };
-    tried.insert(second.key.clone());
+    tried.insert(second.tried());
     info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
     let mut other = Box::pin(consumer.open_counted(&second));
     let (first_done, outcome) = tokio::select! {
