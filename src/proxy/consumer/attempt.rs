@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{DirectError, splice_tcp};
-use super::{Candidate, Consumer, Rejection, Target};
+use super::{Candidate, Consumer, Rejection, Target, Tried};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::names::{Fingerprint, ServiceName};
 use crate::proxy::splice::splice;
@@ -113,18 +113,35 @@ impl Consumer {
         }
     }
 
-    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
-    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
-        let conn = self.pool.get(peer).await?;
-        if let Some(id) = peer_identity(&conn)
-            && !id.may_announce(&self.service)
-        {
-            return Err(AttemptError::NotAuthorized {
+    /// Whether the peer's certificate allows its node to announce this service (CA mode).
+    pub(super) fn check_announcer(&self, conn: &quinn::Connection) -> Result<(), AttemptError> {
+        match peer_identity(conn) {
+            Some(id) if !id.may_announce(&self.service) => Err(AttemptError::NotAuthorized {
                 node: id.node_label().to_string(),
                 service: self.service.clone(),
                 fingerprint: id.fingerprint,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// An announcement its node's certificate does not allow: never used again.
+    pub(super) fn not_authorized(&self, instance: &str, e: AttemptError) {
+        let why = e.to_string();
+        if let AttemptError::NotAuthorized { fingerprint, .. } = e {
+            self.reject(Rejection::NotAllowed {
+                instance: instance.to_string(),
+                fingerprint,
             });
         }
+        self.balancer.failed(instance, &why);
+        warn!(%instance, reason = %why, "ignoring this announcement");
+    }
+
+    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
+    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
+        let conn = self.pool.get(peer).await?;
+        self.check_announcer(&conn)?;
         // A stream failure on a connection that has ended is the connection's failure.
         let failed = |e: HeaderError| match connection_failure(&conn) {
             Some(f) => AttemptError::Peer(f),
@@ -167,7 +184,7 @@ impl Consumer {
 pub(super) async fn attempt(
     consumer: &Arc<Consumer>,
     tcp: &mut Option<TcpStream>,
-    tried: &mut HashSet<String>,
+    tried: &mut HashSet<Tried>,
     pick: Candidate,
 ) -> Option<(Candidate, Result<Opened, AttemptError>)> {
     // Boxed: the task of a connection is as large as its largest state, and two attempts in
@@ -182,7 +199,7 @@ pub(super) async fn attempt(
         let outcome = first.await;
         return Some((pick, outcome));
     };
-    tried.insert(second.key.clone());
+    tried.insert(second.tried());
     info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
     let mut other = Box::pin(consumer.open_counted(&second));
     let (first_done, outcome) = tokio::select! {
@@ -235,15 +252,7 @@ pub(super) async fn conclude(
     match error {
         AttemptError::Peer(failure) => peer_failed(consumer, pick, failure),
         e @ AttemptError::NotAuthorized { .. } => {
-            let why = e.to_string();
-            if let AttemptError::NotAuthorized { fingerprint, .. } = e {
-                consumer.reject(Rejection::NotAllowed {
-                    instance: pick.key.clone(),
-                    fingerprint,
-                });
-            }
-            consumer.balancer.failed(&pick.key, &why);
-            warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            consumer.not_authorized(&pick.key, e);
             Next::Another
         }
         AttemptError::AuthRejected(why) => {

@@ -60,7 +60,7 @@ async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
         let Some(pick) = consumer.choose(&tried, until).await else {
             break;
         };
-        tried.insert(pick.key.clone());
+        tried.insert(pick.tried());
         let Some((winner, outcome)) = attempt(&consumer, &mut tcp, &mut tried, pick).await else {
             return;
         };

@@ -33,7 +33,7 @@ use crate::names::{Fingerprint, QuicAddr, ServiceName, TcpAddr};
 use crate::transport::{ClaimedIdentity, PeerKey, PeerTarget, Pool};
 
 /// Where a candidate's connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Target {
     /// An ambassador peer, over the pooled QUIC connection.
     Peer(PeerTarget),
@@ -78,6 +78,12 @@ impl Candidate {
         }
     }
 
+    /// What a client connection remembers of a candidate it tried: the instance *and* where it
+    /// went, so the same instance at a new address (a record that changed) counts as untried.
+    fn tried(&self) -> Tried {
+        (self.key.clone(), self.target.clone())
+    }
+
     /// The pool key of the peer behind this candidate (`None` for a direct backend).
     fn peer_key(&self) -> Option<PeerKey> {
         match &self.target {
@@ -86,6 +92,9 @@ impl Candidate {
         }
     }
 }
+
+/// A candidate a client connection tried: its instance key and its target.
+pub(crate) type Tried = (String, Target);
 
 /// Whom to dial for a record: the node and certificate it claims, at its addresses.
 fn peer_target(inst: &Instance, local: SocketAddr) -> PeerTarget {
@@ -229,6 +238,10 @@ impl Consumer {
         ]
     }
 
+    fn tried_of(&self, i: &Instance) -> Tried {
+        (i.key(), Target::Peer(peer_target(i, self.local)))
+    }
+
     fn usable(&self, i: &Instance) -> bool {
         i.up && self.verifiable(i)
     }
@@ -257,25 +270,25 @@ impl Consumer {
     }
 
     /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
-    async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+    async fn candidates(&self, tried: &HashSet<Tried>, deadline: Instant) -> Vec<Candidate> {
         match &self.backends {
             Backends::Endpoints(set) => set.wait_nonempty(deadline).await,
             Backends::Discovered(registry) => {
                 let pred = |all: &[Instance]| {
                     all.iter()
-                        .any(|i| !tried.contains(&i.key()) && self.usable(i))
+                        .any(|i| self.usable(i) && !tried.contains(&self.tried_of(i)))
                 };
                 registry.wait_for(&self.service, deadline, pred).await;
             }
         }
         self.all_candidates()
             .into_iter()
-            .filter(|c| !tried.contains(&c.key))
+            .filter(|c| !tried.contains(&c.tried()))
             .collect()
     }
 
     /// Picks an instance not yet tried for this client (waiting up to `until` for a first).
-    async fn choose(&self, tried: &HashSet<String>, until: Instant) -> Option<Candidate> {
+    async fn choose(&self, tried: &HashSet<Tried>, until: Instant) -> Option<Candidate> {
         let cands = self.candidates(tried, until).await;
         let choices: Vec<Choice<'_>> = cands
             .iter()

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::probe::ProbeError;
 use super::{Backends, Consumer, Rejection, peer_target};
 use crate::discovery::Instance;
 use crate::names::NodeName;
+use crate::transport::protocol::RefusalCode;
 
 /// Most background verifications at once (a flood of forged records costs no more).
 const MAX_VERIFYING: usize = 64;
@@ -52,13 +54,16 @@ impl Consumer {
                 return;
             }
         }
-        let consumer = self.clone();
+        let (consumer, instance) = (self.clone(), i.key());
         let span = info_span!("verify", instance = %i.key());
         let task = async move {
             match consumer.pool.get(&target).await {
-                Ok(_) => debug!("record verified: its node answers"),
+                Ok(conn) => match consumer.check_announcer(&conn) {
+                    Ok(()) => debug!("record verified: its node answers"),
+                    Err(e) => consumer.not_authorized(&instance, e),
+                },
                 Err(e) if e.refutes_record() => {
-                    warn!(error = %e, "record refuted by the handshake: it will not be used");
+                    warn!(error = %e, "peer failed the mesh handshake: its record will not be used");
                     consumer.reject(Rejection::Refuted(target));
                 }
                 Err(e) => debug!(error = %e, "record not verified yet"),
@@ -84,7 +89,14 @@ impl Consumer {
                 .rtt(&target)
                 .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
             match tokio::time::timeout(bound, consumer.probe_once(&target)).await {
-                Ok(Ok(())) => warn!(
+                // A draining node is alive, and its open streams must go on.
+                Ok(Err(ProbeError::Refused(r))) if r.code == RefusalCode::Draining => {
+                    info!(
+                        "the old process of a restarted node is draining: its open streams finish, new ones go to the new one"
+                    );
+                }
+                // It answers (a refusal too: a target-down node is alive).
+                Ok(Ok(()) | Err(ProbeError::Refused(_))) => warn!(
                     "two live nodes of this mesh share the name {}: both stay usable, told apart by certificate (give each its own --node)",
                     target.claimed.as_ref().map_or("?", |c| c.node.as_str())
                 ),
