@@ -544,7 +544,7 @@ fn forged_records_do_not_move_a_running_consumer() {
 }
 
 /// Case 2, a consumer that starts during forged answers: while the attacker keeps sending the
-/// three forgeries in turn (10 a second), a consumer starts on A; its first client connection
+/// three forgeries in turn (10 a second, for up to 40 s), a consumer starts on A; its first client connection
 /// (one `redis-cli`, not retried) gets B's answer within `--wait` (5 s), and a client loop
 /// afterwards sees zero failures.
 #[test]
@@ -559,7 +559,7 @@ fn consumer_started_during_forged_answers_gets_through() {
         &e,
         "mix",
         Forge {
-            count: 200,
+            count: 400,
             interval: 100 * MS,
         },
     );
@@ -593,22 +593,32 @@ fn consumer_started_during_forged_answers_gets_through() {
     }
     let client = Client::start(&lan, &a, "client", 6379, 2);
     let t1 = now_epoch();
-    client.wait_since(&lan, t1, 100, 20 * SEC);
+    let enough = wait_until(20 * SEC, 20 * MS, || client.since(t1).len() >= 100);
     let forging = lan.running(&forger);
     let conns = client.stop(&lan);
-    assert_no_failure(&conns, "client loop during forged answers");
-    assert!(
-        conns.iter().all(|c| c.who.as_deref() == Some("b")),
-        "{:?}",
-        count_who(&conns)
-    );
+    let failed: Vec<&Conn> = conns.iter().filter(|c| c.err.is_some()).collect();
+    if !enough || !failed.is_empty() {
+        failures.push(format!(
+            "client loop during forged answers: {} of {} connections failed in 20 s {:?}, e.g. {:?}",
+            failed.len(),
+            conns.len(),
+            count_who(&conns),
+            failed.first()
+        ));
+    } else {
+        assert!(
+            conns.iter().all(|c| c.who.as_deref() == Some("b")),
+            "{:?}",
+            count_who(&conns)
+        );
+    }
     assert!(
         forging,
         "the forger stopped before the client loop ended: the loop did not run under forgery"
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_info(&lan, &connect, &["discovered", "redis@b_"], "discovered");
     assert_info(&lan, &connect, &["verified node", "node=b"], "confirmed");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
