@@ -13,6 +13,7 @@
 mod harness;
 mod failover;
 mod migration;
+mod multihomed;
 mod nodes;
 mod security;
 
