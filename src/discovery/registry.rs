@@ -41,7 +41,11 @@ pub enum Upserted {
 
 /// What a node's verified word did to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removed {
+pub enum Change {
+    /// Its node confirmed it over its verified connection.
+    Confirmed,
+    /// Its node's verified connection is gone: the record is a hint again.
+    Unconfirmed,
     /// Its node drains (it stops): the record stays, but no new stream goes there.
     Draining,
     /// Its node says, over its verified connection, that it no longer serves it.
@@ -51,9 +55,11 @@ pub enum Removed {
     Superseded,
 }
 
-impl std::fmt::Display for Removed {
+impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Confirmed => "confirmed by its node over its verified connection",
+            Self::Unconfirmed => "its node's verified connection is gone: a record again (ejected until a probe reaches it)",
             Self::Draining => "withdrawn by its node: it is stopping (over its verified connection)",
             Self::WithdrawnByNode => "withdrawn by its node (over its verified connection)",
             Self::Superseded => "superseded: its node restarted (a newer certificate of its name is verified and the old one is gone)",
@@ -209,7 +215,7 @@ impl Registry {
     /// longer serves are removed, and so are the records of a node that lost its connection
     /// while another certificate of the same name is verified (a restarted node's old
     /// process). Returns the instance keys changed (removed, or now draining), and why.
-    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<(String, Removed)> {
+    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<(String, Change)> {
         let mut state = self.lock();
         if state.confirmed == confirmed {
             return Vec::new();
@@ -228,9 +234,17 @@ impl Registry {
         let mut removed = Vec::new();
         for i in hints.values() {
             let node = (i.node.clone(), i.fingerprint.clone());
-            let was = previous.get(&node).is_some_and(|c| c.set.draining);
-            if !was && confirmed.get(&node).is_some_and(|c| c.set.draining) {
-                removed.push((i.key(), Removed::Draining));
+            let (was, now) = (previous.get(&node), confirmed.get(&node));
+            let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
+            let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
+            if !serves(was) && serves(now) {
+                removed.push((i.key(), Change::Confirmed));
+            }
+            if serves(was) && now.is_none() {
+                removed.push((i.key(), Change::Unconfirmed));
+            }
+            if !draining(was) && draining(now) {
+                removed.push((i.key(), Change::Draining));
             }
         }
         let verified_names: HashSet<String> = hints
@@ -241,10 +255,10 @@ impl Registry {
         hints.retain(|key, i| {
             let node = (i.node.clone(), i.fingerprint.clone());
             let why = match confirmed.get(&node) {
-                Some(c) if c.set.get(&i.service).is_none() => Some(Removed::WithdrawnByNode),
+                Some(c) if c.set.get(&i.service).is_none() => Some(Change::WithdrawnByNode),
                 Some(_) => None,
                 None if lost.contains(&node) && verified_names.contains(&i.fullname) => {
-                    Some(Removed::Superseded)
+                    Some(Change::Superseded)
                 }
                 None => None,
             };
