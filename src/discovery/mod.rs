@@ -9,7 +9,7 @@ mod record;
 mod registry;
 
 pub use record::{Instance, RecordError, SERVICE_TYPE, TxtRecord};
-pub use registry::{Confirmed, GoodbyeOutcome, NodeKey, Registry, Removed, Upserted};
+pub use registry::{Change, Confirmed, GoodbyeOutcome, NodeKey, Registry, Upserted};
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

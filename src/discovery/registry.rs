@@ -41,7 +41,11 @@ pub enum Upserted {
 
 /// What a node's verified word did to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removed {
+pub enum Change {
+    /// Its node confirmed it over its verified connection.
+    Confirmed,
+    /// Its node's verified connection is gone: the record is a hint again.
+    Unconfirmed,
     /// Its node drains (it stops): the record stays, but no new stream goes there.
     Draining,
     /// Its node says, over its verified connection, that it no longer serves it.
@@ -51,9 +55,11 @@ pub enum Removed {
     Superseded,
 }
 
-impl std::fmt::Display for Removed {
+impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Confirmed => "confirmed by its node over its verified connection",
+            Self::Unconfirmed => "its node's verified connection is gone: a record again (ejected until a probe reaches it)",
             Self::Draining => "withdrawn by its node: it is stopping (over its verified connection)",
             Self::WithdrawnByNode => "withdrawn by its node (over its verified connection)",
             Self::Superseded => "superseded: its node restarted (a newer certificate of its name is verified and the old one is gone)",
@@ -209,7 +215,7 @@ impl Registry {
     /// longer serves are removed, and so are the records of a node that lost its connection
     /// while another certificate of the same name is verified (a restarted node's old
     /// process). Returns the instance keys changed (removed, or now draining), and why.
-    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<(String, Removed)> {
+    pub fn set_confirmed(&self, confirmed: HashMap<NodeKey, Confirmed>) -> Vec<(String, Change)> {
         let mut state = self.lock();
         if state.confirmed == confirmed {
             return Vec::new();
@@ -228,9 +234,17 @@ impl Registry {
         let mut removed = Vec::new();
         for i in hints.values() {
             let node = (i.node.clone(), i.fingerprint.clone());
-            let was = previous.get(&node).is_some_and(|c| c.set.draining);
-            if !was && confirmed.get(&node).is_some_and(|c| c.set.draining) {
-                removed.push((i.key(), Removed::Draining));
+            let (was, now) = (previous.get(&node), confirmed.get(&node));
+            let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
+            let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
+            if !serves(was) && serves(now) {
+                removed.push((i.key(), Change::Confirmed));
+            }
+            if serves(was) && now.is_none() {
+                removed.push((i.key(), Change::Unconfirmed));
+            }
+            if !draining(was) && draining(now) {
+                removed.push((i.key(), Change::Draining));
             }
         }
         let verified_names: HashSet<String> = hints
@@ -241,10 +255,10 @@ impl Registry {
         hints.retain(|key, i| {
             let node = (i.node.clone(), i.fingerprint.clone());
             let why = match confirmed.get(&node) {
-                Some(c) if c.set.get(&i.service).is_none() => Some(Removed::WithdrawnByNode),
+                Some(c) if c.set.get(&i.service).is_none() => Some(Change::WithdrawnByNode),
                 Some(_) => None,
                 None if lost.contains(&node) && verified_names.contains(&i.fullname) => {
-                    Some(Removed::Superseded)
+                    Some(Change::Superseded)
                 }
                 None => None,
             };
@@ -310,5 +324,126 @@ impl Registry {
     /// A receiver notified on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::discovery::TxtRecord;
+    use crate::names::MeshId;
+    use crate::served::ServiceState;
+
+    fn svc() -> ServiceName {
+        ServiceName::parse("redis").unwrap()
+    }
+
+    fn record(fp: char, port: u16, up: bool) -> Instance {
+        let txt = TxtRecord {
+            service: svc(),
+            port: 6379,
+            node: NodeName::parse("b").unwrap(),
+            mesh: MeshId::parse("0123456789abcdef").unwrap(),
+            fingerprint: Fingerprint::parse(&fp.to_string().repeat(64)).unwrap(),
+            weight: 1,
+            up,
+        };
+        let ip: IpAddr = "10.77.0.2".parse().unwrap();
+        Instance::new("redis@b_01234567._ambassador._udp.local.", port, [ip], txt).unwrap()
+    }
+
+    fn serving(i: &Instance, up: bool, draining: bool) -> HashMap<NodeKey, Confirmed> {
+        let set = ServiceSet {
+            draining,
+            services: vec![ServiceState {
+                svc: svc(),
+                port: 6379,
+                w: 5,
+                up,
+            }],
+        };
+        let remote = SocketAddr::new(i.addrs[0], 4433);
+        HashMap::from([(
+            (i.node.clone(), i.fingerprint.clone()),
+            Confirmed { remote, set },
+        )])
+    }
+
+    #[test]
+    fn a_verified_node_outranks_its_records() {
+        let r = Registry::default();
+        let real = record('a', 4433, true);
+        assert_eq!(r.upsert(real.clone()), Upserted::New);
+        let changes = r.set_confirmed(serving(&real, true, false));
+        assert_eq!(changes, vec![(real.key(), Change::Confirmed)]);
+        let got = &r.instances(&svc())[0];
+        assert!(got.confirmed && got.up && got.weight == 5);
+
+        // A forged h=down and a redirected port change nothing while the node serves it.
+        r.upsert(record('a', 9999, false));
+        let got = &r.instances(&svc())[0];
+        assert!(got.up, "h=down from a record is ignored");
+        assert_eq!(got.quic_port, 4433, "the verified port stays");
+
+        // A forged goodbye is ignored.
+        let fullname = real.fullname.clone();
+        assert!(matches!(r.goodbye(&fullname), GoodbyeOutcome::Kept(_)));
+        assert_eq!(r.instances(&svc()).len(), 1);
+
+        // The node's own word: target down, then draining.
+        r.set_confirmed(serving(&real, false, false));
+        assert!(!r.instances(&svc())[0].up);
+        let changes = r.set_confirmed(serving(&real, true, true));
+        assert_eq!(changes, vec![(real.key(), Change::Draining)]);
+        assert!(
+            !r.instances(&svc())[0].up,
+            "a draining node takes no new stream"
+        );
+        // A goodbye of a draining node removes it.
+        assert_eq!(r.goodbye(&fullname), GoodbyeOutcome::Removed);
+        assert!(r.instances(&svc()).is_empty());
+    }
+
+    #[test]
+    fn records_alone_follow_goodbyes_and_a_node_withdraws_over_quic() {
+        let r = Registry::default();
+        let a = record('a', 4433, true);
+        r.upsert(a.clone());
+        assert_eq!(r.goodbye(&a.fullname), GoodbyeOutcome::Removed);
+        assert_eq!(r.goodbye(&a.fullname), GoodbyeOutcome::Unknown);
+
+        r.upsert(a.clone());
+        let mut none = serving(&a, true, false);
+        for c in none.values_mut() {
+            c.set.services.clear();
+        }
+        let changes = r.set_confirmed(none);
+        assert_eq!(changes, vec![(a.key(), Change::WithdrawnByNode)]);
+        assert!(r.all().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_node_supersedes_its_old_process() {
+        let r = Registry::default();
+        let (old, new) = (record('a', 4433, true), record('b', 4434, true));
+        r.upsert(old.clone());
+        r.set_confirmed(serving(&old, true, false));
+        r.upsert(new.clone());
+        assert_eq!(r.instances(&svc()).len(), 2, "one name, two certificates");
+        // The old connection is dropped, the new node is verified: the old record goes.
+        let changes = r.set_confirmed(serving(&new, true, false));
+        assert!(
+            changes.contains(&(old.key(), Change::Superseded)),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&(new.key(), Change::Confirmed)),
+            "{changes:?}"
+        );
+        let left = r.instances(&svc());
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].fingerprint, new.fingerprint);
     }
 }

@@ -370,3 +370,89 @@ async fn auth_failed(stream: Stream) {
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::identity::{MeshKey, MeshRoot};
+    use crate::names::QuicAddr;
+    use crate::transport::{
+        ClaimedIdentity, PeerTarget, Pool, TransportSettings, client_config, endpoint,
+    };
+
+    async fn wait_view(pool: &Pool, want: impl Fn(&ServiceSet) -> bool) -> ServiceSet {
+        let mut changes = pool.views().subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = pool.views().snapshot().values().next()
+                && want(&v.set)
+            {
+                return v.set.clone();
+            }
+            tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .expect("the view changes in time")
+                .expect("views live");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_control_stream_tells_health_and_drain_at_once() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = MeshRoot::derive(&MeshKey::generate().unwrap()).unwrap();
+        let provider_id = root.issue(&NodeName::parse("b").unwrap()).unwrap();
+        let consumer_id = root.issue(&NodeName::parse("a").unwrap()).unwrap();
+        let (settings, deny) = (TransportSettings::default(), DenyList::empty());
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = endpoint(local, &provider_id, &deny, true, &settings).unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let service = ServiceName::parse("redis").unwrap();
+        let target = ServiceTarget {
+            addr: TcpAddr("127.0.0.1:1".parse().unwrap()),
+            port: 6379,
+            weight: 2,
+            up: up.clone(),
+            allow: None,
+            redis_auth: None,
+        };
+        let cfg = Arc::new(ProviderConfig {
+            services: HashMap::from([(service.clone(), target)]),
+            header_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            draining: AtomicBool::new(false),
+            activity: Activity::default(),
+            deny: deny.clone(),
+            published: watch::channel(ServiceSet::default()).0,
+        });
+        cfg.publish();
+        let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(serve(server, cfg.clone(), cancel.clone(), tracker.clone()));
+
+        let client_ep = endpoint(local, &consumer_id, &deny, false, &settings).unwrap();
+        let client = client_config(&consumer_id, &deny, &settings).unwrap();
+        let pool = Pool::new(client_ep, client, settings);
+        let peer = PeerTarget {
+            claimed: Some(ClaimedIdentity {
+                node: provider_id.node.clone(),
+                fingerprint: provider_id.fingerprint.clone(),
+            }),
+            addrs: vec![QuicAddr(addr)],
+        };
+        pool.get(&peer).await.unwrap();
+        let set = wait_view(&pool, |s| !s.services.is_empty()).await;
+        let s = set.get(&service).unwrap();
+        assert!(s.up && s.w == 2 && s.port == 6379 && !set.draining);
+
+        up.store(false, Ordering::Relaxed);
+        cfg.publish();
+        wait_view(&pool, |s| s.get(&service).is_some_and(|s| !s.up)).await;
+
+        cfg.draining.store(true, Ordering::Relaxed);
+        cfg.publish();
+        wait_view(&pool, |s| s.draining).await;
+        cancel.cancel();
+    }
+}

@@ -2,7 +2,7 @@
 //! first need and re-established on loss, so a new TCP connection costs a stream, never a
 //! handshake.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::TransportSettings;
 use super::failure::{CloseCode, PeerFailure, Refutation, Unreachable};
@@ -79,6 +81,14 @@ pub struct PeerLost {
     /// Why.
     pub why: PeerFailure,
 }
+
+/// The stagger between the starts of two dial attempts to one peer (RFC 8305's "Connection
+/// Attempt Delay"). A QUIC handshake on a LAN takes a few milliseconds, so a live first
+/// address nearly always wins before a second attempt starts, and a dead one delays the
+/// connection by this much. RFC 8305 recommends 250 ms for the Internet and a floor of 10 ms;
+/// 50 ms keeps a LAN's first connection well under 250 ms past a dead address while still
+/// sparing a healthy peer a duplicate handshake on a loaded host.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(50);
 
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
@@ -240,19 +250,57 @@ impl Pool {
         }
     }
 
+    /// Dials `peer` at all its addresses, Happy-Eyeballs style (RFC 8305, section 5): the
+    /// first attempt starts at once and each next one [`ATTEMPT_DELAY`] after the previous
+    /// start, or as soon as an attempt fails, whichever comes first. The first attempt that
+    /// yields a verified connection (certificate chained and fingerprint checked in
+    /// [`Self::dial_one`]) wins; the others are cancelled, and one that completed meanwhile
+    /// is closed. A dead address costs the stagger, not a handshake timeout, and a refuting
+    /// one (a forged address) never hides one that works.
+    ///
+    /// When all fail: a refutation if any address refuted the record, else the last failure.
     async fn dial(&self, peer: &PeerTarget) -> Result<Connection, PeerFailure> {
-        let mut last = PeerFailure::NoAddress;
-        let mut refuted: Option<PeerFailure> = None;
-        for &addr in &peer.addrs {
-            match self.dial_one(peer, addr.0).await {
-                Ok(conn) => return Ok(conn),
-                // A failed identity at one address (a forged or stale record) does not condemn
-                // the others: try them all, and report the refutation.
-                Err(e) if e.refutes_record() => refuted = Some(e),
-                Err(e) => last = e,
+        let mut waiting: VecDeque<SocketAddr> = peer.addrs.iter().map(|a| a.0).collect();
+        let mut attempts = JoinSet::new();
+        let mut failures = DialFailures::default();
+        let mut next = waiting.pop_front();
+        loop {
+            if let Some(addr) = next.take() {
+                self.start_attempt(&mut attempts, peer, addr);
             }
+            let more = !waiting.is_empty();
+            let joined = tokio::select! {
+                joined = attempts.join_next() => joined,
+                () = tokio::time::sleep(ATTEMPT_DELAY), if more => {
+                    next = waiting.pop_front();
+                    continue;
+                }
+            };
+            match joined {
+                // No attempt running and none waiting.
+                None => return Err(failures.verdict()),
+                Some(Ok(Ok(conn))) => {
+                    close_losers(attempts).await;
+                    return Ok(conn);
+                }
+                Some(Ok(Err(e))) => failures.record(e),
+                // A panicked attempt tells nothing about the peer; go on with the others.
+                Some(Err(_)) => {}
+            }
+            next = waiting.pop_front();
         }
-        Err(refuted.unwrap_or(last))
+    }
+
+    /// Spawns one attempt of [`Self::dial`] into `attempts`, in a span naming its address.
+    fn start_attempt(
+        &self,
+        attempts: &mut JoinSet<Result<Connection, PeerFailure>>,
+        peer: &PeerTarget,
+        addr: SocketAddr,
+    ) {
+        let (pool, target) = (self.clone(), peer.clone());
+        let span = tracing::debug_span!("dial", peer = %peer.key(), %addr);
+        attempts.spawn(async move { pool.dial_one(&target, addr).await }.instrument(span));
     }
 
     async fn dial_one(
@@ -292,6 +340,44 @@ impl Pool {
             }
         }
         Ok(conn)
+    }
+}
+
+/// Failures of the attempts of one dial, for its verdict when none succeeds.
+#[derive(Default)]
+struct DialFailures {
+    /// The last failure that did not refute the record.
+    last: Option<PeerFailure>,
+    /// A refutation (a forged or stale address), which outranks any other failure.
+    refuted: Option<PeerFailure>,
+}
+
+impl DialFailures {
+    /// Notes one attempt's failure.
+    fn record(&mut self, e: PeerFailure) {
+        if e.refutes_record() {
+            self.refuted = Some(e);
+        } else {
+            self.last = Some(e);
+        }
+    }
+
+    /// The dial's failure: a refutation if any address refuted the record, else the last
+    /// failure (no address at all if there was none to try).
+    fn verdict(self) -> PeerFailure {
+        self.refuted.or(self.last).unwrap_or(PeerFailure::NoAddress)
+    }
+}
+
+/// Cancels the attempts still running after a winner (dropping a handshake in progress
+/// closes it), and closes any that completed meanwhile, so no connection is left open
+/// beside the winner.
+async fn close_losers(mut attempts: JoinSet<Result<Connection, PeerFailure>>) {
+    attempts.abort_all();
+    while let Some(joined) = attempts.join_next().await {
+        if let Ok(Ok(conn)) = joined {
+            conn.close(CloseCode::Stopping.varint(), b"another address won");
+        }
     }
 }
 

@@ -28,11 +28,20 @@ fn server(identity: &NodeIdentity, deny: &Arc<DenyList>) -> quinn::Endpoint {
     serve(identity, deny).0
 }
 
-/// [`server`], with a channel told of each completed handshake.
+/// What a [`serve`] endpoint saw of one connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Its handshake completed.
+    Up,
+    /// It ended: closed after its handshake, or its handshake failed or was abandoned.
+    Ended,
+}
+
+/// [`server`], with a channel told of each connection's handshake and end.
 fn serve(
     identity: &NodeIdentity,
     deny: &Arc<DenyList>,
-) -> (quinn::Endpoint, tokio::sync::mpsc::UnboundedReceiver<()>) {
+) -> (quinn::Endpoint, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let ep = endpoint(local, identity, deny, true, &settings()).unwrap();
     let accepting = ep.clone();
@@ -42,13 +51,57 @@ fn serve(
             let tx = tx.clone();
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    let _ = tx.send(());
+                    let _ = tx.send(Seen::Up);
                     conn.closed().await;
                 }
+                let _ = tx.send(Seen::Ended);
             });
         }
     });
     (ep, rx)
+}
+
+/// An address that swallows every datagram: a dead address (the socket must be kept).
+fn black_hole() -> (std::net::UdpSocket, QuicAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = QuicAddr(socket.local_addr().unwrap());
+    (socket, addr)
+}
+
+/// A UDP relay on loopback to `to` that delays every datagram, both ways, by `delay`: a live
+/// address that answers slowly. Serves one client.
+async fn slow_relay(to: SocketAddr, delay: Duration) -> QuicAddr {
+    let outer = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let inner = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    inner.connect(to).await.unwrap();
+    let addr = QuicAddr(outer.local_addr().unwrap());
+    let (client_tx, mut client_rx) = tokio::sync::watch::channel(None);
+    let (from, towards) = (outer.clone(), inner.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        while let Ok((n, client)) = from.recv_from(&mut buf).await {
+            client_tx.send_replace(Some(client));
+            let (datagram, towards) = (buf[..n].to_vec(), towards.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = towards.send(&datagram).await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        while let Ok(n) = inner.recv(&mut buf).await {
+            let Some(client) = *client_rx.borrow_and_update() else {
+                continue;
+            };
+            let (datagram, back) = (buf[..n].to_vec(), outer.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = back.send_to(&datagram, client).await;
+            });
+        }
+    });
+    addr
 }
 
 fn pool(identity: &NodeIdentity, deny: &Arc<DenyList>) -> Pool {
@@ -216,7 +269,7 @@ async fn a_stopping_peer_closed_the_connection() {
     let mut lost = pool.subscribe_lost();
     let peer = target(&provider, srv.local_addr().unwrap());
     let conn = pool.get(&peer).await.unwrap();
-    established.recv().await.unwrap();
+    assert_eq!(established.recv().await, Some(Seen::Up));
     srv.close(CloseCode::Stopping.varint(), b"node stopping");
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     assert_eq!(
@@ -229,4 +282,113 @@ async fn a_stopping_peer_closed_the_connection() {
         .unwrap();
     assert_eq!(ev.peer, peer.key());
     assert_eq!(ev.why, PeerFailure::ClosedByPeer(Some(CloseCode::Stopping)));
+}
+
+/// A target of `of` at `addrs`, dialled in this order.
+fn target_at(of: &NodeIdentity, addrs: Vec<QuicAddr>) -> PeerTarget {
+    PeerTarget {
+        addrs,
+        ..target(of, "127.0.0.1:1".parse().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_dead_address_costs_the_stagger_not_the_handshake_timeout() {
+    let (_, provider, consumer) = setup();
+    let (_hole, dead) = black_hole();
+    let srv = server(&provider, &DenyList::empty());
+    let live = QuicAddr(srv.local_addr().unwrap());
+    let pool = pool(&consumer, &DenyList::empty());
+    let started = std::time::Instant::now();
+    let conn = pool.get(&target_at(&provider, vec![dead, live])).await;
+    let took = started.elapsed();
+    assert_eq!(conn.map(|c| c.remote_address()).ok(), Some(live.0));
+    assert!(took < Duration::from_millis(150), "took {took:?}");
+    assert_eq!(pool.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refuting_address_never_hides_a_live_one() {
+    let (_, provider, consumer) = setup();
+    let (_, rogue, _) = setup();
+    let forged = server(&rogue, &DenyList::empty());
+    let srv = server(&provider, &DenyList::empty());
+    let addrs = vec![
+        QuicAddr(forged.local_addr().unwrap()),
+        QuicAddr(srv.local_addr().unwrap()),
+    ];
+    let pool = pool(&consumer, &DenyList::empty());
+    let conn = pool.get(&target_at(&provider, addrs)).await.unwrap();
+    assert_eq!(conn.remote_address(), srv.local_addr().unwrap());
+    let who = peer_identity(&conn).map(|p| p.fingerprint);
+    assert_eq!(who, Some(provider.fingerprint.clone()));
+}
+
+#[tokio::test]
+async fn a_refutation_outranks_dead_addresses() {
+    let (_, provider, consumer) = setup();
+    let (_, rogue, _) = setup();
+    let forged = server(&rogue, &DenyList::empty());
+    let forged_addr = forged.local_addr().unwrap();
+    let (_hole, dead) = black_hole();
+    let addrs = vec![QuicAddr(forged_addr), dead];
+    let pool = pool(&consumer, &DenyList::empty());
+    let err = pool.get(&target_at(&provider, addrs)).await.unwrap_err();
+    let why = Refutation::Certificate(AlertDescription::DecryptError);
+    assert_eq!(
+        err,
+        PeerFailure::NotWhoItClaims {
+            addr: forged_addr,
+            why
+        }
+    );
+}
+
+#[tokio::test]
+async fn all_dead_addresses_cost_one_handshake_timeout() {
+    let (_, provider, consumer) = setup();
+    let holes: Vec<_> = (0..3).map(|_| black_hole()).collect();
+    let addrs = holes.iter().map(|(_, addr)| *addr).collect();
+    let pool = pool(&consumer, &DenyList::empty());
+    let started = std::time::Instant::now();
+    let err = pool.get(&target_at(&provider, addrs)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err, PeerFailure::Unreachable(Unreachable::HandshakeTimeout));
+    let timeout = settings().handshake_timeout;
+    assert!(took >= timeout, "took {took:?}");
+    assert!(
+        took < timeout * 2,
+        "took {took:?}: the attempts ran one after the other"
+    );
+    assert_eq!(pool.len(), 0);
+}
+
+#[tokio::test]
+async fn the_losing_attempt_is_closed_not_leaked() {
+    let (_, provider, consumer) = setup();
+    let (slow_srv, mut slow_seen) = serve(&provider, &DenyList::empty());
+    let slow = slow_relay(slow_srv.local_addr().unwrap(), Duration::from_millis(150)).await;
+    let (fast_srv, mut fast_seen) = serve(&provider, &DenyList::empty());
+    let fast = QuicAddr(fast_srv.local_addr().unwrap());
+    let pool = pool(&consumer, &DenyList::empty());
+    let conn = pool
+        .get(&target_at(&provider, vec![slow, fast]))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.remote_address(),
+        fast.0,
+        "the second, faster address won"
+    );
+    assert_eq!(fast_seen.recv().await, Some(Seen::Up));
+    // The slow peer heard the first attempt and then its end, long before any idle timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        while slow_seen.recv().await? != Seen::Ended {}
+        Some(())
+    })
+    .await;
+    assert_eq!(ended, Ok(Some(())), "the losing connection was left open");
+    assert_eq!(pool.len(), 1);
+    assert!(conn.close_reason().is_none());
+    assert!(fast_seen.try_recv().is_err(), "the winner stays open");
 }
