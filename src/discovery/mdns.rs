@@ -78,10 +78,11 @@ impl Mdns {
         info.set_requires_probe(false);
         let fullname = info.get_fullname().to_string();
         self.daemon.register(info)?;
-        self.registered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(fullname.clone());
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if !registered.contains(&fullname) {
+            registered.push(fullname.clone());
+        }
+        drop(registered);
         Ok(fullname)
     }
 

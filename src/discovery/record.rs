@@ -138,6 +138,11 @@ pub struct Instance {
     /// than a record alone claiming it.
     #[serde(skip)]
     pub confirmed: bool,
+    /// Other QUIC addresses that records of this same instance (name and certificate) gave,
+    /// newest first: a changed record (a forged redirect, or a real move) adds to the
+    /// candidates instead of replacing them, and the handshake tells which ones work.
+    #[serde(skip)]
+    pub alternates: Vec<SocketAddr>,
 }
 
 impl Instance {
@@ -172,16 +177,25 @@ impl Instance {
             weight: txt.weight,
             up: txt.up,
             confirmed: false,
+            alternates: Vec::new(),
         })
     }
 
-    /// The QUIC socket addresses to dial, best first, of the families `local` can reach.
+    /// The QUIC socket addresses to dial, best first (then the alternates), of the families
+    /// `local` can reach.
     pub fn socket_addrs(&self, local: SocketAddr) -> Vec<SocketAddr> {
-        self.addrs
+        let mut out: Vec<SocketAddr> = self
+            .addrs
             .iter()
-            .filter(|ip| local.is_ipv6() || ip.is_ipv4())
             .map(|ip| SocketAddr::new(*ip, self.quic_port))
-            .collect()
+            .collect();
+        for a in &self.alternates {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out.retain(|a| local.is_ipv6() || a.is_ipv4());
+        out
     }
 }
 

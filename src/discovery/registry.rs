@@ -105,6 +105,32 @@ impl Default for Registry {
     }
 }
 
+/// Most alternate addresses kept per instance.
+const MAX_ALTERNATES: usize = 8;
+
+/// A record of a known instance that changed its addresses or port keeps the old ones as
+/// alternates (newest first): one forged answer cannot replace an address that works.
+fn keep_alternates(old: &Instance, new: &mut Instance) {
+    let current: Vec<SocketAddr> = new
+        .addrs
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, new.quic_port))
+        .collect();
+    let previous = old
+        .addrs
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, old.quic_port))
+        .chain(old.alternates.iter().copied());
+    let mut alternates = Vec::new();
+    for a in previous {
+        if !current.contains(&a) && !alternates.contains(&a) {
+            alternates.push(a);
+        }
+    }
+    alternates.truncate(MAX_ALTERNATES);
+    new.alternates = alternates;
+}
+
 /// The instance as its node confirms it, or `None` when the node says it does not serve it.
 fn merged(hint: &Instance, confirmed: Option<&Confirmed>) -> Option<Instance> {
     let Some(c) = confirmed else {
@@ -148,6 +174,7 @@ impl Registry {
                     }
                     sort_addrs(&mut inst.addrs);
                 }
+                keep_alternates(old, &mut inst);
                 if *old == inst {
                     return Upserted::Unchanged;
                 }

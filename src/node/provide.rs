@@ -141,7 +141,36 @@ impl Node {
             self.tracker
                 .spawn(check.run(self.cancel.clone()).instrument(span));
         }
+        self.spawn_conflict_announcer();
         Ok(())
+    }
+
+    /// While another node announces under this node's name, browsers that start later may
+    /// hear only one of the two (they share the instance and host names, and mDNS suppresses
+    /// an answer another responder already gave): announce again every few seconds, so every
+    /// browser learns both.
+    fn spawn_conflict_announcer(&self) {
+        const EVERY: Duration = Duration::from_secs(2);
+        let (announced, conflicts) = (self.announced.clone(), self.conflicts.clone());
+        let (mdns, node, port) = (self.mdns.clone(), self.node.clone(), self.quic_addr.port());
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(EVERY) => {}
+                }
+                let shared = !conflicts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if shared {
+                    for a in &announced {
+                        a.republish(&mdns, &node, port, |_| {});
+                    }
+                }
+            }
+        });
     }
 }
 

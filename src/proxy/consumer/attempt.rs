@@ -289,7 +289,8 @@ fn peer_failed(consumer: &Arc<Consumer>, pick: &Candidate, failure: PeerFailure)
             consumer.reject(Rejection::Refuted(peer.clone()));
             consumer.balancer.failed(&pick.key, &reason);
             warn!(instance = %pick.key, error = %reason, "peer failed the mesh handshake: its record will not be used");
-            return Next::Another;
+            // The real record may come yet (a forged answer that is being corrected).
+            return Next::AwaitAnother;
         }
         (PeerFailure::RefusesOurCertificate(_), _) => {
             warn!(instance = %pick.key, error = %reason, "the peer refused this node's certificate (other mesh, revoked or expired?); trying another instance");

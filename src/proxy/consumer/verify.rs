@@ -14,6 +14,7 @@ use super::probe::ProbeError;
 use super::{Backends, Consumer, Rejection, peer_target};
 use crate::discovery::Instance;
 use crate::names::NodeName;
+use crate::transport::PeerTarget;
 use crate::transport::protocol::RefusalCode;
 
 /// Most background verifications at once (a flood of forged records costs no more).
@@ -37,9 +38,7 @@ impl Consumer {
             by_node.entry(&i.node).or_default().push(i);
         }
         for list in by_node.values().filter(|l| l.len() > 1) {
-            for i in list {
-                self.spawn_alive_check(i);
-            }
+            self.spawn_alive_check(list);
         }
     }
 
@@ -73,43 +72,74 @@ impl Consumer {
         self.tracker.spawn(task.instrument(span));
     }
 
-    /// Asks a verified node whether it still answers, once per certificate: one that does not
-    /// (the old process of a restarted node, dead or silent) has its connection closed.
-    fn spawn_alive_check(self: &Arc<Self>, i: &Instance) {
-        let target = peer_target(i, self.local);
-        let key = target.key();
-        if !self.checked().insert(key.clone()) {
-            return;
+    /// Asks every verified certificate of one node name whether it still answers, once per
+    /// set: one that does not (the old process of a restarted node, dead or silent) has its
+    /// connection closed; when two or more answer, two live nodes share the name.
+    fn spawn_alive_check(self: &Arc<Self>, group: &[&Instance]) {
+        let targets: Vec<PeerTarget> = group.iter().map(|i| peer_target(i, self.local)).collect();
+        {
+            let mut checked = self.checked();
+            let fresh = targets
+                .iter()
+                .filter(|t| !checked.contains(&t.key()))
+                .count();
+            if fresh == 0 {
+                return;
+            }
+            checked.extend(targets.iter().map(PeerTarget::key));
         }
         let consumer = self.clone();
-        let span = info_span!("alive", instance = %i.key(), node = %i.node);
+        let node = group
+            .first()
+            .map(|i| i.node.to_string())
+            .unwrap_or_default();
+        let span = info_span!("alive", %node);
         let task = async move {
-            let bound = consumer
-                .pool
-                .rtt(&target)
-                .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
-            match tokio::time::timeout(bound, consumer.probe_once(&target)).await {
-                // A draining node is alive, and its open streams must go on.
-                Ok(Err(ProbeError::Refused(r))) if r.code == RefusalCode::Draining => {
-                    info!(
-                        "the old process of a restarted node is draining: its open streams finish, new ones go to the new one"
-                    );
-                }
-                // It answers (a refusal too: a target-down node is alive).
-                Ok(Ok(()) | Err(ProbeError::Refused(_))) => warn!(
-                    "two live nodes of this mesh share the name {}: both stay usable, told apart by certificate (give each its own --node)",
-                    target.claimed.as_ref().map_or("?", |c| c.node.as_str())
-                ),
-                Ok(Err(e)) => {
-                    info!(error = %e, "a newer certificate announces this node's name and the old one fails: dropping the old connection (a restart)");
-                    consumer.pool.close(&key, b"replaced by a restarted node");
-                }
-                Err(_) => {
-                    info!(waited = ?bound, "a newer certificate announces this node's name and the old one is silent: dropping the old connection (a restart)");
-                    consumer.pool.close(&key, b"replaced by a restarted node");
-                }
+            // Asked together (each waits at most its bound); joined before the verdict.
+            let mut checks = tokio::task::JoinSet::new();
+            for t in targets {
+                let c = consumer.clone();
+                checks.spawn(async move { c.alive(&t).await });
+            }
+            let mut alive = 0;
+            while let Some(answer) = checks.join_next().await {
+                alive += usize::from(answer.unwrap_or(false));
+            }
+            if alive > 1 {
+                warn!(
+                    "{alive} live nodes of this mesh share the name {node}: all stay usable, told apart by certificate (give each its own --node)"
+                );
             }
         };
         self.tracker.spawn(task.instrument(span));
+    }
+
+    /// Whether a verified node still answers; a node that fails or stays silent has its
+    /// connection closed (a restarted node's old process).
+    async fn alive(self: &Arc<Self>, target: &PeerTarget) -> bool {
+        let key = target.key();
+        let bound = self
+            .pool
+            .rtt(target)
+            .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
+        match tokio::time::timeout(bound, self.probe_once(target)).await {
+            // A draining node is alive, and its open streams must go on.
+            Ok(Err(ProbeError::Refused(r))) if r.code == RefusalCode::Draining => {
+                info!(peer = %key, "the old process of a restarted node is draining: its open streams finish, new ones go to the new one");
+                false
+            }
+            // It answers (a refusal too: a target-down node is alive).
+            Ok(Ok(()) | Err(ProbeError::Refused(_))) => true,
+            Ok(Err(e)) => {
+                info!(peer = %key, error = %e, "another certificate announces this node's name and this one fails: dropping its connection (a restart)");
+                self.pool.close(&key, b"replaced by a restarted node");
+                false
+            }
+            Err(_) => {
+                info!(peer = %key, waited = ?bound, "another certificate announces this node's name and this one is silent: dropping its connection (a restart)");
+                self.pool.close(&key, b"replaced by a restarted node");
+                false
+            }
+        }
     }
 }
