@@ -11,7 +11,7 @@ use mdns_sd::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BackendKind, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord};
+use super::{BackendKind, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord, query};
 use crate::names::{MeshId, NodeName};
 
 /// Errors of the mDNS layer.
@@ -23,6 +23,8 @@ pub struct MdnsError(#[from] mdns_sd::Error);
 pub struct Mdns {
     daemon: ServiceDaemon,
     registered: Mutex<Vec<String>>,
+    /// The interfaces mDNS is limited to (`--interface`); empty for all.
+    interfaces: Vec<String>,
 }
 
 impl Mdns {
@@ -44,6 +46,7 @@ impl Mdns {
         Ok(Self {
             daemon,
             registered: Mutex::new(Vec::new()),
+            interfaces: interfaces.to_vec(),
         })
     }
 
@@ -116,6 +119,11 @@ impl Mdns {
         Ok(self.daemon.browse(SERVICE_TYPE)?)
     }
 
+    /// The interfaces mDNS is limited to (`--interface`); empty for all.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
     /// Stops the daemon (after withdrawing everything).
     pub async fn shutdown(&self) {
         self.withdraw_all().await;
@@ -157,6 +165,64 @@ async fn next_event(
     }
 }
 
+/// What [`on_resolved`] did with an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// One of this node's own records: skipped.
+    Own,
+    /// A record of another mesh (this one): skipped.
+    OtherMesh(MeshId),
+    /// A new instance, now in the registry.
+    New,
+    /// A known instance, updated (or unchanged).
+    Known,
+}
+
+/// Takes one resolved instance into `registry`, unless `filter` skips it. Every discovery path
+/// of the mesh (the browser, the one-shot queries) goes through here.
+pub fn on_resolved(registry: &Registry, filter: &BrowseFilter, inst: Instance) -> Taken {
+    if inst.node == filter.own_node {
+        return Taken::Own;
+    }
+    if inst.mesh != filter.mesh_id {
+        return Taken::OtherMesh(inst.mesh);
+    }
+    let name = inst.fullname.clone();
+    let addrs = inst.addrs.clone();
+    if registry.upsert(inst) {
+        info!(instance = %name, ?addrs, "discovered");
+        Taken::New
+    } else {
+        Taken::Known
+    }
+}
+
+/// Sends the one-shot (legacy unicast) queries for the mesh's records on the IPv4 interfaces
+/// among `interfaces` (all with none) and feeds `registry` with the answers, for about a
+/// second after the start (see [`query`](super::query)). It only adds to what the browser
+/// finds; a failure is logged at debug level and changes nothing else.
+pub async fn run_queries(
+    interfaces: &[String],
+    registry: &Registry,
+    filter: BrowseFilter,
+    cancel: CancellationToken,
+) {
+    let querier = match query::interface_addrs(interfaces).and_then(query::Querier::bind) {
+        Ok(q) => q,
+        Err(e) => return debug!(error = %e, "no one-shot mDNS queries"),
+    };
+    let on = |r: query::Resolved| match r.instance {
+        Ok(inst) => match on_resolved(registry, &filter, inst) {
+            Taken::OtherMesh(mesh) => {
+                debug!(instance = %r.fullname, %mesh, "answer of another mesh");
+            }
+            Taken::Own | Taken::New | Taken::Known => {}
+        },
+        Err(e) => debug!(instance = %r.fullname, error = %e, "answer not taken"),
+    };
+    querier.run(on, cancel).await;
+}
+
 /// Feeds `registry` from mDNS events until `cancel` fires.
 pub async fn run_browser(
     rx: mdns_sd::Receiver<ServiceEvent>,
@@ -169,17 +235,11 @@ pub async fn run_browser(
     while let Some(event) = next_event(&rx, &cancel).await {
         match event {
             ServiceEvent::ServiceResolved(rs) => match instance_from_resolved(&rs) {
-                Ok(inst) if inst.node == filter.own_node => {}
-                Ok(inst) if inst.mesh != filter.mesh_id => {
-                    if ignored.insert(inst.fullname.clone()) {
-                        info!(instance = %inst.fullname, mesh = %inst.mesh, "ignoring a record of another mesh");
-                    }
-                }
                 Ok(inst) => {
-                    let name = inst.fullname.clone();
-                    let addrs = inst.addrs.clone();
-                    if registry.upsert(inst) {
-                        info!(instance = %name, ?addrs, "discovered");
+                    if let Taken::OtherMesh(mesh) = on_resolved(registry, &filter, inst)
+                        && ignored.insert(rs.fullname.clone())
+                    {
+                        info!(instance = %rs.fullname, %mesh, "ignoring a record of another mesh");
                     }
                 }
                 Err(RecordError::NoAddress) => {

@@ -14,7 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Node;
 use crate::balance::Policy;
 use crate::config::{ConnectConfig, NodeConfig, Source};
-use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser};
+use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser, run_queries};
 use crate::discovery::{BackendKind, Endpoint, EndpointSet, Registry, dns_srv};
 use crate::error::Failure;
 use crate::names::ServiceName;
@@ -138,6 +138,19 @@ impl Node {
             mesh_id: self.mesh_id.clone(),
             own_node: self.node.clone(),
         };
+        // One-shot unicast queries: a record multicast within the last second (which the
+        // responder will not multicast again yet) is known at once all the same.
+        let (names, reg, cancel) = (
+            self.mdns.interfaces().to_vec(),
+            registry.clone(),
+            self.cancel.clone(),
+        );
+        let query = {
+            let filter = filter.clone();
+            async move { run_queries(&names, &reg, filter, cancel).await }
+        };
+        self.tracker
+            .spawn(query.instrument(info_span!("mdns-query")));
         let (reg, cancel) = (registry.clone(), self.cancel.clone());
         self.tracker
             .spawn(async move { run_browser(rx, &reg, filter, cancel).await });
