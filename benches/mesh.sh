@@ -260,6 +260,18 @@ PAIR_N=0
 PAIR_PORT=""
 PAIR_PIDS=()
 RUN_ID=$(printf '%x' $((RANDOM * 32768 + RANDOM)))
+
+stunnel_conf() { # FILE ROLE LINE...: the stunnel config of one end (ROLE server or client, its
+  # certificate) of the bench pair: mutual TLS 1.3 under the bench CA, LINEs added to [bench]
+  local f=$1 role=$2 k="$WORK/pki"
+  shift 2
+  {
+    printf '%s\n' "foreground = yes" "pid =" "debug = 3" "syslog = no" "[bench]" "$@"
+    printf '%s\n' "cert = $k/$role.crt" "key = $k/$role.key" "CAfile = $k/ca.crt" \
+      "verifyChain = yes" "sslVersionMin = TLSv1.3"
+  } >"$f"
+}
+
 start_pair() { # PATH TARGET_PORT: sets PAIR_PORT (where clients connect) and PAIR_PIDS (client side, server side)
   local path=$1 tport=$2 pa pb d n
   PAIR_N=$((PAIR_N + 1)); n=$PAIR_N
@@ -276,38 +288,10 @@ start_pair() { # PATH TARGET_PORT: sets PAIR_PORT (where clients connect) and PA
       PAIR_PIDS=("$LAST_PID" "$sb") ;;
     stunnel)
       read -r pa pb < <(ports 2)
-      local k="$WORK/pki"
-      cat >"$d/server.conf" <<EOF
-foreground = yes
-pid =
-debug = 3
-syslog = no
-[bench]
-accept = 127.0.0.1:$pb
-connect = 127.0.0.1:$tport
-cert = $k/server.crt
-key = $k/server.key
-CAfile = $k/ca.crt
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.3
-EOF
-      cat >"$d/client.conf" <<EOF
-foreground = yes
-pid =
-debug = 3
-syslog = no
-[bench]
-client = yes
-accept = 127.0.0.1:$pa
-connect = 127.0.0.1:$pb
-cert = $k/client.crt
-key = $k/client.key
-CAfile = $k/ca.crt
-verifyChain = yes
-checkHost = bench-server
-sslVersionMin = TLSv1.3
-EOF
+      stunnel_conf "$d/server.conf" server "accept = 127.0.0.1:$pb" "connect = 127.0.0.1:$tport" \
+        "requireCert = yes"
+      stunnel_conf "$d/client.conf" client "client = yes" "accept = 127.0.0.1:$pa" \
+        "connect = 127.0.0.1:$pb" "checkHost = bench-server"
       spawn "$d/server.log" "$STUNNEL" "$d/server.conf"
       local sb=$LAST_PID
       spawn "$d/client.log" "$STUNNEL" "$d/client.conf"

@@ -18,17 +18,38 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::os::unix::process::CommandExt;
 
 /// The binary under test (the release build when run with `cargo test --release`).
 pub const AMBASSADOR: &str = env!("CARGO_BIN_EXE_ambassador");
 
+/// One second, the unit of the tests' deadlines.
+pub const SEC: Duration = Duration::from_secs(1);
+
+/// One millisecond, the unit of their poll intervals.
+pub const MS: Duration = Duration::from_millis(1);
+
 /// Prefix of every namespace this harness creates (followed by the test process id).
 const NS_PREFIX: &str = "ambt-";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `let (lan, [a, b]) = lan!("a", "b");`: a [`Lan`] with one host per name, and those hosts in
+/// that order; returns from the test (after the SKIPPED line) when network namespaces cannot
+/// be made here.
+macro_rules! lan {
+    ($($name:literal),+ $(,)?) => {
+        match $crate::harness::Lan::new(&[$($name),+]) {
+            Some(lan) => {
+                let hosts = [$(lan.host($name)),+];
+                (lan, hosts)
+            }
+            None => return,
+        }
+    };
+}
 
 /// Writes one line to the real stderr, past the test harness's output capture, so that it shows
 /// in CI logs (a SKIPPED notice, a benchmark figure).
@@ -49,6 +70,83 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
         }
         std::thread::sleep(every);
     }
+}
+
+/// Seconds since the Unix epoch: the clock of the client scripts' time stamps, and of
+/// [`log_epoch`].
+pub fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The time stamp that starts a plain log line (`2026-11-22T05:50:04.490514Z  INFO ...`), as
+/// seconds since the Unix epoch.
+pub fn log_epoch(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let s: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + mi * 60) as f64 + s)
+}
+
+/// Resident memory of a running process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The command line of a running process, NULs shown as spaces.
+pub fn cmdline(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
+    String::from_utf8_lossy(&raw).replace('\0', " ")
+}
+
+/// Whether every program in `progs` is installed; prints a SKIPPED line for `what` if not.
+pub fn have_tools(progs: &[&str], what: &str) -> bool {
+    let missing: Vec<&str> = progs
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if !missing.is_empty() {
+        report(&format!(
+            "SKIPPED: {what} — not installed: {}",
+            missing.join(", ")
+        ));
+    }
+    missing.is_empty()
+}
+
+/// `ip -n NS WORDS...` in the root namespace (WORDS split at spaces), failing the test if it
+/// fails: one topology step on one of the test's namespaces.
+pub fn ip_in(ns: &str, words: &str) {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend(words.split_whitespace());
+    must(&all);
 }
 
 /// Runs a command in the root namespace (setup and teardown); returns whether it succeeded.
@@ -168,6 +266,21 @@ impl Out {
     /// Exited with code 0.
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| s.success())
+    }
+
+    /// Asserts a usage error: exit code 2, and stderr saying each of `needles` (why).
+    pub fn assert_refused(&self, needles: &[&str], what: &str) {
+        assert_eq!(
+            self.status.and_then(|s| s.code()),
+            Some(2),
+            "{what}: not refused: {self:?}"
+        );
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "{what}: the refusal does not say {n:?}: {self:?}"
+            );
+        }
     }
 }
 
@@ -295,15 +408,20 @@ impl Lan {
         self.dir.path().join(name)
     }
 
+    /// Runs `ambassador ARGS...` to completion in the root namespace, with the test's config
+    /// dir: the commands that only make files (mesh keys, a CA and its certificates).
+    pub fn offline(&self, args: &[&str]) -> std::process::Output {
+        Command::new(AMBASSADOR)
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.dir())
+            .output()
+            .unwrap_or_else(|e| panic!("run ambassador {}: {e}", args.join(" ")))
+    }
+
     /// Makes a fresh mesh key file (`ambassador mesh new --out`) and returns its path.
     pub fn mesh_key(&self, name: &str) -> PathBuf {
         let path = self.path(&format!("{name}.key"));
-        let out = Command::new(AMBASSADOR)
-            .args(["mesh", "new", "--out"])
-            .arg(&path)
-            .env("XDG_CONFIG_HOME", self.dir())
-            .output()
-            .expect("run ambassador mesh new");
+        let out = self.offline(&["mesh", "new", "--out", path.to_str().unwrap()]);
         assert!(
             out.status.success(),
             "ambassador mesh new failed: {}",
@@ -345,7 +463,7 @@ impl Lan {
     }
 
     fn spawn_in(&self, ns: &str, label: &str, args: &[&str]) -> Proc {
-        self.spawn_with(ns, label, args, false, false).0
+        self.spawn_with(ns, label, args, (false, false)).0
     }
 
     /// Like [`Lan::spawn`], with stdin and/or stdout as pipes to this process (stderr goes to the
@@ -358,16 +476,16 @@ impl Lan {
         stdin: bool,
         stdout: bool,
     ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
-        self.spawn_with(&host.ns, label, args, stdin, stdout)
+        self.spawn_with(&host.ns, label, args, (stdin, stdout))
     }
 
+    /// Starts `args` in `ns`; `piped`: whether (stdin, stdout) are pipes to this process.
     fn spawn_with(
         &self,
         ns: &str,
         label: &str,
         args: &[&str],
-        stdin: bool,
-        stdout: bool,
+        (stdin, stdout): (bool, bool),
     ) -> (Proc, Option<ChildStdin>, Option<ChildStdout>) {
         let log = self.path(&format!("{label}.log"));
         let file = File::create(&log).expect("create log file");
@@ -471,6 +589,19 @@ impl Lan {
         !procs[p.idx].reaped && !exited(p.pid)
     }
 
+    /// Waits up to `timeout` for `p` to exit and asserts that it exited with code 0.
+    pub fn wait_clean_exit(&self, p: &Proc, timeout: Duration, what: &str) {
+        let status = self
+            .wait_exit(p, timeout)
+            .unwrap_or_else(|| panic!("{what}: {} did not exit within {timeout:?}", p.label));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{what}: {} exited {status}",
+            p.label
+        );
+    }
+
     /// Waits up to `timeout` for `p` to exit; returns its status (`None`: still running).
     pub fn wait_exit(&self, p: &Proc, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;
@@ -488,14 +619,148 @@ impl Lan {
 
     /// Waits for a plain TCP listener on `port` in `host` (checks `ss`, makes no connection).
     pub fn wait_tcp_listen(&self, host: &Host, port: u16, timeout: Duration) -> bool {
-        wait_until(timeout, Duration::from_millis(20), || {
+        self.wait_listen(host, "-Hltn", port, timeout)
+    }
+
+    /// Waits for a UDP socket bound to `port` in `host` (checks `ss`).
+    pub fn wait_udp_listen(&self, host: &Host, port: u16, timeout: Duration) -> bool {
+        self.wait_listen(host, "-Hlun", port, timeout)
+    }
+
+    fn wait_listen(&self, host: &Host, ss_flags: &str, port: u16, timeout: Duration) -> bool {
+        wait_until(timeout, 20 * MS, || {
             let out = self.run(
                 host,
-                Duration::from_secs(5),
-                &["ss", "-Hltn", &format!("sport = :{port}")],
+                5 * SEC,
+                &["ss", ss_flags, &format!("sport = :{port}")],
             );
             out.ok() && !out.stdout.trim().is_empty()
         })
+    }
+
+    /// Runs `args` in `host` and fails the test if it fails (topology steps).
+    pub fn must_run(&self, host: &Host, args: &[&str]) {
+        let out = self.run(host, 10 * SEC, args);
+        assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
+    }
+
+    /// Occurrences of `needle` in the log of `p`.
+    pub fn log_count(&self, p: &Proc, needle: &str) -> usize {
+        self.log(p).matches(needle).count()
+    }
+
+    /// The lines of `p`'s log that contain every one of `needles`.
+    pub fn count_lines(&self, p: &Proc, needles: &[&str]) -> usize {
+        self.log(p)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// The first line of `p`'s log that contains `needle` (empty if none).
+    pub fn log_line(&self, p: &Proc, needle: &str) -> String {
+        self.log(p)
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until `p` logs a line containing `needle`; returns that line, `None` at the
+    /// deadline.
+    pub fn wait_log_line(&self, p: &Proc, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_log(p, needle, timeout)
+            .then(|| self.log_line(p, needle))
+    }
+
+    /// Like [`Lan::wait_log_line`], failing the test with `missing` without the line, or with
+    /// `wrong` when it does not contain `detail` too.
+    pub fn expect_log_line(
+        &self,
+        p: &Proc,
+        (needle, timeout): (&str, Duration),
+        detail: &str,
+        (missing, wrong): (&str, &str),
+    ) -> String {
+        let line = self.wait_log_line(p, needle, timeout).expect(missing);
+        assert!(line.contains(detail), "{wrong}: {line}");
+        line
+    }
+
+    /// The first `max` lines of `p`'s log that contain any of `needles`, joined by `sep` (what
+    /// a test shows of a process's view).
+    pub fn log_excerpt(&self, p: &Proc, needles: &[&str], max: usize, sep: &str) -> String {
+        self.log(p)
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .take(max)
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
+    /// When `p` first logged a line containing `needle` (its time stamp, epoch seconds).
+    pub fn first_log_time(&self, p: &Proc, needle: &str) -> Option<f64> {
+        self.log(p)
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(log_epoch)
+    }
+
+    /// Waits until `needle` occurs in the log of `p` more often than `before` times; returns
+    /// when (epoch seconds), `None` at the deadline.
+    pub fn wait_log_more(
+        &self,
+        p: &Proc,
+        needle: &str,
+        before: usize,
+        timeout: Duration,
+    ) -> Option<f64> {
+        wait_until(timeout, 5 * MS, || self.log_count(p, needle) > before).then(now_epoch)
+    }
+
+    /// Runs `action`, then waits until `needle` occurs in the log of `p` more often than before
+    /// it; its result, `None` when the line did not come within `timeout`.
+    pub fn logs_after<T>(
+        &self,
+        p: &Proc,
+        needle: &str,
+        timeout: Duration,
+        action: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let before = self.log_count(p, needle);
+        let result = action();
+        self.wait_log_more(p, needle, before, timeout)
+            .map(|_| result)
+    }
+
+    /// Starts tcpdump on `host`'s port of the bridge (switch namespace): every frame to or
+    /// from `host`, until [`Capture::stop`].
+    pub fn capture(&self, host: &Host) -> Capture {
+        let path = self.path(&format!("{}-port.pcap", host.name));
+        // `-Z root`: Debian's tcpdump otherwise drops to the tcpdump user, which cannot write
+        // into the test directory.
+        let proc = self.spawn_in_switch(
+            "tcpdump",
+            &[
+                "tcpdump",
+                "-i",
+                &host.port,
+                "-n",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            self.wait_log(&proc, "listening on", 10 * SEC),
+            "tcpdump did not start"
+        );
+        Capture { proc, path }
     }
 
     /// Prints every process log (used when a test fails).
@@ -586,6 +851,34 @@ impl Drop for Lan {
         sys(&["ip", "netns", "del", &self.switch_ns]);
         // 3. The temporary directory goes with `self.dir`.
     }
+}
+
+/// A running capture of one host's bridge port (see [`Lan::capture`]).
+pub struct Capture {
+    proc: Proc,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Stops tcpdump and returns the capture file's bytes.
+    pub fn stop(self, lan: &Lan) -> Vec<u8> {
+        lan.signal(&self.proc, "INT");
+        assert!(
+            lan.wait_exit(&self.proc, 10 * SEC).is_some(),
+            "tcpdump did not stop"
+        );
+        fs::read(&self.path).expect("read capture")
+    }
+}
+
+/// The UDP datagrams of a capture between `a` and `b` other than mDNS: the tunnel's QUIC.
+pub fn udp_between(bytes: &[u8], a: &Host, b: &Host) -> Vec<(Ipv4Addr, u16, Ipv4Addr, u16, usize)> {
+    pcap_udp(bytes)
+        .into_iter()
+        .filter(|(s, sp, d, dp, _)| {
+            *sp != 5353 && *dp != 5353 && [*s, *d].contains(&a.ip) && [*s, *d].contains(&b.ip)
+        })
+        .collect()
 }
 
 /// Minimal pcap reader: the UDP datagrams of an Ethernet capture (`tcpdump -w`), as

@@ -2,120 +2,36 @@
 //! with real Redis, socat and tcpdump. They need root; without it each test prints a SKIPPED line.
 //!
 //! Run: `cargo test --release --test netns -- --nocapture`
+//!
+//! Layout: `harness.rs` makes the LAN (namespaces, processes and their logs, captures, waits);
+//! `nodes.rs` runs what the scenarios use on it (ambassador nodes built with `lan.announce` /
+//! `lan.connect`, their `status --json` and `ls --json`, CA identities, Redis servers, held
+//! client sessions, client loops' results); `failover.rs`, `migration.rs` and `security.rs` hold
+//! the scenarios of their issues, this file the basic ones.
 
-mod failover;
+#[macro_use]
 mod harness;
+mod failover;
 mod migration;
+mod nodes;
 mod security;
 
-use std::fs;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{Host, Lan, Out, Proc, pcap_udp, report, wait_until};
+use harness::{Lan, SEC, report, udp_between, wait_until};
+use nodes::{
+    assert_pong, connections_received, get_calls, get_n, ls_service, redis, redis_remote, set_get,
+};
 use sha2::{Digest, Sha256};
-
-const SEC: Duration = Duration::from_secs(1);
-
-/// Starts `redis-server` on `host`'s own 127.0.0.1:`port` and waits until it answers.
-fn start_redis(lan: &Lan, host: &Host, port: u16) -> Proc {
-    let port_s = port.to_string();
-    let dir = lan.dir().to_str().unwrap().to_string();
-    let label = format!("redis-{}-{port}", host.name);
-    let p = lan.spawn(
-        host,
-        &label,
-        &[
-            "redis-server",
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir,
-            "--dbfilename",
-            &format!("{label}.rdb"),
-        ],
-    );
-    assert!(
-        wait_until(10 * SEC, Duration::from_millis(20), || pong(
-            lan, host, port
-        )),
-        "redis-server on {}:{port} did not come up",
-        host.name
-    );
-    p
-}
-
-/// `redis-cli -p PORT ARGS...` on `host` (127.0.0.1 of that host).
-fn redis(lan: &Lan, host: &Host, port: u16, args: &[&str]) -> Out {
-    let port_s = port.to_string();
-    let mut all = vec!["redis-cli", "-p", &port_s];
-    all.extend_from_slice(args);
-    lan.run(host, 10 * SEC, &all)
-}
-
-/// Whether `redis-cli -p PORT PING` on `host` answers PONG.
-fn pong(lan: &Lan, host: &Host, port: u16) -> bool {
-    redis(lan, host, port, &["PING"]).stdout.trim() == "PONG"
-}
-
-/// Polls `redis-cli -p PORT PING` on `host` until PONG; returns how long it took.
-fn wait_pong(lan: &Lan, host: &Host, port: u16, timeout: Duration) -> Option<Duration> {
-    let t0 = Instant::now();
-    wait_until(timeout, Duration::from_millis(20), || pong(lan, host, port)).then(|| t0.elapsed())
-}
-
-fn assert_pong(lan: &Lan, host: &Host, port: u16, what: &str) -> Duration {
-    wait_pong(lan, host, port, 15 * SEC)
-        .unwrap_or_else(|| panic!("no PONG through {what} on {}:{port} within 15 s", host.name))
-}
-
-fn key_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn set_get(lan: &Lan, host: &Host, port: u16, key: &str, value: &str) {
-    let set = redis(lan, host, port, &["SET", key, value]);
-    assert_eq!(
-        set.stdout.trim(),
-        "OK",
-        "SET {key} through the mesh: {set:?}"
-    );
-    let get = redis(lan, host, port, &["GET", key]);
-    assert_eq!(
-        get.stdout.trim_end_matches('\n'),
-        value,
-        "GET {key} through the mesh: {get:?}"
-    );
-}
 
 /// a. Redis over the mesh: PING, SET, GET and redis-benchmark from A reach B's loopback-only Redis.
 #[test]
 fn redis_over_the_mesh() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
-    start_redis(&lan, &b, 6379);
-    let connect = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&b, 6379).start();
+    let connect = lan.connect(&a, &key).spec("redis").start();
     // The consumer is up and browsing before the provider starts (the usual order in a mesh);
     // the figure below is only a figure, so a changed log line does not fail the test.
     if !lan.wait_log(&connect, "waiting for an announcement", 5 * SEC) {
@@ -124,18 +40,7 @@ fn redis_over_the_mesh() {
         );
     }
     let t0 = Instant::now();
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.announce(&b, &key).spec("redis:6379").start();
     assert_pong(&lan, &a, 6379, "connect redis");
     report(&format!(
         "FIGURE announce-to-first-connection: {:?} (from spawning `announce` on B to the first PONG through A)",
@@ -196,11 +101,7 @@ fn redis_over_the_mesh() {
     }
 
     // A cannot reach B's Redis directly: B answers (refused), so only the mesh carried the bytes.
-    let direct = lan.run(
-        &a,
-        10 * SEC,
-        &["redis-cli", "-h", &b.ip.to_string(), "-p", "6379", "PING"],
-    );
+    let direct = redis_remote(&lan, &a, &b.ip.to_string(), 6379, &["PING"]);
     assert!(
         !direct.stdout.contains("PONG"),
         "B's Redis is reachable directly from A: {direct:?}"
@@ -297,10 +198,7 @@ fn one_gib_each_way_byte_exact() {
     const LEN: u64 = 1 << 30;
     const VIA_FD3: &str = "exec 3>&1 >/dev/null; exec socat \"$@\"";
     const FROM_FD3: &str = "exec 3<&0 </dev/null; exec socat \"$@\"";
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
 
     let (sink, _, sink_out) = lan.spawn_piped(
@@ -339,33 +237,11 @@ fn one_gib_each_way_byte_exact() {
         lan.wait_tcp_listen(&b, 7000, 10 * SEC) && lan.wait_tcp_listen(&b, 7001, 10 * SEC),
         "socat on B did not listen"
     );
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "bulk:7000",
-            "bulkrev:7001",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.announce(&b, &key)
+        .specs(&["bulk:7000", "bulkrev:7001"])
+        .start();
     // A: listeners appear once the announcements (and so the ports) are discovered.
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "bulk",
-            "bulkrev",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.connect(&a, &key).specs(&["bulk", "bulkrev"]).start();
     assert!(
         lan.wait_tcp_listen(&a, 7000, 15 * SEC) && lan.wait_tcp_listen(&a, 7001, 15 * SEC),
         "A's listeners for bulk and bulkrev did not come up"
@@ -446,112 +322,38 @@ fn one_gib_each_way_byte_exact() {
     lan.signal(&source, "TERM");
 }
 
-fn connections_received(lan: &Lan, host: &Host, port: u16) -> u64 {
-    let info = redis(lan, host, port, &["INFO", "stats"]);
-    info.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("total_connections_received:"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no total_connections_received in {info:?}"))
-}
-
-/// How many GET commands the Redis on `host`:`port` has run.
-fn get_calls(lan: &Lan, host: &Host, port: u16) -> u64 {
-    let info = redis(lan, host, port, &["INFO", "commandstats"]);
-    assert!(info.ok(), "INFO commandstats: {info:?}");
-    info.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("cmdstat_get:calls="))
-        .map(|v| v.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
-
 /// c. A rogue host with another mesh key: its announcement is never used, and it cannot open a
 /// stream to a member.
 #[test]
 fn rogue_host_of_another_mesh_is_ignored_and_refused() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     let rogue_key = lan.mesh_key("rogue");
 
-    start_redis(&lan, &b, 6379);
-    assert_eq!(
-        redis(&lan, &b, 6379, &["SET", "marker", "legit"])
-            .stdout
-            .trim(),
-        "OK"
-    );
-    start_redis(&lan, &c, 6379);
-    assert_eq!(
-        redis(&lan, &c, 6379, &["SET", "marker", "rogue"])
-            .stdout
-            .trim(),
-        "OK"
-    );
+    lan.redis(&b, 6379).start();
+    nodes::set(&lan, &b, 6379, "marker", "legit");
+    lan.redis(&c, 6379).start();
+    nodes::set(&lan, &c, 6379, "marker", "rogue");
 
-    let announce_c = lan.ambassador(
-        &c,
-        "announce-c",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "c",
-            "--mesh-key-file",
-            key_str(&rogue_key),
-        ],
-    );
-    let announce_b = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--bind",
-            "0.0.0.0:7443",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    let announce_c = lan.announce(&c, &rogue_key).spec("redis:6379").start();
+    let announce_b = lan.announce(&b, &key).spec("redis:6379").bind(7443).start();
+    lan.connect(&a, &key).spec("redis").start();
     assert_pong(&lan, &a, 6379, "connect redis");
     // C's announcement is visible on A's LAN, as a record of another mesh, so the 200 connections
     // below had the choice. (Checked with `ls`: connect's "ignoring a record of another mesh" line
     // is not logged when the first resolution of the record had no usable address yet.)
     assert!(
-        wait_until(15 * SEC, Duration::from_millis(100), || ls(
-            &lan, &a, &key, "redis"
-        )
-        .contains(&("c".to_string(), Some(false)))),
+        wait_until(15 * SEC, Duration::from_millis(100), || {
+            ls_service(&lan, &a, &key, "redis")
+                .iter()
+                .any(|r| r["node"] == "c" && r["mesh_match"] == false)
+        }),
         "A never saw C's announcement; the test would prove nothing"
     );
 
     let before_b = connections_received(&lan, &b, 6379);
-    let many = lan.sh(
-        &a,
-        120 * SEC,
-        "for i in $(seq 200); do redis-cli -p 6379 GET marker; done",
-    );
-    assert!(many.ok(), "the 200 connections failed: {many:?}");
-    let answers: Vec<&str> = many.stdout.lines().collect();
-    assert_eq!(answers.len(), 200, "expected 200 answers: {many:?}");
-    let rogue = answers.iter().filter(|l| **l == "rogue").count();
+    let answers = get_n(&lan, &a, 6379, "marker", 200);
+    let rogue = answers.iter().filter(|l| *l == "rogue").count();
     assert_eq!(
         rogue, 0,
         "{rogue} of 200 connections reached the rogue host"
@@ -575,23 +377,14 @@ fn rogue_host_of_another_mesh_is_ignored_and_refused() {
     );
 
     // C dials B directly, with its own key: the handshake is refused, no stream reaches Redis.
-    let b_quic = format!("{}:7443", b.ip);
-    let connect_c = lan.ambassador(
-        &c,
-        "connect-c",
-        &[
-            "connect",
-            "redis:6390",
-            "--backend",
-            &b_quic,
-            "--node",
-            "c2",
-            "--wait",
-            "2s",
-            "--mesh-key-file",
-            key_str(&rogue_key),
-        ],
-    );
+    let connect_c = lan
+        .connect(&c, &rogue_key)
+        .spec("redis:6390")
+        .backend(&format!("{}:7443", b.ip))
+        .node("c2")
+        .label("connect-c")
+        .wait("2s")
+        .start();
     assert!(
         lan.wait_tcp_listen(&c, 6390, 10 * SEC),
         "C's listener on 6390 did not come up"
@@ -609,74 +402,20 @@ fn rogue_host_of_another_mesh_is_ignored_and_refused() {
         !lan.log(&announce_b).contains("peer=c2"),
         "B accepted C as a peer"
     );
-    eprintln!(
-        "C's view of the refusal: {}",
-        lan.log(&connect_c)
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    let view = lan.log_excerpt(&connect_c, &["WARN"], usize::MAX, " | ");
+    eprintln!("C's view of the refusal: {view}");
 }
 
 /// d. A capture on B's bridge port during a SET of a random marker shows the marker nowhere.
 #[test]
 fn capture_between_hosts_shows_no_plaintext() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
-    let pcap = lan.path("b-port.pcap");
-    // On B's port of the bridge (switch namespace): every frame to or from B. `-Z root`: Debian's
-    // tcpdump otherwise drops to the tcpdump user, which cannot write into the test directory.
-    let tcpdump = lan.spawn_in_switch(
-        "tcpdump",
-        &[
-            "tcpdump",
-            "-i",
-            &b.port,
-            "-n",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-Z",
-            "root",
-            "-w",
-            pcap.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        lan.wait_log(&tcpdump, "listening on", 10 * SEC),
-        "tcpdump did not start"
-    );
+    let capture = lan.capture(&b);
 
-    start_redis(&lan, &b, 6379);
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&b, 6379).start();
+    lan.announce(&b, &key).spec("redis:6379").start();
+    lan.connect(&a, &key).spec("redis").start();
     assert_pong(&lan, &a, 6379, "connect redis");
 
     let marker = format!(
@@ -692,12 +431,7 @@ fn capture_between_hosts_shows_no_plaintext() {
         "the SET did not reach B's Redis"
     );
 
-    lan.signal(&tcpdump, "INT");
-    assert!(
-        lan.wait_exit(&tcpdump, 10 * SEC).is_some(),
-        "tcpdump did not stop"
-    );
-    let bytes = fs::read(&pcap).expect("read capture");
+    let bytes = capture.stop(&lan);
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(
         !contains(marker.as_bytes()),
@@ -714,12 +448,7 @@ fn capture_between_hosts_shows_no_plaintext() {
         bytes.len()
     );
     // It holds the tunnel: UDP between A and B, not mDNS.
-    let quic: Vec<_> = pcap_udp(&bytes)
-        .into_iter()
-        .filter(|(s, sp, d, dp, _)| {
-            *sp != 5353 && *dp != 5353 && [*s, *d].contains(&a.ip) && [*s, *d].contains(&b.ip)
-        })
-        .collect();
+    let quic = udp_between(&bytes, &a, &b);
     let payload: usize = quic.iter().map(|p| p.4).sum();
     eprintln!(
         "capture: {} bytes, {} UDP datagrams A<->B carrying {payload} bytes, marker absent",
@@ -736,36 +465,13 @@ fn capture_between_hosts_shows_no_plaintext() {
 /// e. Redis on a non-default port, announced under the usual one; the app still uses 6379.
 #[test]
 fn redis_on_a_non_default_port() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
-    start_redis(&lan, &b, 12345);
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379=127.0.0.1:12345",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&b, 12345).start();
+    lan.announce(&b, &key)
+        .spec("redis:6379=127.0.0.1:12345")
+        .start();
+    lan.connect(&a, &key).spec("redis").start();
     assert_pong(&lan, &a, 6379, "connect redis");
     set_get(&lan, &a, 6379, "where", "port 12345 on b");
     assert_eq!(
@@ -776,90 +482,34 @@ fn redis_on_a_non_default_port() {
     assert!(!redis(&lan, &b, 6379, &["PING"]).stdout.contains("PONG"));
 }
 
-/// Instances of `service` that `ambassador ls --json` on `host` lists, as (node, mesh_match).
-fn ls(lan: &Lan, host: &Host, key: &Path, service: &str) -> Vec<(String, Option<bool>)> {
-    let out = lan.run(
-        host,
-        20 * SEC,
-        &[
-            harness::AMBASSADOR,
-            "ls",
-            "--json",
-            "--interface",
-            &host.ifname,
-            "--mesh-key-file",
-            key_str(key),
-        ],
-    );
-    assert!(out.ok(), "ambassador ls failed: {out:?}");
-    let rows: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("ls --json printed no JSON ({e}): {out:?}"));
-    rows.as_array()
-        .expect("ls --json prints an array")
-        .iter()
-        .filter(|r| r["service"] == service)
-        .map(|r| {
-            (
-                r["node"].as_str().unwrap_or_default().to_string(),
-                r["mesh_match"].as_bool(),
-            )
-        })
-        .collect()
-}
-
 /// f. SIGTERM stops an announcing node cleanly (exit 0) and consumers see the withdrawal at once.
 #[test]
 fn clean_stop_withdraws_the_announcement() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
+    lan.redis(&b, 6379).start();
     let key = lan.mesh_key("mesh");
-    start_redis(&lan, &b, 6379);
-    let announce = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    let connect = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--wait",
-            "1s",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    let announce = lan.announce(&b, &key).spec("redis:6379").start();
+    let connect = lan.connect(&a, &key).spec("redis").wait("1s").start();
     assert_pong(&lan, &a, 6379, "connect redis");
+    let listed = |lan: &Lan| -> Vec<(String, Option<bool>)> {
+        ls_service(lan, &a, &key, "redis")
+            .iter()
+            .map(|r| {
+                let node = r["node"].as_str().unwrap_or_default().to_string();
+                (node, r["mesh_match"].as_bool())
+            })
+            .collect()
+    };
     assert_eq!(
-        ls(&lan, &a, &key, "redis"),
+        listed(&lan),
         vec![("b".to_string(), Some(true))],
         "ls on A before the stop"
     );
 
     let t0 = Instant::now();
     lan.signal(&announce, "TERM");
-    let status = lan
-        .wait_exit(&announce, 5 * SEC)
-        .expect("announce did not exit within 5 s of SIGTERM");
+    lan.wait_clean_exit(&announce, 5 * SEC, "announce after SIGTERM");
     let exit_after = t0.elapsed();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "announce exit status after SIGTERM: {status:?}"
-    );
     assert!(
         lan.wait_log(
             &connect,
@@ -873,11 +523,7 @@ fn clean_stop_withdraws_the_announcement() {
         t0.elapsed()
     ));
 
-    assert_eq!(
-        ls(&lan, &a, &key, "redis"),
-        vec![],
-        "ls on A still lists the stopped node"
-    );
+    assert_eq!(listed(&lan), vec![], "ls on A still lists the stopped node");
     // B's Redis still runs, but without the announcement A no longer reaches it.
     assert!(
         !redis(&lan, &a, 6379, &["PING"]).stdout.contains("PONG"),

@@ -10,288 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{ChildStdin, Command};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::harness::{AMBASSADOR, Host, Lan, Proc, report, wait_until};
-use crate::{SEC, key_str, redis};
-
-const MS: Duration = Duration::from_millis(1);
-
-fn now_epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
-}
-
-/// The time stamp that starts a plain log line (`2026-11-22T05:50:04.490514Z  INFO ...`), as
-/// seconds since the Unix epoch.
-fn log_epoch(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let s: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3_600 + mi * 60) as f64 + s)
-}
-
-/// When `p` first logged a line containing `needle`.
-fn first_log_time(lan: &Lan, p: &Proc, needle: &str) -> Option<f64> {
-    lan.log(p)
-        .lines()
-        .find(|l| l.contains(needle))
-        .and_then(log_epoch)
-}
-
-/// Occurrences of `needle` in the log of `p`.
-fn log_count(lan: &Lan, p: &Proc, needle: &str) -> usize {
-    lan.log(p).matches(needle).count()
-}
-
-/// Runs `args` in `host` and asserts that it succeeds (topology steps).
-fn must_run(lan: &Lan, host: &Host, args: &[&str]) {
-    let out = lan.run(host, 10 * SEC, args);
-    assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
-}
-
-/// Runs `ip ARGS...` in the root namespace (acting on the test's own namespaces with `-n`).
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts `redis-server` on `host`:`port`, bound to 127.0.0.1 and, with `lan_too`, to the host's
-/// LAN address (protected mode off: plain TCP backends are reached from other hosts), and
-/// stores `who` = `name`.
-fn redis_server(lan: &Lan, host: &Host, port: u16, lan_too: bool, name: &str) -> Proc {
-    let port_s = port.to_string();
-    let dir = lan.dir().to_str().unwrap().to_string();
-    let label = format!("redis-{}-{port}", host.name);
-    let host_ip = host.ip.to_string();
-    let mut args = vec!["redis-server", "--port", &port_s, "--bind", "127.0.0.1"];
-    if lan_too {
-        args.extend_from_slice(&[&host_ip, "--protected-mode", "no"]);
-    }
-    let rdb = format!("{label}.rdb");
-    args.extend_from_slice(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir,
-        "--dbfilename",
-        &rdb,
-    ]);
-    let p = lan.spawn(host, &label, &args);
-    assert!(
-        wait_until(10 * SEC, 20 * MS, || redis(lan, host, port, &["PING"])
-            .stdout
-            .trim()
-            == "PONG"),
-        "redis-server on {}:{port} did not come up",
-        host.name
-    );
-    let set = redis(lan, host, port, &["SET", "who", name]);
-    assert_eq!(set.stdout.trim(), "OK", "SET who on {}: {set:?}", host.name);
-    p
-}
-
-/// `GET who` through 127.0.0.1:`port` on `host` (a new connection); empty when it failed.
-fn who(lan: &Lan, host: &Host, port: u16) -> String {
-    redis(lan, host, port, &["GET", "who"])
-        .stdout
-        .trim()
-        .to_string()
-}
-
-/// Polls `GET who` through `port` on `host` until it answers `want`; returns how long it took.
-fn wait_who(lan: &Lan, host: &Host, port: u16, want: &str, timeout: Duration) -> Duration {
-    let t0 = Instant::now();
-    let mut last = String::new();
-    let ok = wait_until(timeout, 20 * MS, || {
-        last = who(lan, host, port);
-        last == want
-    });
-    assert!(
-        ok,
-        "through port {port} on {} no answer {want:?} within {timeout:?} (last: {last:?})",
-        host.name
-    );
-    t0.elapsed()
-}
-
-/// `n` new connections through `port` on `host`, each `GET who`; how many each name answered.
-fn spread(lan: &Lan, host: &Host, port: u16, n: usize) -> BTreeMap<String, usize> {
-    let script = format!("for i in $(seq {n}); do redis-cli -p {port} GET who; done");
-    let out = lan.sh(host, 60 * SEC, &script);
-    assert!(out.ok(), "{n} connections through {port}: {out:?}");
-    let mut counts = BTreeMap::new();
-    for l in out.stdout.lines() {
-        *counts.entry(l.trim().to_string()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// `total_connections_received` of the Redis on `host`:`port` (the query's own connection
-/// included).
-fn connections_received(lan: &Lan, host: &Host, port: u16) -> u64 {
-    let info = redis(lan, host, port, &["INFO", "stats"]);
-    info.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("total_connections_received:"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no total_connections_received in {info:?}"))
-}
-
-/// Waits until a UDP socket listens on `port` in `host`.
-fn wait_udp_listen(lan: &Lan, host: &Host, port: u16, timeout: Duration) -> bool {
-    wait_until(timeout, 20 * MS, || {
-        let out = lan.run(host, 5 * SEC, &["ss", "-Hlun", &format!("sport = :{port}")]);
-        out.ok() && !out.stdout.trim().is_empty()
-    })
-}
-
-/// One client connection held open by `socat` on a host, driven from this process: commands
-/// go in as RESP, replies come back through a reader thread.
-struct Held {
-    proc: Proc,
-    stdin: Option<ChildStdin>,
-    rx: mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Held {
-    /// Connects to 127.0.0.1:`port` on `host`.
-    fn open(lan: &Lan, host: &Host, label: &str, port: u16) -> Held {
-        let (proc, stdin, stdout) = lan.spawn_piped(
-            host,
-            label,
-            &["socat", "STDIO", &format!("TCP:127.0.0.1:{port}")],
-            true,
-            true,
-        );
-        let mut out = stdout.expect("socat stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = out.read(&mut b) {
-                if n == 0 || tx.send(b[..n].to_vec()).is_err() {
-                    return;
-                }
-            }
-        });
-        Held {
-            proc,
-            stdin,
-            rx,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Sends one command and waits for its reply: a status or error line, an integer, a bulk
-    /// string (`(nil)` for a null); `Err` when the connection closed or nothing came in 10 s.
-    fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        let stdin = self.stdin.as_mut().ok_or("closed by the test")?;
-        stdin
-            .write_all(req.as_bytes())
-            .and_then(|()| stdin.flush())
-            .map_err(|e| format!("write: {e}"))?;
-        let deadline = Instant::now() + 10 * SEC;
-        loop {
-            if let Some(reply) = take_reply(&mut self.buf) {
-                return Ok(reply);
-            }
-            match self
-                .rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(b) => self.buf.extend_from_slice(&b),
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err("no reply in 10 s".into()),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("connection closed".into());
-                }
-            }
-        }
-    }
-
-    /// Whether the connection was closed by the other side within `timeout`.
-    fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(b) => self.buf.extend_from_slice(&b),
-                Err(mpsc::RecvTimeoutError::Timeout) => return false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
-            }
-        }
-    }
-
-    /// Closes the client's side (socat half-closes, then exits).
-    fn close(&mut self) {
-        self.stdin.take();
-    }
-}
-
-/// Takes one complete RESP reply off the front of `buf`.
-fn take_reply(buf: &mut Vec<u8>) -> Option<String> {
-    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = String::from_utf8_lossy(&buf[..eol]).to_string();
-    if let Some(n) = line.strip_prefix('$') {
-        let n: i64 = n.parse().ok()?;
-        if n < 0 {
-            buf.drain(..eol + 2);
-            return Some("(nil)".into());
-        }
-        let end = eol + 2 + n as usize;
-        if buf.len() < end + 2 {
-            return None;
-        }
-        let s = String::from_utf8_lossy(&buf[eol + 2..end]).to_string();
-        buf.drain(..end + 2);
-        return Some(s);
-    }
-    buf.drain(..eol + 2);
-    // A status reply without its `+` (`OK`); errors (`-ERR ...`) and integers as they come.
-    Some(line.strip_prefix('+').map_or(line.clone(), str::to_string))
-}
-
-/// A held session's `GET who`, asserting it answers `want`.
-fn held_who(held: &mut Held, want: &str, what: &str) {
-    assert_eq!(
-        held.cmd(&["GET", "who"]).as_deref(),
-        Ok(want),
-        "{what}: the held connection ({})",
-        held.proc.label
-    );
-}
+use crate::harness::{Host, Lan, MS, Out, Proc, SEC, ip_in, now_epoch, report, wait_until};
+use crate::nodes::{
+    Conn, Session, assert_no_failure, connections_received, count_who, ls_json, node_status,
+    read_conns, redis, redis_remote, set, spread, wait_who,
+};
 
 // ---------------------------------------------------------------------------------------------
 // 1. Graceful drain.
@@ -303,76 +30,35 @@ fn held_who(held: &mut Held, want: &str, what: &str) {
 /// SIGTERM stops at once.
 #[test]
 fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
-    redis_server(&lan, &b, 6379, false, "b");
+    lan.redis(&b, 6379).who("b").start();
     let announce = |node: &str, specs: &[&str], extra: &[&str]| {
-        let mut args = vec!["announce"];
-        args.extend_from_slice(specs);
-        args.extend_from_slice(&[
-            "--node",
-            node,
-            "--bind",
-            "0.0.0.0:7443",
-            "--mesh-key-file",
-            key_str(&key),
-        ]);
-        args.extend_from_slice(extra);
-        lan.ambassador(&b, &format!("announce-{node}"), &args)
+        lan.announce(&b, &key)
+            .specs(specs)
+            .node(node)
+            .bind(7443)
+            .args(extra)
+            .start()
     };
     // `cache`, the same Redis under another name, has a second instance on C.
-    redis_server(&lan, &c, 6379, false, "c");
-    lan.ambassador(
-        &c,
-        "announce-c",
-        &[
-            "announce",
-            "cache:6390=127.0.0.1:6379",
-            "--node",
-            "c",
-            "--bind",
-            "0.0.0.0:7443",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&c, 6379).who("c").start();
+    lan.announce(&c, &key)
+        .spec("cache:6390=127.0.0.1:6379")
+        .bind(7443)
+        .start();
     // The mDNS consumer of `redis` (only on B), and a static consumer of `cache` that keeps
     // dialling B and C in turn whatever the records say (so that a new connection during the
     // drain does reach B, meets the refusal, and is retried on C).
-    let connect = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis:6379",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    let (b_quic, c_quic) = (format!("{}:7443", b.ip), format!("{}:7443", c.ip));
-    let fixed = lan.ambassador(
-        &a,
-        "connect-a-static",
-        &[
-            "connect",
-            "cache:16379",
-            "--backend",
-            &b_quic,
-            "--backend",
-            &c_quic,
-            "--policy",
-            "round-robin",
-            "--node",
-            "a-static",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    let connect = lan.connect(&a, &key).spec("redis:6379").start();
+    let fixed = lan
+        .connect(&a, &key)
+        .spec("cache:16379")
+        .backend(&format!("{}:7443", b.ip))
+        .backend(&format!("{}:7443", c.ip))
+        .policy("round-robin")
+        .node("a-static")
+        .start();
 
     // (a) SIGTERM with one open connection, which the client closes later.
     let b1 = announce("b1", &["redis:6379", "cache:6390=127.0.0.1:6379"], &[]);
@@ -384,23 +70,18 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
         BTreeMap::from([("b".into(), 2), ("c".into(), 2)]),
         "round-robin over B and C before the drain"
     );
-    let mut held = Held::open(&lan, &a, "held-1", 6379);
-    held_who(&mut held, "b", "before the drain");
+    let mut held = Session::open(&lan, &a, "held-1", 6379);
+    held.expect_who("b", "before the drain");
     let t0 = Instant::now();
     lan.signal(&b1, "TERM");
-    assert!(
-        lan.wait_log(&b1, "draining:", 3 * SEC),
-        "no \"draining:\" line within 3 s of SIGTERM"
-    );
-    let draining_line = lan
-        .log(&b1)
-        .lines()
-        .find(|l| l.contains("draining:"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        draining_line.contains("open=1"),
-        "the drain should wait for exactly the one open connection: {draining_line}"
+    lan.expect_log_line(
+        &b1,
+        ("draining:", 3 * SEC),
+        "open=1",
+        (
+            "no \"draining:\" line within 3 s of SIGTERM",
+            "the drain should wait for exactly the one open connection",
+        ),
     );
     assert!(
         lan.wait_log(&connect, "withdrawn by its node", 3 * SEC),
@@ -415,32 +96,19 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
         BTreeMap::from([("c".into(), 4)]),
         "new connections during B's drain"
     );
-    assert!(
-        lan.wait_log(&b1, "refused stream", 2 * SEC),
-        "B did not log the refused stream"
+    let refused = ("refused stream", 2 * SEC);
+    let why = (
+        "B did not log the refused stream",
+        "the refusal is not the typed \"draining\" one",
     );
-    let refusal_line = lan
-        .log(&b1)
-        .lines()
-        .find(|l| l.contains("refused stream"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        refusal_line.contains("code=draining"),
-        "the refusal is not the typed \"draining\" one: {refusal_line}"
-    );
-    let retried = lan
-        .log(&fixed)
-        .lines()
-        .find(|l| l.contains("draining"))
-        .unwrap_or_default()
-        .to_string();
+    lan.expect_log_line(&b1, refused, "code=draining", why);
+    let retried = lan.log_line(&fixed, "draining");
     assert!(
         retried.contains("trying another"),
         "the static consumer did not retry the \"draining\" refusal elsewhere: {retried:?}"
     );
     // The open connection still works, and writes still land on B.
-    held_who(&mut held, "b", "during the drain");
+    held.expect_who("b", "during the drain");
     assert_eq!(
         held.cmd(&["SET", "during-drain", "kept"]).as_deref(),
         Ok("OK")
@@ -458,11 +126,8 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
     );
     let t_close = Instant::now();
     held.close();
-    let status = lan
-        .wait_exit(&b1, 5 * SEC)
-        .expect("B did not exit within 5 s of its last connection closing");
+    lan.wait_clean_exit(&b1, 5 * SEC, "B, once its last connection closed");
     let exit_after_close = t_close.elapsed();
-    assert_eq!(status.code(), Some(0), "exit status after the drain");
     assert!(lan.log(&b1).contains("drained"), "no \"drained\" line");
     assert!(!lan.log(&b1).contains("drain timeout"));
     report(&format!(
@@ -472,20 +137,13 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
     // (b) SIGINT with --drain-timeout 2s and a connection that stays open.
     let b2 = announce("b2", &["redis:6379"], &["--drain-timeout", "2s"]);
     wait_who(&lan, &a, 6379, "b", 15 * SEC);
-    let mut held = Held::open(&lan, &a, "held-2", 6379);
-    held_who(&mut held, "b", "before the drain (b)");
+    let mut held = Session::open(&lan, &a, "held-2", 6379);
+    held.expect_who("b", "before the drain (b)");
     let t0 = Instant::now();
     lan.signal(&b2, "INT");
     assert!(lan.wait_log(&b2, "draining:", 3 * SEC));
-    let status = lan
-        .wait_exit(&b2, 10 * SEC)
-        .expect("B did not exit within 10 s with --drain-timeout 2s");
+    lan.wait_clean_exit(&b2, 10 * SEC, "B with --drain-timeout 2s");
     let took_timeout = t0.elapsed();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after the drain timeout"
-    );
     assert!(
         lan.log(&b2).contains("drain timeout"),
         "no \"drain timeout\" line"
@@ -502,22 +160,19 @@ fn drain_withdraws_refuses_new_streams_and_waits_for_open_ones() {
     // (c) A second SIGTERM stops at once.
     let b3 = announce("b3", &["redis:6379"], &[]);
     wait_who(&lan, &a, 6379, "b", 15 * SEC);
-    let mut held = Held::open(&lan, &a, "held-3", 6379);
-    held_who(&mut held, "b", "before the drain (c)");
+    let mut held = Session::open(&lan, &a, "held-3", 6379);
+    held.expect_who("b", "before the drain (c)");
     lan.signal(&b3, "TERM");
     assert!(lan.wait_log(&b3, "draining:", 3 * SEC));
     let t0 = Instant::now();
     lan.signal(&b3, "TERM");
-    let status = lan
-        .wait_exit(&b3, 5 * SEC)
-        .expect("B did not exit within 5 s of a second SIGTERM");
+    lan.wait_clean_exit(&b3, 5 * SEC, "B after a second SIGTERM");
     let took = t0.elapsed();
     assert!(
         lan.log(&b3).contains("second stop signal"),
         "no \"second stop signal\" line"
     );
     assert!(took < 3 * SEC, "the second signal took {took:?} to stop B");
-    assert_eq!(status.code(), Some(0), "exit status after a second signal");
     assert!(held.closed_within(5 * SEC));
     report(&format!(
         "FIGURE drain: with --drain-timeout 2s B exited {took_timeout:.2?} after SIGINT; a second SIGTERM stopped B in {took:.2?}"
@@ -571,42 +226,16 @@ for t in threads:
     t.join()
 "#;
 
-/// One connection of [`WHO_CLIENT`].
-#[derive(Debug, Clone)]
-struct Conn {
-    start: f64,
-    who: Option<String>,
-    err: Option<String>,
-}
-
-fn read_conns(path: &Path) -> Vec<Conn> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| Conn {
-            start: v["start"].as_f64().unwrap_or(0.0),
-            who: v["who"].as_str().map(str::to_string),
-            err: v["err"].as_str().map(str::to_string),
-        })
-        .collect()
-}
-
-fn count_who<'a>(conns: impl IntoIterator<Item = &'a Conn>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for c in conns {
-        *counts
-            .entry(c.who.clone().unwrap_or_else(|| "(failed)".into()))
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 /// Where the service runs: a host, the announcing node's name, and its Redis port.
 struct Site<'a> {
     host: &'a Host,
     node: &'a str,
     port: u16,
+}
+
+/// A [`Site`].
+fn site<'a>(host: &'a Host, node: &'a str, port: u16) -> Site<'a> {
+    Site { host, node, port }
 }
 
 /// The service moves from `from` to `to` (start `to`'s announce, wait until the consumer uses
@@ -615,36 +244,16 @@ struct Site<'a> {
 /// connection. No request fails; no connection started after the drain began reaches `from`;
 /// `from`'s Redis gets no connection after its ambassador exited.
 fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
-    redis_server(lan, from.host, from.port, false, from.node);
-    redis_server(lan, to.host, to.port, false, to.node);
+    lan.redis(from.host, from.port).who(from.node).start();
+    lan.redis(to.host, to.port).who(to.node).start();
     let announce = |s: &Site| {
-        let spec = format!("redis:6379=127.0.0.1:{}", s.port);
-        lan.ambassador(
-            s.host,
-            &format!("announce-{}", s.node),
-            &[
-                "announce",
-                &spec,
-                "--node",
-                s.node,
-                "--mesh-key-file",
-                key_str(key),
-            ],
-        )
+        lan.announce(s.host, key)
+            .spec(&format!("redis:6379=127.0.0.1:{}", s.port))
+            .node(s.node)
+            .start()
     };
     let old = announce(&from);
-    let connect = lan.ambassador(
-        a,
-        "connect-a",
-        &[
-            "connect",
-            "redis:6379",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(key),
-        ],
-    );
+    let connect = lan.connect(a, key).spec("redis:6379").start();
     wait_who(lan, a, 6379, from.node, 15 * SEC);
 
     // The apps.
@@ -694,27 +303,24 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
         to.node
     );
     let found_new = now_epoch() - t_new;
-    let iterations_before = log_count(lan, &bench, "done");
+    let iterations_before = lan.log_count(&bench, "done");
     let n0 = connections_received(lan, from.host, from.port);
     let t_term = now_epoch();
     lan.signal(&old, "TERM");
-    let status = lan
-        .wait_exit(&old, 15 * SEC)
-        .expect("the old instance's ambassador did not exit within 15 s of SIGTERM");
+    lan.wait_clean_exit(
+        &old,
+        15 * SEC,
+        "the old instance's ambassador after SIGTERM",
+    );
     let n1 = connections_received(lan, from.host, from.port);
     let t_exit = now_epoch();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status of the drained ambassador"
-    );
     // After the move: more connections, and at least one more complete benchmark run.
     assert!(
         wait_until(30 * SEC, 20 * MS, || conns_after(t_exit, to.node) >= 200
-            && log_count(lan, &bench, "done") >= iterations_before + 2),
+            && lan.log_count(&bench, "done") >= iterations_before + 2),
         "the apps did not go on after the move: {:?}, {} benchmark runs",
         count_who(read_conns(&results).iter().filter(|c| c.start > t_exit)),
-        log_count(lan, &bench, "done")
+        lan.log_count(&bench, "done")
     );
     let n2 = connections_received(lan, from.host, from.port);
     fs::write(&stop, "").expect("create the stop file");
@@ -723,13 +329,14 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
     let conns = read_conns(&results);
 
     // When the drain began: the old node stores its draining flag before it logs either line.
-    let t_drain = first_log_time(lan, &old, "draining:")
-        .or_else(|| first_log_time(lan, &old, "stopping:"))
+    let t_drain = lan
+        .first_log_time(&old, "draining:")
+        .or_else(|| lan.first_log_time(&old, "stopping:"))
         .expect("the old ambassador logged neither \"draining:\" nor \"stopping:\"");
-    let refused = log_count(lan, &old, "code=draining");
+    let refused = lan.log_count(&old, "code=draining");
     let after_drain: Vec<&Conn> = conns.iter().filter(|c| c.start > t_drain).collect();
     let bench_log = lan.log(&bench);
-    let runs = log_count(lan, &bench, "done");
+    let runs = lan.log_count(&bench, "done");
     report(&format!(
         "FIGURE migration {}→{}: new instance used {found_new:.2}s after its start; drain began {:.3}s after SIGTERM, \
          exit after {:.2}s ({refused} streams refused with \"draining\" and retried); {} client connections {:?}, \
@@ -744,14 +351,7 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
         n1 - n0 - 1,
         n2 - n1 - 1,
     ));
-    let failed: Vec<&Conn> = conns.iter().filter(|c| c.err.is_some()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} client connections failed, e.g. {:?}",
-        failed.len(),
-        conns.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failure(&conns, "the client");
     assert_eq!(
         client_status.map(|s| s.success()),
         Some(true),
@@ -795,52 +395,19 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
 /// Point 2a: Redis moves from host B to host C under load: no failed request, new connections on C.
 #[test]
 fn migration_to_another_host_loses_no_request() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
-    migrate(
-        &lan,
-        &a,
-        &key,
-        Site {
-            host: &b,
-            node: "b",
-            port: 6379,
-        },
-        Site {
-            host: &c,
-            node: "c",
-            port: 6379,
-        },
-    );
+    migrate(&lan, &a, &key, site(&b, "b", 6379), site(&c, "c", 6379));
 }
 
 /// Point 2b: Only the target port changes on host B (two announcing nodes on B: the old port 6379,
 /// the new port 6380), under load: no failed request, new connections on the new port.
 #[test]
 fn migration_to_another_port_loses_no_request() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
-    migrate(
-        &lan,
-        &a,
-        &key,
-        Site {
-            host: &b,
-            node: "b-6379",
-            port: 6379,
-        },
-        Site {
-            host: &b,
-            node: "b-6380",
-            port: 6380,
-        },
-    );
+    let (old, new) = (site(&b, "b-6379", 6379), site(&b, "b-6380", 6380));
+    migrate(&lan, &a, &key, old, new);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,7 +436,7 @@ fn dnsmasq(lan: &Lan, host: &Host, label: &str, ttl: u32, records: &[String]) ->
     args.extend(records.iter().map(String::as_str));
     let p = lan.spawn(host, label, &args);
     assert!(
-        wait_udp_listen(lan, host, 53, 10 * SEC),
+        lan.wait_udp_listen(host, 53, 10 * SEC),
         "dnsmasq on {} did not listen: {}",
         host.name,
         lan.log(&p)
@@ -909,53 +476,22 @@ fn srv_records(mesh: &[&Host], direct: &[&Host]) -> Vec<String> {
 /// naming a host of another mesh is never used (its identity is checked).
 #[test]
 fn dns_srv_records_changed_during_the_test_are_followed() {
-    let Some(lan) = Lan::new(&["a", "b", "c", "d", "e"]) else {
-        return;
-    };
-    let (a, b, c, d, e) = (
-        lan.host("a"),
-        lan.host("b"),
-        lan.host("c"),
-        lan.host("d"),
-        lan.host("e"),
-    );
+    let (lan, [a, b, c, d, e]) = lan!("a", "b", "c", "d", "e");
     let key = lan.mesh_key("mesh");
     let rogue_key = lan.mesh_key("rogue");
     for (h, k) in [(&b, &key), (&c, &key), (&e, &rogue_key)] {
-        redis_server(&lan, h, 6379, true, &h.name);
-        lan.ambassador(
-            h,
-            &format!("announce-{}", h.name),
-            &[
-                "announce",
-                "redis:6379",
-                "--bind",
-                "0.0.0.0:7443",
-                "--node",
-                &h.name,
-                "--mesh-key-file",
-                key_str(k),
-            ],
-        );
+        lan.redis(h, 6379).lan_too().who(&h.name).start();
+        lan.announce(h, k).spec("redis:6379").bind(7443).start();
     }
     let mut dns = dnsmasq(&lan, &d, "dnsmasq-1", 1, &srv_records(&[&b], &[&b]));
     let dns_server = format!("{}:53", d.ip);
-    let mesh = lan.ambassador(
-        &a,
-        "connect-a-mesh",
-        &[
-            "connect",
-            "redis:6379",
-            "--discover",
-            "dns-srv:_redis._tcp.example.lan",
-            "--dns-server",
-            &dns_server,
-            "--node",
-            "a-mesh",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    let mesh = lan
+        .connect(&a, &key)
+        .spec("redis:6379")
+        .args(&["--discover", "dns-srv:_redis._tcp.example.lan"])
+        .args(&["--dns-server", &dns_server])
+        .node("a-mesh")
+        .start();
     let config = lan.path("srv.toml");
     fs::write(
         &config,
@@ -972,10 +508,10 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
     wait_who(&lan, &a, 6390, "b", 15 * SEC);
     assert!(lan.log(&mesh).contains("SRV backends changed"));
     assert!(lan.log(&direct).contains("SRV backends changed"));
-    let mut held_mesh = Held::open(&lan, &a, "held-mesh", 6379);
-    let mut held_direct = Held::open(&lan, &a, "held-direct", 6390);
-    held_who(&mut held_mesh, "b", "before the change");
-    held_who(&mut held_direct, "b", "before the change");
+    let mut held_mesh = Session::open(&lan, &a, "held-mesh", 6379);
+    let mut held_direct = Session::open(&lan, &a, "held-direct", 6390);
+    held_mesh.expect_who("b", "before the change");
+    held_direct.expect_who("b", "before the change");
 
     // The records move to C (dnsmasq restarted with other records).
     lan.signal(&dns, "TERM");
@@ -1005,8 +541,8 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
             "port {port} after the change"
         );
     }
-    held_who(&mut held_mesh, "b", "after the change");
-    held_who(&mut held_direct, "b", "after the change");
+    held_mesh.expect_who("b", "after the change");
+    held_direct.expect_who("b", "after the change");
     assert_eq!(
         held_mesh.cmd(&["SET", "via", "held-mesh"]).as_deref(),
         Ok("OK")
@@ -1026,20 +562,8 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
 
     // These records have TTL 0: each consumer re-resolves once a second (the floor), neither
     // more often nor less.
-    const WINDOW: Duration = Duration::from_secs(4);
-    let names = ["_redis._tcp.example.lan", "_redisd._tcp.example.lan"];
-    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
-    std::thread::sleep(WINDOW);
-    for (name, before) in names.iter().zip(before) {
-        let n = srv_queries(&lan, &dns, name) - before;
-        report(&format!(
-            "FIGURE SRV records with TTL 0: {n} queries for {name} in {WINDOW:?}"
-        ));
-        assert!(
-            (2..=6).contains(&n),
-            "{n} SRV queries for {name} in {WINDOW:?} with TTL 0 (expected one a second)"
-        );
-    }
+    let ttl0 = ("TTL 0", "one a second");
+    assert_srv_queries(&lan, &dns, ttl0, Duration::from_secs(4), 2..=6);
     lan.signal(&dns, "TERM");
     assert!(
         lan.wait_exit(&dns, 5 * SEC).is_some(),
@@ -1047,16 +571,12 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
     );
 
     // A record naming a node of another mesh, next to C's: never used. (TTL 3 s now.)
-    let changed_before = log_count(&lan, &mesh, "SRV backends changed");
-    let dns = dnsmasq(&lan, &d, "dnsmasq-3", 3, &srv_records(&[&c, &e], &[&c]));
-    assert!(
-        wait_until(10 * SEC, 20 * MS, || log_count(
-            &lan,
-            &mesh,
-            "SRV backends changed"
-        ) > changed_before),
-        "the consumer did not pick up the records of C and E"
-    );
+    let records = srv_records(&[&c, &e], &[&c]);
+    let dns = lan
+        .logs_after(&mesh, "SRV backends changed", 10 * SEC, || {
+            dnsmasq(&lan, &d, "dnsmasq-3", 3, &records)
+        })
+        .expect("the consumer did not pick up the records of C and E");
     let counts = spread(&lan, &a, 6379, 20);
     assert_eq!(
         counts,
@@ -1068,24 +588,34 @@ fn dns_srv_records_changed_during_the_test_are_followed() {
         "the consumer never tried (and rejected) E"
     );
     // With TTL 3 s, re-resolution follows the TTL: about one query in 3 s, not one a second.
-    const WINDOW3: Duration = Duration::from_secs(6);
-    let before: Vec<usize> = names.iter().map(|n| srv_queries(&lan, &dns, n)).collect();
-    std::thread::sleep(WINDOW3);
-    for (name, before) in names.iter().zip(before) {
-        let n = srv_queries(&lan, &dns, name) - before;
-        report(&format!(
-            "FIGURE SRV records with TTL 3 s: {n} queries for {name} in {WINDOW3:?}"
-        ));
-        assert!(
-            (1..=3).contains(&n),
-            "{n} SRV queries for {name} in {WINDOW3:?} with TTL 3 s (expected one in 3 s)"
-        );
-    }
+    let ttl3 = ("TTL 3 s", "one in 3 s");
+    assert_srv_queries(&lan, &dns, ttl3, Duration::from_secs(6), 1..=3);
 }
 
-/// SRV queries for `name` that dnsmasq `dns` logged so far.
-fn srv_queries(lan: &Lan, dns: &Proc, name: &str) -> usize {
-    log_count(lan, dns, &format!("query[SRV] {name} from"))
+/// Counts the SRV queries for each of the two services that dnsmasq `dns` logs during
+/// `window` (a measurement: the window is slept through): `expected` for each. `ttl` names the
+/// records' TTL and the rate it should give, for the figure and the failure message.
+fn assert_srv_queries(
+    lan: &Lan,
+    dns: &Proc,
+    (ttl, rate): (&str, &str),
+    window: Duration,
+    expected: std::ops::RangeInclusive<usize>,
+) {
+    let names = ["_redis._tcp.example.lan", "_redisd._tcp.example.lan"];
+    let queries = |name: &str| lan.log_count(dns, &format!("query[SRV] {name} from"));
+    let before: Vec<usize> = names.iter().map(|n| queries(n)).collect();
+    std::thread::sleep(window);
+    for (name, before) in names.iter().zip(before) {
+        let n = queries(name) - before;
+        report(&format!(
+            "FIGURE SRV records with {ttl}: {n} queries for {name} in {window:?}"
+        ));
+        assert!(
+            expected.contains(&n),
+            "{n} SRV queries for {name} in {window:?} with {ttl} (expected {rate})"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,61 +642,29 @@ fn write_run_config(path: &Path, key: &Path, mesh: &[String], direct: &[String])
 /// connections, open connections are kept; a bad file is refused and the old backends stay.
 #[test]
 fn static_backends_and_sighup_reload() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
     for h in [&b, &c] {
-        redis_server(&lan, h, 6379, true, &h.name);
-        lan.ambassador(
-            h,
-            &format!("announce-{}", h.name),
-            &[
-                "announce",
-                "redis:6379",
-                "--bind",
-                "0.0.0.0:7443",
-                "--node",
-                &h.name,
-                "--mesh-key-file",
-                key_str(&key),
-            ],
-        );
+        lan.redis(h, 6379).lan_too().who(&h.name).start();
+        lan.announce(h, &key).spec("redis:6379").bind(7443).start();
     }
     let quic = |h: &Host| format!("{}:7443", h.ip);
     let tcp = |h: &Host| format!("{}:6379", h.ip);
 
     // Flags.
-    lan.ambassador(
-        &a,
-        "connect-a-flag-mesh",
-        &[
-            "connect",
-            "redis:6379",
-            "--backend",
-            &quic(&b),
-            "--node",
-            "a1",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    lan.ambassador(
-        &a,
-        "connect-a-flag-direct",
-        &[
-            "connect",
-            "redisd:6390",
-            "--direct",
-            "--backend",
-            &tcp(&c),
-            "--node",
-            "a2",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.connect(&a, &key)
+        .spec("redis:6379")
+        .backend(&quic(&b))
+        .node("a1")
+        .label("connect-a-flag-mesh")
+        .start();
+    lan.connect(&a, &key)
+        .spec("redisd:6390")
+        .args(&["--direct"])
+        .backend(&tcp(&c))
+        .node("a2")
+        .label("connect-a-flag-direct")
+        .start();
     wait_who(&lan, &a, 6379, "b", 15 * SEC);
     wait_who(&lan, &a, 6390, "c", 15 * SEC);
     assert_eq!(
@@ -1188,20 +686,17 @@ fn static_backends_and_sighup_reload() {
     );
     wait_who(&lan, &a, 6400, "b", 15 * SEC);
     wait_who(&lan, &a, 6401, "b", 15 * SEC);
-    let mut held_mesh = Held::open(&lan, &a, "held-mesh", 6400);
-    let mut held_direct = Held::open(&lan, &a, "held-direct", 6401);
-    held_who(&mut held_mesh, "b", "before the reload");
-    held_who(&mut held_direct, "b", "before the reload");
+    let mut held_mesh = Session::open(&lan, &a, "held-mesh", 6400);
+    let mut held_direct = Session::open(&lan, &a, "held-direct", 6401);
+    held_mesh.expect_who("b", "before the reload");
+    held_direct.expect_who("b", "before the reload");
 
     let reload = |what: &str| {
-        let before = log_count(&lan, &run, "backends reloaded");
+        let before = lan.log_count(&run, "backends reloaded");
         lan.signal(&run, "HUP");
         assert!(
-            wait_until(5 * SEC, 10 * MS, || log_count(
-                &lan,
-                &run,
-                "backends reloaded"
-            ) >= before + 2),
+            lan.wait_log_more(&run, "backends reloaded", before + 1, 5 * SEC)
+                .is_some(),
             "{what}: no \"backends reloaded\" for both sections within 5 s"
         );
     };
@@ -1214,8 +709,8 @@ fn static_backends_and_sighup_reload() {
             "port {port} after the reload to C"
         );
     }
-    held_who(&mut held_mesh, "b", "after the reload");
-    held_who(&mut held_direct, "b", "after the reload");
+    held_mesh.expect_who("b", "after the reload");
+    held_direct.expect_who("b", "after the reload");
     assert_eq!(held_mesh.cmd(&["SET", "kept", "mesh"]).as_deref(), Ok("OK"));
     assert_eq!(
         redis(&lan, &b, 6379, &["GET", "kept"]).stdout.trim(),
@@ -1242,13 +737,9 @@ fn static_backends_and_sighup_reload() {
         ),
     )
     .expect("write the bad config");
-    let refused_before = log_count(&lan, &run, "not reloaded");
-    lan.signal(&run, "HUP");
-    assert!(
-        wait_until(5 * SEC, 10 * MS, || log_count(&lan, &run, "not reloaded")
-            > refused_before),
-        "a bad file was not refused"
-    );
+    let hup = || lan.signal(&run, "HUP");
+    let refused = lan.logs_after(&run, "not reloaded", 5 * SEC, hup);
+    assert!(refused.is_some(), "a bad file was not refused");
     let counts = spread(&lan, &a, 6400, 20);
     assert_eq!(
         counts.values().sum::<usize>(),
@@ -1257,7 +748,7 @@ fn static_backends_and_sighup_reload() {
     );
     assert!(counts.len() == 2, "after a bad reload: {counts:?}");
     assert!(lan.running(&run), "a bad reload stopped the node");
-    held_who(&mut held_direct, "b", "after three reloads");
+    held_direct.expect_who("b", "after three reloads");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1269,13 +760,10 @@ fn static_backends_and_sighup_reload() {
 /// variable is a usage error (exit 2).
 #[test]
 fn docker_link_variables_are_forwarded() {
-    let Some(lan) = Lan::new(&["a", "b", "c"]) else {
-        return;
-    };
-    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let (lan, [a, b, c]) = lan!("a", "b", "c");
     let key = lan.mesh_key("mesh");
-    redis_server(&lan, &b, 6379, true, "b");
-    redis_server(&lan, &c, 6380, true, "c");
+    lan.redis(&b, 6379).lan_too().who("b").start();
+    lan.redis(&c, 6380).lan_too().who("c").start();
     // What `docker run --link NAME:ALIAS` sets for a port of the linked container (the classic
     // ambassador got these with the target's address and port).
     let docker_vars = |alias: &str, port: u16, target: &str| -> Vec<String> {
@@ -1294,27 +782,19 @@ fn docker_link_variables_are_forwarded() {
     };
     let mut vars = docker_vars("redis", 6379, &format!("{}:6379", b.ip));
     vars.extend(docker_vars("cache", 6380, &format!("{}:6380", c.ip)));
-    let with_env = |label: &str, vars: &[String], extra: &[&str]| {
-        let mut args: Vec<&str> = vec!["env"];
-        args.extend(vars.iter().map(String::as_str));
-        args.extend_from_slice(&[
-            AMBASSADOR,
-            "connect",
-            "--from-env",
-            "--node",
-            label,
-            "--mesh-key-file",
-            key_str(&key),
-        ]);
-        args.extend_from_slice(extra);
-        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    // `connect --from-env` as node `node`, run under `env VARS...`.
+    let with_env = |node: &str, vars: &[String]| {
+        let mut env = vec!["env"];
+        env.extend(vars.iter().map(String::as_str));
+        lan.connect(&a, &key)
+            .under(&env)
+            .node(node)
+            .args(&["--from-env"])
     };
-    let args = with_env("a", &vars, &[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let connect = lan.spawn(&a, "connect-a", &args);
+    let connect = with_env("a", &vars).start();
     wait_who(&lan, &a, 6379, "b", 10 * SEC);
     wait_who(&lan, &a, 6380, "c", 10 * SEC);
-    set_through(&lan, &a, 6379, "linked", "yes");
+    set(&lan, &a, 6379, "linked", "yes");
     assert_eq!(
         redis(&lan, &b, 6379, &["GET", "linked"]).stdout.trim(),
         "yes"
@@ -1327,11 +807,7 @@ fn docker_link_variables_are_forwarded() {
         "B's Redis does not see a direct connection from A: {info:?}"
     );
     // Loopback only by default.
-    let outside = lan.run(
-        &c,
-        5 * SEC,
-        &["redis-cli", "-h", &a.ip.to_string(), "-p", "6379", "PING"],
-    );
+    let outside = redis_remote(&lan, &c, &a.ip.to_string(), 6379, &["PING"]);
     assert!(
         !outside.stdout.contains("PONG"),
         "the default listener is reachable from another host: {outside:?}"
@@ -1345,23 +821,11 @@ fn docker_link_variables_are_forwarded() {
     // A container's ambassador serving other containers: --listen-ip 0.0.0.0.
     // The listen port is the variable's; the target's port may differ.
     let vars = docker_vars("db", 6381, &format!("{}:6379", b.ip));
-    let args = with_env("a-any", &vars, &["--listen-ip", "0.0.0.0"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lan.spawn(&a, "connect-a-any", &args);
+    with_env("a-any", &vars)
+        .args(&["--listen-ip", "0.0.0.0"])
+        .start();
     assert!(lan.wait_tcp_listen(&a, 6381, 10 * SEC));
-    let remote = lan.run(
-        &c,
-        10 * SEC,
-        &[
-            "redis-cli",
-            "-h",
-            &a.ip.to_string(),
-            "-p",
-            "6381",
-            "GET",
-            "who",
-        ],
-    );
+    let remote = redis_remote(&lan, &c, &a.ip.to_string(), 6381, &["GET", "who"]);
     assert_eq!(
         remote.stdout.trim(),
         "b",
@@ -1370,23 +834,8 @@ fn docker_link_variables_are_forwarded() {
 
     // A malformed link variable.
     let bad = [format!("REDIS_PORT_6379_TCP=udp://{}:6379", b.ip)];
-    let args = with_env("a-bad", &bad, &[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lan.run(&a, 10 * SEC, &args);
-    assert_eq!(
-        out.status.and_then(|s| s.code()),
-        Some(2),
-        "a malformed link variable: {out:?}"
-    );
-    assert!(
-        out.stderr.contains("REDIS_PORT_6379_TCP"),
-        "the error does not name the variable: {out:?}"
-    );
-}
-
-fn set_through(lan: &Lan, host: &Host, port: u16, key: &str, value: &str) {
-    let out = redis(lan, host, port, &["SET", key, value]);
-    assert_eq!(out.stdout.trim(), "OK", "SET {key} through {port}: {out:?}");
+    let out = with_env("a-bad", &bad).run();
+    out.assert_refused(&["REDIS_PORT_6379_TCP"], "a malformed link variable");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1500,7 +949,7 @@ impl Avahi {
         all
     }
 
-    fn run(&self, lan: &Lan, host: &Host, args: &[&str]) -> crate::harness::Out {
+    fn run(&self, lan: &Lan, host: &Host, args: &[&str]) -> Out {
         let tail = self.tool_args(args);
         let mut all = vec!["env"];
         all.extend(tail.iter().map(String::as_str));
@@ -1564,53 +1013,21 @@ fn parse_browse(out: &str) -> Vec<Browsed> {
         .collect()
 }
 
-/// `ambassador status --json` on `host` (every node of this test).
-fn status(lan: &Lan, host: &Host) -> serde_json::Value {
-    let out = lan.run(host, 10 * SEC, &[AMBASSADOR, "status", "--json"]);
-    assert!(out.ok(), "ambassador status: {out:?}");
-    serde_json::from_str(&out.stdout).expect("status --json prints JSON")
-}
-
 /// Point 6a/6b: avahi-browse (avahi-daemon in its own namespace) lists every announced service with
 /// its TXT keys; a plain `_redis._tcp` service published by avahi-publish is usable with
 /// `connect --direct --discover mdns:_redis._tcp`, and its withdrawal is followed.
 #[test]
 fn avahi_browses_announcements_and_publishes_a_plain_service() {
-    let Some(lan) = Lan::new(&["a", "b", "c", "v"]) else {
-        return;
-    };
-    let (a, b, c, v) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("v"));
+    let (lan, [a, b, c, v]) = lan!("a", "b", "c", "v");
     let key = lan.mesh_key("mesh");
-    redis_server(&lan, &b, 6379, false, "b");
+    lan.redis(&b, 6379).who("b").start();
     // B: redis (up) with weight 3, and `cache` whose target does not answer (h=down).
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "cache:6380",
-            "--weight",
-            "3",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
-    redis_server(&lan, &c, 6379, false, "c");
-    lan.ambassador(
-        &c,
-        "announce-c",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "c",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.announce(&b, &key)
+        .specs(&["redis:6379", "cache:6380"])
+        .args(&["--weight", "3"])
+        .start();
+    lan.redis(&c, 6379).who("c").start();
+    lan.announce(&c, &key).spec("redis:6379").start();
     let avahi = Avahi::start(&lan, &v, &v.ifname, false, true);
 
     let want = ["redis@b", "cache@b", "redis@c"];
@@ -1627,15 +1044,8 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
     });
     assert!(all, "avahi-browse on V shows {seen:#?}, expected {want:?}");
     // What the nodes say of themselves.
-    let nodes = status(&lan, &b);
     let node = |name: &str| {
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("status lists no node {name}: {nodes}"))
+        node_status(&lan, &b, name).unwrap_or_else(|| panic!("status lists no node {name}"))
     };
     let quic_port = |name: &str| -> u16 {
         node(name)["quic"]
@@ -1645,16 +1055,9 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
             .expect("quic port in status")
     };
     let mesh_id = node("b")["mesh"].as_str().unwrap().to_string();
-    let ls = lan.run(
-        &a,
-        20 * SEC,
-        &[AMBASSADOR, "ls", "--json", "--mesh-key-file", key_str(&key)],
-    );
-    let ls: serde_json::Value = serde_json::from_str(&ls.stdout).expect("ls --json");
+    let ls = ls_json(&lan, &a, &["--mesh-key-file", key.to_str().unwrap()]);
     let fingerprint = |node: &str| {
-        ls.as_array()
-            .unwrap()
-            .iter()
+        ls.iter()
             .find(|r| r["node"] == node)
             .and_then(|r| r["fingerprint"].as_str())
             .map(str::to_string)
@@ -1700,7 +1103,7 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
     ));
 
     // A plain _redis._tcp service published by avahi on V.
-    redis_server(&lan, &v, 6379, true, "v");
+    lan.redis(&v, 6379).lan_too().who("v").start();
     let publish = avahi.spawn(
         &lan,
         &v,
@@ -1712,21 +1115,11 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
         "avahi-publish failed: {}",
         lan.log(&publish)
     );
-    let connect = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis:6379",
-            "--direct",
-            "--discover",
-            "mdns:_redis._tcp",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    let connect = lan
+        .connect(&a, &key)
+        .spec("redis:6379")
+        .args(&["--direct", "--discover", "mdns:_redis._tcp"])
+        .start();
     let took = wait_who(&lan, &a, 6379, "v", 15 * SEC);
     assert_eq!(spread(&lan, &a, 6379, 5), BTreeMap::from([("v".into(), 5)]));
     // Withdrawn by avahi-publish's exit: followed.
@@ -1748,10 +1141,7 @@ fn avahi_browses_announcements_and_publishes_a_plain_service() {
 /// reflector) and reaches it through the mesh, routed by the router.
 #[test]
 fn avahi_reflector_carries_announcements_across_subnets() {
-    let Some(lan) = Lan::new(&["a", "r", "b"]) else {
-        return;
-    };
-    let (a, r, b) = (lan.host("a"), lan.host("r"), lan.host("b"));
+    let (lan, [a, r, b]) = lan!("a", "r", "b");
     let key = lan.mesh_key("mesh");
     // B moves to its own bridge and subnet 10.78.X.0/24; R gets a second interface there.
     let x = a.ip.octets()[2];
@@ -1760,130 +1150,55 @@ fn avahi_reflector_carries_announcements_across_subnets() {
     let r_far = Ipv4Addr::new(10, 78, x, 1);
     let b_ip = Ipv4Addr::new(10, 78, x, 10);
     let sw = lan.switch_ns().to_string();
-    ip(&["-n", &sw, "link", "add", "br1", "type", "bridge"]);
-    ip(&["-n", &sw, "link", "set", "br1", "up"]);
-    ip(&["-n", &sw, "link", "set", &b.port, "nomaster"]);
-    ip(&["-n", &sw, "link", "set", &b.port, "master", "br1"]);
-    ip(&[
-        "-n", &sw, "link", "add", "q1", "type", "veth", "peer", "name", "eth1", "netns", &r.ns,
-    ]);
-    ip(&["-n", &sw, "link", "set", "q1", "master", "br1"]);
-    ip(&["-n", &sw, "link", "set", "q1", "up"]);
-    ip(&[
-        "-n",
-        &r.ns,
-        "addr",
-        "add",
-        &format!("{r_far}/24"),
-        "dev",
-        "eth1",
-    ]);
-    ip(&["-n", &r.ns, "link", "set", "eth1", "up"]);
-    must_run(&lan, &r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    ip(&["-n", &b.ns, "addr", "flush", "dev", &b.ifname]);
-    ip(&[
-        "-n",
+    ip_in(&sw, "link add br1 type bridge");
+    ip_in(&sw, "link set br1 up");
+    ip_in(&sw, &format!("link set {} nomaster", b.port));
+    ip_in(&sw, &format!("link set {} master br1", b.port));
+    ip_in(
+        &sw,
+        &format!("link add q1 type veth peer name eth1 netns {}", r.ns),
+    );
+    ip_in(&sw, "link set q1 master br1");
+    ip_in(&sw, "link set q1 up");
+    ip_in(&r.ns, &format!("addr add {r_far}/24 dev eth1"));
+    ip_in(&r.ns, "link set eth1 up");
+    lan.must_run(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ip_in(&b.ns, &format!("addr flush dev {}", b.ifname));
+    ip_in(&b.ns, &format!("addr add {b_ip}/24 dev {}", b.ifname));
+    ip_in(
         &b.ns,
-        "addr",
-        "add",
-        &format!("{b_ip}/24"),
-        "dev",
-        &b.ifname,
-    ]);
-    ip(&[
-        "-n",
-        &b.ns,
-        "route",
-        "replace",
-        "224.0.0.0/4",
-        "dev",
-        &b.ifname,
-    ]);
-    ip(&[
-        "-n",
-        &b.ns,
-        "route",
-        "add",
-        &near_net,
-        "via",
-        &r_far.to_string(),
-    ]);
-    ip(&[
-        "-n",
-        &a.ns,
-        "route",
-        "add",
-        &far_net,
-        "via",
-        &r.ip.to_string(),
-    ]);
+        &format!("route replace 224.0.0.0/4 dev {}", b.ifname),
+    );
+    ip_in(&b.ns, &format!("route add {near_net} via {r_far}"));
+    ip_in(&a.ns, &format!("route add {far_net} via {}", r.ip));
     let b_far = Host {
         ip: b_ip,
         ..b.clone()
     };
     // Routed, not bridged: A reaches B through R.
-    let ping = lan.run(
-        &a,
-        10 * SEC,
-        &["redis-cli", "-h", &b_ip.to_string(), "-p", "9", "PING"],
-    );
+    let ping = redis_remote(&lan, &a, &b_ip.to_string(), 9, &["PING"]);
     assert!(
         format!("{}{}", ping.stdout, ping.stderr).contains("refused"),
         "A cannot reach B across R: {ping:?}"
     );
 
-    redis_server(&lan, &b_far, 6379, false, "b");
-    lan.ambassador(
-        &b_far,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&b_far, 6379).who("b").start();
+    lan.announce(&b_far, &key).spec("redis:6379").start();
     let ls_a = || {
-        let out = lan.run(
-            &a,
-            20 * SEC,
-            &[
-                AMBASSADOR,
-                "ls",
-                "--json",
-                "--timeout",
-                "2s",
-                "--mesh-key-file",
-                key_str(&key),
-            ],
-        );
-        assert!(out.ok(), "ls on A: {out:?}");
-        serde_json::from_str::<serde_json::Value>(&out.stdout).expect("ls --json")
+        let args = ["--timeout", "2s", "--mesh-key-file", key.to_str().unwrap()];
+        ls_json(&lan, &a, &args)
     };
     // Without the reflector, A does not see B.
     let before = ls_a();
     assert_eq!(
-        before.as_array().map(Vec::len),
-        Some(0),
-        "A sees B's subnet without a reflector: {before}"
+        before.len(),
+        0,
+        "A sees B's subnet without a reflector: {before:?}"
     );
 
     Avahi::start(&lan, &r, "eth0,eth1", true, false);
     let t0 = Instant::now();
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.connect(&a, &key).spec("redis").start();
     // The listen port comes from B's reflected record.
     assert!(
         lan.wait_tcp_listen(&a, 6379, 15 * SEC),
@@ -1891,7 +1206,7 @@ fn avahi_reflector_carries_announcements_across_subnets() {
     );
     wait_who(&lan, &a, 6379, "b", 15 * SEC);
     let took = t0.elapsed();
-    set_through(&lan, &a, 6379, "across", "subnets");
+    set(&lan, &a, 6379, "across", "subnets");
     assert_eq!(
         redis(&lan, &b_far, 6379, &["GET", "across"]).stdout.trim(),
         "subnets"
@@ -1900,20 +1215,15 @@ fn avahi_reflector_carries_announcements_across_subnets() {
     // into the queries it reflects as known answers, so B stays silent, and it answers a
     // repeated question from its cache only once a second: a browser that starts just after
     // another may see nothing in its first seconds. Poll.
-    let mut after = serde_json::Value::Null;
+    let mut after = Vec::new();
     let mut attempts = 0;
     let seen = wait_until(20 * SEC, 10 * MS, || {
         attempts += 1;
         after = ls_a();
-        after
-            .as_array()
-            .is_some_and(|rows| rows.iter().any(|r| r["node"] == "b"))
+        after.iter().any(|r| r["node"] == "b")
     });
-    assert!(seen, "ls on A through the reflector: {after}");
-    let row = after
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["node"] == "b"))
-        .unwrap();
+    assert!(seen, "ls on A through the reflector: {after:?}");
+    let row = after.iter().find(|r| r["node"] == "b").unwrap();
     assert_eq!(row["addrs"][0].as_str(), Some(b_ip.to_string().as_str()));
     assert_eq!(row["mesh_match"].as_bool(), Some(true));
     report(&format!(

@@ -19,17 +19,21 @@
 //! with an expired certificate needs `faketime` (without them those parts print SKIPPED).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::{AMBASSADOR, Host, Lan, Proc, pcap_udp, report, wait_until};
-use crate::{SEC, Stream, get_calls, hex, key_str, redis};
+use crate::harness::{
+    AMBASSADOR, Host, Lan, Proc, SEC, cmdline, have_tools, report, rss_kib, udp_between, wait_until,
+};
+use crate::nodes::{
+    Ca, Credentials, Identity, Node, Session, get_calls, get_who_n, ls_rows, redis, wait_ls_row,
+    wait_pong, who, who_within,
+};
+use crate::{Stream, hex};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -51,57 +55,9 @@ fn write_mode(lan: &Lan, name: &str, contents: &str, mode: u32) -> PathBuf {
     path
 }
 
-/// Starts `redis-server` on `host`:`port` (bound to `bind`) with extra options, and waits until
-/// it listens (a password-protected server does not answer PING without credentials).
-fn start_redis_opts(lan: &Lan, host: &Host, port: u16, bind: &str, extra: &[&str]) -> Proc {
-    let port_s = port.to_string();
-    let dir = lan.dir().to_str().unwrap().to_string();
-    let label = format!("redis-{}-{port}", host.name);
-    let dbfile = format!("{label}.rdb");
-    let mut args = vec![
-        "redis-server",
-        "--port",
-        &port_s,
-        "--bind",
-        bind,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir,
-        "--dbfilename",
-        &dbfile,
-    ];
-    args.extend_from_slice(extra);
-    let p = lan.spawn(host, &label, &args);
-    assert!(
-        lan.wait_tcp_listen(host, port, 10 * SEC),
-        "redis-server on {}:{port} did not come up",
-        host.name
-    );
-    p
-}
-
-/// Plain (password-less) Redis on `host`'s 127.0.0.1:`port` holding `who` = `value`.
-fn redis_who(lan: &Lan, host: &Host, port: u16, value: &str) -> Proc {
-    let p = crate::start_redis(lan, host, port);
-    let set = redis(lan, host, port, &["SET", "who", value]);
-    assert_eq!(set.stdout.trim(), "OK", "SET who on {}: {set:?}", host.name);
-    p
-}
-
 /// `sh -c SCRIPT` on `host`, stdout trimmed (a helper for credentialed redis-cli runs).
 fn sh_out(lan: &Lan, host: &Host, script: &str) -> String {
     lan.sh(host, 20 * SEC, script).stdout.trim().to_string()
-}
-
-/// Counts the lines of `p`'s log that contain every one of `needles`.
-fn count_lines(lan: &Lan, p: &Proc, needles: &[&str]) -> usize {
-    lan.log(p)
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .count()
 }
 
 /// UDP counters of `host`'s network namespace: (InDatagrams, RcvbufErrors).
@@ -120,190 +76,9 @@ fn udp_counters(lan: &Lan, host: &Host) -> (u64, u64) {
     (get("InDatagrams"), get("RcvbufErrors"))
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// The command line of a running process, NULs shown as spaces.
-fn cmdline(pid: u32) -> String {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
-    String::from_utf8_lossy(&raw).replace('\0', " ")
-}
-
-/// `ambassador ls --json` on `host` (extra options appended); the rows.
-fn ls_rows(lan: &Lan, host: &Host, extra: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec![AMBASSADOR, "ls", "--json", "--interface", &host.ifname];
-    args.extend_from_slice(extra);
-    let out = lan.run(host, 20 * SEC, &args);
-    assert!(out.ok(), "ambassador ls failed: {out:?}");
-    let rows: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("ls --json printed no JSON ({e}): {out:?}"));
-    rows.as_array().expect("ls --json prints an array").clone()
-}
-
-/// Polls `ls --json` on `host` until a row satisfies `pred`; returns it.
-fn wait_ls_row(
-    lan: &Lan,
-    host: &Host,
-    extra: &[&str],
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> Option<serde_json::Value> {
-    let mut found = None;
-    wait_until(timeout, Duration::from_millis(200), || {
-        found = ls_rows(lan, host, extra).into_iter().find(|r| pred(r));
-        found.is_some()
-    });
-    found
-}
-
-/// `GET who` through `port` on `host`, `n` times, each on a new connection; the answers.
-fn get_who_n(lan: &Lan, host: &Host, port: u16, n: usize) -> Vec<String> {
-    let out = lan.sh(
-        host,
-        180 * SEC,
-        &format!("for i in $(seq {n}); do redis-cli -p {port} GET who; done"),
-    );
-    assert!(out.ok(), "the GET loop failed: {out:?}");
-    out.stdout.lines().map(str::to_string).collect()
-}
-
-fn who_via(lan: &Lan, host: &Host, port: u16) -> String {
-    redis(lan, host, port, &["GET", "who"])
-        .stdout
-        .trim()
-        .to_string()
-}
-
-/// Waits until `GET who` through `port` on `host` answers `value`.
+/// Whether `GET who` through `port` on `host` answers `value` within `timeout`.
 fn wait_who(lan: &Lan, host: &Host, port: u16, value: &str, timeout: Duration) -> bool {
-    wait_until(timeout, Duration::from_millis(50), || {
-        who_via(lan, host, port) == value
-    })
-}
-
-/// A raw TCP connection held open from `host` to its 127.0.0.1:`port` (socat), speaking RESP
-/// inline commands, so that a test can check it outlives a reload.
-struct Session {
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Session {
-    fn open(lan: &Lan, host: &Host, port: u16, label: &str) -> Session {
-        let (_p, stdin, stdout) = lan.spawn_piped(
-            host,
-            label,
-            &["socat", "STDIO", &format!("TCP:127.0.0.1:{port}")],
-            true,
-            true,
-        );
-        let (tx, rx) = mpsc::channel();
-        let out = stdout.unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line.trim_end().to_string()).is_err() {
-                    break;
-                }
-            }
-        });
-        Session {
-            stdin: stdin.unwrap(),
-            lines: rx,
-        }
-    }
-
-    /// Sends one inline command; the first reply line, if any within `timeout`.
-    fn cmd(&mut self, line: &str, timeout: Duration) -> Option<String> {
-        // Drop anything left from before.
-        while self.lines.try_recv().is_ok() {}
-        self.stdin
-            .write_all(format!("{line}\r\n").as_bytes())
-            .ok()?;
-        self.stdin.flush().ok()?;
-        self.lines.recv_timeout(timeout).ok()
-    }
-}
-
-// ----- CA mode -----
-
-/// `ambassador ca init --out DIR`; the CA directory.
-fn ca_init(lan: &Lan) -> PathBuf {
-    let dir = lan.path("ca");
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "init", "--out"])
-        .arg(&dir)
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .expect("run ambassador ca init");
-    assert!(out.status.success(), "ca init failed: {out:?}");
-    dir
-}
-
-/// `ambassador ca issue NODE --ca CA --out DIR EXTRA...`; the bundle directory and the new
-/// certificate's fingerprint.
-fn ca_issue(lan: &Lan, ca: &Path, node: &str, dir: &str, extra: &[&str]) -> (PathBuf, String) {
-    let out_dir = lan.path(dir);
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "issue", node, "--ca"])
-        .arg(ca)
-        .arg("--out")
-        .arg(&out_dir)
-        .args(extra)
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .expect("run ambassador ca issue");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "ca issue {node} failed: {text}");
-    let fp = text
-        .split("certificate fingerprint ")
-        .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect::<String>()
-        })
-        .filter(|f| f.len() == 64)
-        .unwrap_or_else(|| panic!("ca issue printed no fingerprint: {text}"));
-    (out_dir, fp)
-}
-
-fn bundle_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Whether every program in `progs` is installed; prints a SKIPPED line for `what` if not.
-fn have_tools(progs: &[&str], what: &str) -> bool {
-    let missing: Vec<&str> = progs
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {p}")])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
-    if !missing.is_empty() {
-        report(&format!(
-            "SKIPPED: {what} — not installed: {}",
-            missing.join(", ")
-        ));
-    }
-    missing.is_empty()
+    who_within(lan, host, port, value, timeout).is_some()
 }
 
 /// The programs [`Forger`] runs.
@@ -324,6 +99,56 @@ fn have_faketime() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `ls` on `host` (CA mode: no key) lists a `redis` record of `node` within 15 s.
+fn sees_redis_of(lan: &Lan, host: &Host, node: &str) -> bool {
+    wait_ls_row(lan, host, &[], 15 * SEC, |r| {
+        r["service"] == "redis" && r["node"] == node
+    })
+    .is_some()
+}
+
+/// Once the consumer on `host` listens on `port`, a client connection through it does not
+/// reach B's Redis (`who` = b); `who` is the consumer, for the messages.
+fn assert_kept_out(lan: &Lan, host: &Host, port: u16, who: &str) {
+    assert!(
+        lan.wait_tcp_listen(host, port, 10 * SEC),
+        "{who}: the listener did not come up"
+    );
+    let got = redis(lan, host, port, &["GET", "who"]);
+    assert!(got.stdout.trim() != "b", "{who} reached B's Redis: {got:?}");
+}
+
+/// Writes `fingerprints` into the `deny` file of `provider` and reloads it with SIGHUP.
+fn reload_deny_list(lan: &Lan, provider: &Proc, deny: &Path, fingerprints: &[&str]) {
+    let lines: String = fingerprints.iter().map(|f| format!("{f}\n")).collect();
+    fs::write(deny, lines).unwrap();
+    lan.signal(provider, "HUP");
+    let reloaded = format!("deny list reloaded entries={}", fingerprints.len());
+    assert!(
+        lan.wait_log(provider, &reloaded, 10 * SEC),
+        "B did not reload its deny list"
+    );
+}
+
+/// B's side of the deny-list tests: its Redis (who=b) runs, and its `announce redis:6379` in CA
+/// mode (to be started) refuses what the file `deny` lists, which holds `denied` (fingerprints
+/// and comments, one a line) for a start.
+fn denying_provider<'a>(
+    lan: &'a Lan,
+    host: &Host,
+    identity: &Identity,
+    denied: &str,
+) -> (Node<'a>, PathBuf) {
+    let deny = lan.path("deny");
+    fs::write(&deny, denied).unwrap();
+    lan.redis(host, 6379).who("b").start();
+    let provider = lan
+        .announce(host, identity)
+        .spec("redis:6379")
+        .args(&["--deny-file", deny.to_str().unwrap()]);
+    (provider, deny)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Points 1, 2, 7: credentials injection
 // ---------------------------------------------------------------------------------------------
@@ -337,46 +162,20 @@ fn have_faketime() -> bool {
 /// `status`. Then the one-ambassador layout: `connect --direct --redis-auth-file`.
 #[test]
 fn redis_credentials_injection_staging_and_production() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
+    let (lan, [a, b]) = lan!("a", "b");
     let key = lan.mesh_key("mesh");
     let staging_pw = secret(&lan, "staging");
     let prod_pw = secret(&lan, "prod");
     let wrong_pw = secret(&lan, "wrong");
 
-    let pcap = lan.path("b-port.pcap");
-    let tcpdump = lan.spawn_in_switch(
-        "tcpdump",
-        &[
-            "tcpdump",
-            "-i",
-            &b.port,
-            "-n",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-Z",
-            "root",
-            "-w",
-            pcap.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        lan.wait_log(&tcpdump, "listening on", 10 * SEC),
-        "tcpdump did not start"
-    );
+    let capture = lan.capture(&b);
 
     // Staging: a password. Production: an ACL user (the default user is off).
-    start_redis_opts(&lan, &b, 6380, "127.0.0.1", &["--requirepass", &staging_pw]);
-    start_redis_opts(
-        &lan,
-        &b,
-        6381,
-        "127.0.0.1",
-        &[
+    lan.redis(&b, 6380)
+        .auth(&["--requirepass", &staging_pw])
+        .start();
+    lan.redis(&b, 6381)
+        .auth(&[
             "--user",
             "default",
             "off",
@@ -387,8 +186,8 @@ fn redis_credentials_injection_staging_and_production() {
             "~*",
             "&*",
             "+@all",
-        ],
-    );
+        ])
+        .start();
     // Without credentials, these servers refuse the app.
     let noauth = redis(&lan, &b, 6380, &["GET", "x"]);
     assert!(
@@ -410,32 +209,24 @@ fn redis_credentials_injection_staging_and_production() {
     .unwrap();
 
     // -v: debug logging, so that "never in the logs" covers the chattiest level too.
-    let staging = lan.ambassador(
-        &b,
-        "announce-staging",
-        &[
-            "announce",
-            "redis-staging:6379=127.0.0.1:6380",
-            "--redis-auth-file",
-            key_str(&staging_auth),
-            "--node",
-            "b-staging",
-            "--mesh-key-file",
-            key_str(&key),
-            "-v",
-        ],
-    );
+    let staging = lan
+        .announce(&b, &key)
+        .spec("redis-staging:6379=127.0.0.1:6380")
+        .args(&["--redis-auth-file", staging_auth.to_str().unwrap(), "-v"])
+        .node("b-staging")
+        .label("announce-staging")
+        .start();
     let prod = lan.ambassador(
         &b,
         "announce-prod",
         &[
             "run",
             "-c",
-            key_str(&toml),
+            toml.to_str().unwrap(),
             "--node",
             "b-prod",
             "--mesh-key-file",
-            key_str(&key),
+            key.to_str().unwrap(),
             "-v",
         ],
     );
@@ -453,26 +244,20 @@ fn redis_credentials_injection_staging_and_production() {
             ),
         ],
     );
-    let consumer = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
+    let consumer = lan
+        .connect(&a, &key)
+        .specs(&[
             "redis-staging:16380",
             "redis-prod:16381",
             "redis-wrong:16382",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-            "-v",
-        ],
-    );
+        ])
+        .args(&["-v"])
+        .start();
 
     // The same app command against staging and production.
     for (port, env, value) in [(16380, "staging", "v-staging"), (16381, "prod", "v-prod")] {
         assert!(
-            crate::wait_pong(&lan, &a, port, 15 * SEC).is_some(),
+            wait_pong(&lan, &a, port, 15 * SEC).is_some(),
             "no PONG from {env} through the mesh (the ambassador's AUTH)"
         );
         let set = redis(&lan, &a, port, &["SET", "where", value]);
@@ -521,16 +306,13 @@ fn redis_credentials_injection_staging_and_production() {
     );
 
     // ls and status, from both hosts.
+    let k = key.to_str().unwrap();
     let ls_a = lan.run(
         &a,
         20 * SEC,
-        &[AMBASSADOR, "ls", "--json", "--mesh-key-file", key_str(&key)],
+        &[AMBASSADOR, "ls", "--json", "--mesh-key-file", k],
     );
-    let ls_b = lan.run(
-        &b,
-        20 * SEC,
-        &[AMBASSADOR, "ls", "--mesh-key-file", key_str(&key)],
-    );
+    let ls_b = lan.run(&b, 20 * SEC, &[AMBASSADOR, "ls", "--mesh-key-file", k]);
     let status = lan.run(&b, 20 * SEC, &[AMBASSADOR, "status", "--json"]);
     let status_text = lan.run(&b, 20 * SEC, &[AMBASSADOR, "status"]);
     assert!(
@@ -539,19 +321,9 @@ fn redis_credentials_injection_staging_and_production() {
     );
     assert!(status.ok(), "status failed: {status:?}");
 
-    lan.signal(&tcpdump, "INT");
-    assert!(
-        lan.wait_exit(&tcpdump, 10 * SEC).is_some(),
-        "tcpdump did not stop"
-    );
-    let bytes = fs::read(&pcap).expect("read capture");
+    let bytes = capture.stop(&lan);
     let in_capture = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-    let quic = pcap_udp(&bytes)
-        .into_iter()
-        .filter(|(s, sp, d, dp, _)| {
-            *sp != 5353 && *dp != 5353 && [*s, *d].contains(&a.ip) && [*s, *d].contains(&b.ip)
-        })
-        .count();
+    let quic = udp_between(&bytes, &a, &b).len();
     assert!(
         quic >= 10,
         "only {quic} A<->B datagrams in the capture: it proves nothing"
@@ -599,49 +371,39 @@ fn redis_credentials_injection_staging_and_production() {
     // The one-ambassador layout: A's ambassador talks to a remote Redis itself (plain TCP by
     // design, so after the capture), authenticating with the file's credentials.
     let direct_pw = secret(&lan, "direct");
-    start_redis_opts(&lan, &b, 6390, "0.0.0.0", &["--requirepass", &direct_pw]);
+    lan.redis(&b, 6390)
+        .bind("0.0.0.0")
+        .auth(&["--requirepass", &direct_pw])
+        .start();
     let direct_auth = write_mode(&lan, "direct.auth", &format!("{direct_pw}\n"), 0o600);
     let direct_wrong = write_mode(&lan, "direct-wrong.auth", "not-the-password\n", 0o600);
     let backend = format!("{}:6390", b.ip);
-    let direct = lan.ambassador(
-        &a,
+    let direct_node = |spec: &str, auth: &Path, node: &str, label: &str| {
+        lan.connect(&a, &key)
+            .spec(spec)
+            .args(&["--direct", "--redis-auth-file", auth.to_str().unwrap()])
+            .backend(&backend)
+            .node(node)
+            .label(label)
+            .start()
+    };
+    let direct = direct_node(
+        "redis-direct:16390",
+        &direct_auth,
+        "a-direct",
         "connect-direct",
-        &[
-            "connect",
-            "redis-direct:16390",
-            "--direct",
-            "--backend",
-            &backend,
-            "--redis-auth-file",
-            key_str(&direct_auth),
-            "--node",
-            "a-direct",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
     );
-    let direct_bad = lan.ambassador(
-        &a,
+    let direct_bad = direct_node(
+        "redis-direct:16391",
+        &direct_wrong,
+        "a-direct2",
         "connect-direct-wrong",
-        &[
-            "connect",
-            "redis-direct:16391",
-            "--direct",
-            "--backend",
-            &backend,
-            "--redis-auth-file",
-            key_str(&direct_wrong),
-            "--node",
-            "a-direct2",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
     );
     assert!(
-        crate::wait_pong(&lan, &a, 16390, 15 * SEC).is_some(),
+        wait_pong(&lan, &a, 16390, 15 * SEC).is_some(),
         "no PONG through connect --direct with credentials"
     );
-    crate::set_get(
+    crate::nodes::set_get(
         &lan,
         &a,
         16390,
@@ -676,38 +438,14 @@ fn redis_credentials_injection_staging_and_production() {
 /// and D cannot pass itself off as A (`--node a` with D's certificate is refused at start).
 #[test]
 fn allow_list_admits_only_named_nodes() {
-    let Some(lan) = Lan::new(&["a", "b", "d"]) else {
-        return;
-    };
-    let (a, b, d) = (lan.host("a"), lan.host("b"), lan.host("d"));
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, _) = ca_issue(&lan, &ca, "d", "id-d", &[]);
-    redis_who(&lan, &b, 6379, "b");
+    let (lan, [a, b, d]) = lan!("a", "b", "d");
+    let [(id_a, _), (id_b, _), (id_d, _)] = Ca::init(&lan).issue_each(["a", "b", "d"]);
+    lan.redis(&b, 6379).who("b").start();
 
-    let provider = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--allow",
-            "a,c",
-            "--identity",
-            bundle_str(&id_b),
-        ],
-    );
-    let consumer_a = lan.ambassador(
-        &a,
-        "connect-a",
-        &["connect", "redis", "--identity", bundle_str(&id_a)],
-    );
-    let consumer_d = lan.ambassador(
-        &d,
-        "connect-d",
-        &["connect", "redis", "--identity", bundle_str(&id_d)],
-    );
+    let provider = lan.announce(&b, &id_b).spec("redis:6379").allow("a,c");
+    let provider = provider.start();
+    let consumer_a = lan.connect(&a, &id_a).spec("redis").start();
+    let consumer_d = lan.connect(&d, &id_d).spec("redis").start();
     assert!(
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
         "A (allowed) did not get through"
@@ -718,7 +456,7 @@ fn allow_list_admits_only_named_nodes() {
     );
 
     // One client connection from D: refused, once.
-    let before = count_lines(&lan, &provider, &["refused stream"]);
+    let before = lan.count_lines(&provider, &["refused stream"]);
     let gets_before = get_calls(&lan, &b, 6379);
     let out = lan.sh(
         &d,
@@ -729,20 +467,13 @@ fn allow_list_admits_only_named_nodes() {
         out.stdout.trim().is_empty(),
         "D (not allowed) got an answer: {out:?}"
     );
-    assert!(
-        lan.wait_log(
+    let refusal = lan
+        .wait_log_line(
             &consumer_d,
             "refused; closing the client connection",
-            5 * SEC
-        ),
-        "D's ambassador did not log the refusal"
-    );
-    let refusal = lan
-        .log(&consumer_d)
-        .lines()
-        .find(|l| l.contains("refused; closing the client connection"))
-        .unwrap_or_default()
-        .to_string();
+            5 * SEC,
+        )
+        .expect("D's ambassador did not log the refusal");
     assert!(
         refusal.contains("not allowed"),
         "D's refusal is not typed 'not allowed': {refusal}"
@@ -754,8 +485,8 @@ fn allow_list_admits_only_named_nodes() {
     );
     // No loop: after a few seconds still exactly one refusal on each side.
     std::thread::sleep(3 * SEC);
-    let refused_b = count_lines(&lan, &provider, &["refused stream"]) - before;
-    let refused_d = count_lines(&lan, &consumer_d, &["refused; closing"]);
+    let refused_b = lan.count_lines(&provider, &["refused stream"]) - before;
+    let refused_d = lan.count_lines(&consumer_d, &["refused; closing"]);
     assert_eq!(
         refused_b, 1,
         "B refused {refused_b} streams for one client connection"
@@ -765,8 +496,8 @@ fn allow_list_admits_only_named_nodes() {
         "D logged {refused_d} refusals for one client connection"
     );
     assert!(
-        count_lines(&lan, &provider, &["refused stream", "peer=d"]) == 1
-            && count_lines(&lan, &provider, &["refused stream", "peer=a"]) == 0,
+        lan.count_lines(&provider, &["refused stream", "peer=d"]) == 1
+            && lan.count_lines(&provider, &["refused stream", "peer=a"]) == 0,
         "B's refusals are not the one of D: {}",
         lan.log(&provider)
     );
@@ -785,28 +516,8 @@ fn allow_list_admits_only_named_nodes() {
     assert!(!lan.log(&consumer_a).contains("refused"));
 
     // The node name comes from the certificate: D cannot claim to be A.
-    let claim = lan.run(
-        &d,
-        10 * SEC,
-        &[
-            AMBASSADOR,
-            "connect",
-            "redis:16379",
-            "--node",
-            "a",
-            "--identity",
-            bundle_str(&id_d),
-        ],
-    );
-    assert_eq!(
-        claim.status.and_then(|s| s.code()),
-        Some(2),
-        "D started with --node a: {claim:?}"
-    );
-    assert!(
-        claim.stderr.contains("does not match"),
-        "unclear refusal: {claim:?}"
-    );
+    let claim = lan.connect(&d, &id_d).spec("redis:16379").node("a").run();
+    claim.assert_refused(&["does not match"], "D started with --node a");
 }
 
 /// `--allow` with a shared mesh key: every key holder makes its own certificate with the node
@@ -815,41 +526,18 @@ fn allow_list_admits_only_named_nodes() {
 /// (exit 2), or D, claiming to be A, is refused.
 #[test]
 fn allow_list_is_not_bypassed_with_a_mesh_key() {
-    let Some(lan) = Lan::new(&["b", "d"]) else {
-        return;
-    };
-    let (b, d) = (lan.host("b"), lan.host("d"));
+    let (lan, [b, d]) = lan!("b", "d");
     let key = lan.mesh_key("mesh");
-    redis_who(&lan, &b, 6379, "b");
-    let provider = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--allow",
-            "a",
-            "--node",
-            "b",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.redis(&b, 6379).who("b").start();
+    let provider = lan.announce(&b, &key).spec("redis:6379").allow("a").start();
     if lan.wait_exit(&provider, 2 * SEC).map(|s| s.code()) == Some(Some(2)) {
         return; // Refused at start: no false protection.
     }
-    lan.ambassador(
-        &d,
-        "connect-d",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--mesh-key-file",
-            key_str(&key),
-        ],
-    );
+    lan.connect(&d, &key)
+        .spec("redis")
+        .node("a")
+        .label("connect-d")
+        .start();
     let got = wait_who(&lan, &d, 6379, "b", 10 * SEC);
     assert!(
         !got,
@@ -873,37 +561,17 @@ fn certificate_limited_to_other_services_is_ignored() {
     if !have_tools(&AVAHI_TOOLS, "forged mDNS records") {
         return;
     }
-    let Some(lan) = Lan::new(&["a", "b", "x", "f"]) else {
-        return;
-    };
-    let (a, b, x, f) = (lan.host("a"), lan.host("b"), lan.host("x"), lan.host("f"));
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &["--services", "redis"]);
-    let (id_x, fp_x) = ca_issue(&lan, &ca, "x", "id-x", &["--services", "api"]);
+    let (lan, [a, b, x, f]) = lan!("a", "b", "x", "f");
+    let ca = Ca::init(&lan);
+    let (id_a, _) = ca.issue("a", &[]);
+    let (id_b, _) = ca.issue("b", &["--services", "redis"]);
+    let (id_x, fp_x) = ca.issue("x", &["--services", "api"]);
 
     // 1. The start refusal.
-    let refused = lan.run(
-        &x,
-        10 * SEC,
-        &[
-            AMBASSADOR,
-            "announce",
-            "redis:6379",
-            "--identity",
-            bundle_str(&id_x),
-        ],
-    );
-    assert_eq!(
-        refused.status.and_then(|s| s.code()),
-        Some(2),
-        "X announced redis with an api-only certificate: {refused:?}"
-    );
-    assert!(
-        refused
-            .stderr
-            .contains("allows announcing only [api], not redis"),
-        "unclear refusal: {refused:?}"
+    let refused = lan.announce(&x, &id_x).spec("redis:6379").run();
+    refused.assert_refused(
+        &["allows announcing only [api], not redis"],
+        "X announced redis with an api-only certificate",
     );
     assert_eq!(refused.stderr.trim().lines().count(), 1, "{refused:?}");
     // Nor through a config file.
@@ -916,37 +584,21 @@ fn certificate_limited_to_other_services_is_ignored() {
             AMBASSADOR,
             "run",
             "-c",
-            key_str(&toml),
+            toml.to_str().unwrap(),
             "--identity",
-            bundle_str(&id_x),
+            id_x.as_str(),
         ],
     );
-    assert_eq!(
-        refused.status.and_then(|s| s.code()),
-        Some(2),
-        "X announced redis from a config file with an api-only certificate: {refused:?}"
+    refused.assert_refused(
+        &[],
+        "X announced redis from a config file with an api-only certificate",
     );
 
     // 2. X announces api (a Redis holding who=x behind it), B announces redis (who=b).
-    redis_who(&lan, &x, 6379, "x");
-    redis_who(&lan, &b, 6379, "b");
-    lan.ambassador(
-        &x,
-        "announce-x",
-        &[
-            "announce",
-            "api:6379",
-            "--bind",
-            "0.0.0.0:7443",
-            "--identity",
-            bundle_str(&id_x),
-        ],
-    );
-    lan.ambassador(
-        &b,
-        "announce-b",
-        &["announce", "redis:6379", "--identity", bundle_str(&id_b)],
-    );
+    lan.redis(&x, 6379).who("x").start();
+    lan.redis(&b, 6379).who("b").start();
+    lan.announce(&x, &id_x).spec("api:6379").bind(7443).start();
+    lan.announce(&b, &id_b).spec("redis:6379").start();
     let row = wait_ls_row(&lan, &a, &[], 15 * SEC, |r| r["service"] == "api")
         .expect("A never saw X's api record");
     let mesh = row["mesh"].as_str().unwrap().to_string();
@@ -966,23 +618,10 @@ fn certificate_limited_to_other_services_is_ignored() {
     let forger = Forger::start(&lan, &f, &[("x-host", x.ip.to_string().as_str())]);
     forger.publish(&lan, "redis@x", Some("x-host"), 7443, &txt);
 
-    let consumer = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--policy",
-            "round-robin",
-            "--identity",
-            bundle_str(&id_a),
-        ],
-    );
+    let consumer = consumer_rr(&lan, &a, &id_a);
     // A sees both redis records (so the test proves something).
     assert!(
-        wait_ls_row(&lan, &a, &[], 15 * SEC, |r| r["service"] == "redis"
-            && r["node"] == "x")
-        .is_some(),
+        sees_redis_of(&lan, &a, "x"),
         "A never saw the forged redis@x record"
     );
     assert!(
@@ -1019,43 +658,23 @@ fn certificate_limited_to_other_services_is_ignored() {
 ///    and only the expired one can be the cause.) Without faketime, only part 1 runs.
 #[test]
 fn expired_certificate_is_refused() {
-    let Some(lan) = Lan::new(&["a", "b", "e"]) else {
-        return;
-    };
-    let (a, b, e) = (lan.host("a"), lan.host("b"), lan.host("e"));
-    let ca = ca_init(&lan);
+    let (lan, [a, b, e]) = lan!("a", "b", "e");
+    let ca = Ca::init(&lan);
     let long = ["--start", "2019-12-31", "--days", "4000"];
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &long);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &long);
-    let (id_e, _) = ca_issue(
-        &lan,
-        &ca,
-        "e",
-        "id-e",
-        &["--start", "2020-01-01", "--days", "1"],
-    );
+    let (id_a, _) = ca.issue("a", &long);
+    let (id_b, _) = ca.issue("b", &long);
+    let (id_e, _) = ca.issue("e", &["--start", "2020-01-01", "--days", "1"]);
 
     // 1. The start refusal.
     for cmd in ["announce", "connect"] {
         let out = lan.run(
             &e,
             10 * SEC,
-            &[
-                AMBASSADOR,
-                cmd,
-                "redis:6379",
-                "--identity",
-                bundle_str(&id_e),
-            ],
+            &[AMBASSADOR, cmd, "redis:6379", "--identity", id_e.as_str()],
         );
-        assert_eq!(
-            out.status.and_then(|s| s.code()),
-            Some(2),
-            "{cmd} started with an expired certificate: {out:?}"
-        );
-        assert!(
-            out.stderr.contains("not valid now") && out.stderr.contains("ca issue"),
-            "unclear refusal: {out:?}"
+        out.assert_refused(
+            &["not valid now", "ca issue"],
+            &format!("{cmd} started with an expired certificate"),
         );
     }
     if !have_faketime() {
@@ -1064,106 +683,58 @@ fn expired_certificate_is_refused() {
         );
         return;
     }
-    let faked = |label: &str, args: &[&str]| {
-        let mut all = vec![
-            "env",
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            "faketime",
-            "-f",
-            "@2020-01-01 12:00:00",
-            AMBASSADOR,
-        ];
-        all.extend_from_slice(args);
-        lan.spawn(&e, label, &all)
-    };
+    // E's clock in 2020, when its certificate was valid.
+    let faked = [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        "@2020-01-01 12:00:00",
+    ];
 
     // 2a. E as a consumer of B: B refuses E's handshake.
-    redis_who(&lan, &b, 6379, "b");
-    redis_who(&lan, &e, 6379, "e");
-    let provider_b = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--bind",
-            "0.0.0.0:7443",
-            "--identity",
-            bundle_str(&id_b),
-        ],
-    );
-    let consumer_e = faked(
-        "connect-e",
-        &[
-            "connect",
-            "redis:16379",
-            "--backend",
-            &format!("{}:7443", b.ip),
-            "--wait",
-            "2s",
-            "--identity",
-            bundle_str(&id_e),
-        ],
-    );
+    lan.redis(&b, 6379).who("b").start();
+    lan.redis(&e, 6379).who("e").start();
+    let provider_b = lan
+        .announce(&b, &id_b)
+        .spec("redis:6379")
+        .bind(7443)
+        .start();
+    let consumer_e = lan
+        .connect(&e, &id_e)
+        .under(&faked)
+        .spec("redis:16379")
+        .backend(&format!("{}:7443", b.ip))
+        .wait("2s")
+        .start();
     assert!(
         lan.wait_log(&consumer_e, "node up", 10 * SEC),
         "E did not start under faketime"
     );
-    assert!(
-        lan.wait_tcp_listen(&e, 16379, 10 * SEC),
-        "E's listener did not come up"
+    assert_kept_out(&lan, &e, 16379, "E, with an expired certificate,");
+    let refusal = (&provider_b, "refused a QUIC handshake", 10 * SEC);
+    expect_expired(
+        &lan,
+        refusal,
+        "B did not log a refused handshake from E",
+        "B",
     );
-    let got = redis(&lan, &e, 16379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "E, with an expired certificate, reached B's Redis: {got:?}"
-    );
-    assert!(
-        lan.wait_log(&provider_b, "refused a QUIC handshake", 10 * SEC),
-        "B did not log a refused handshake from E"
-    );
-    let line = lan
-        .log(&provider_b)
-        .lines()
-        .find(|l| l.contains("refused a QUIC handshake"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        line.to_lowercase().contains("expired"),
-        "B's refusal does not say the certificate expired: {line}"
-    );
-    eprintln!("B's refusal of E: {line}");
     assert!(!lan.log(&provider_b).contains("peer=e"), "B accepted E");
     assert_eq!(get_calls(&lan, &b, 6379), 0, "B's Redis ran a GET for E");
     lan.signal(&consumer_e, "TERM");
 
     // 2b. E as a provider: A refuses E's handshake and uses B only.
-    let provider_e = faked(
-        "announce-e",
-        &["announce", "redis:6379", "--identity", bundle_str(&id_e)],
-    );
+    let provider_e = lan
+        .announce(&e, &id_e)
+        .under(&faked)
+        .spec("redis:6379")
+        .start();
     assert!(
         lan.wait_log(&provider_e, "announcing", 10 * SEC),
         "E did not announce under faketime"
     );
-    let consumer_a = lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--policy",
-            "round-robin",
-            "--identity",
-            bundle_str(&id_a),
-        ],
-    );
-    assert!(
-        wait_ls_row(&lan, &a, &[], 15 * SEC, |r| r["service"] == "redis"
-            && r["node"] == "e")
-        .is_some(),
-        "A never saw E's record"
-    );
+    let consumer_a = consumer_rr(&lan, &a, &id_a);
+    assert!(sees_redis_of(&lan, &a, "e"), "A never saw E's record");
     assert!(wait_who(&lan, &a, 6379, "b", 15 * SEC), "A did not reach B");
     let answers = get_who_n(&lan, &a, 6379, 20);
     assert!(
@@ -1171,21 +742,25 @@ fn expired_certificate_is_refused() {
         "A's answers with E's record around: {answers:?}"
     );
     assert_eq!(get_calls(&lan, &e, 6379), 0, "E's Redis ran a GET");
-    assert!(
-        lan.wait_log(&consumer_a, "peer failed the mesh handshake", 5 * SEC),
-        "A never tried E's record, or did not log the refusal"
+    let refusal = (&consumer_a, "peer failed the mesh handshake", 5 * SEC);
+    expect_expired(
+        &lan,
+        refusal,
+        "A never tried E's record, or did not log the refusal",
+        "A",
     );
-    let line = lan
-        .log(&consumer_a)
-        .lines()
-        .find(|l| l.contains("peer failed the mesh handshake"))
-        .unwrap_or_default()
-        .to_string();
+}
+
+/// Waits for `who`'s log line of its `refusal` (process, wording, deadline; `missing` fails
+/// the test without it), which must say that E's certificate expired.
+fn expect_expired(lan: &Lan, refusal: (&Proc, &str, Duration), missing: &str, who: &str) {
+    let (p, needle, timeout) = refusal;
+    let line = lan.wait_log_line(p, needle, timeout).expect(missing);
     assert!(
         line.to_lowercase().contains("expired"),
-        "A's refusal does not say the certificate expired: {line}"
+        "{who}'s refusal does not say the certificate expired: {line}"
     );
-    eprintln!("A's refusal of E: {line}");
+    eprintln!("{who}'s refusal of E: {line}");
 }
 
 /// Deny list and SIGHUP, in CA mode; provider B, consumers A and D.
@@ -1199,107 +774,49 @@ fn expired_certificate_is_refused() {
 ///    B's new fingerprint.
 #[test]
 fn deny_list_and_sighup_reload() {
-    let Some(lan) = Lan::new(&["a", "b", "d"]) else {
-        return;
-    };
-    let (a, b, d) = (lan.host("a"), lan.host("b"), lan.host("d"));
-    let ca = ca_init(&lan);
-    let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, fp_b) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, fp_d) = ca_issue(&lan, &ca, "d", "id-d", &[]);
-    let deny = lan.path("deny");
-    fs::write(&deny, format!("# revoked\n{fp_d}\n")).unwrap();
-    redis_who(&lan, &b, 6379, "b");
-
-    let provider = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--bind",
-            "0.0.0.0:7443",
-            "--deny-file",
-            key_str(&deny),
-            "--identity",
-            bundle_str(&id_b),
-        ],
-    );
+    let (lan, [a, b, d]) = lan!("a", "b", "d");
+    let ca = Ca::init(&lan);
+    let [(id_a, fp_a), (id_b, fp_b), (id_d, fp_d)] = ca.issue_each(["a", "b", "d"]);
+    let (provider, deny) = denying_provider(&lan, &b, &id_b, &format!("# revoked\n{fp_d}\n"));
+    let provider = provider.bind(7443).start();
     let consumer_a = |label: &str, port: u16| {
-        lan.ambassador(
-            &a,
-            label,
-            &[
-                "connect",
-                &format!("redis:{port}"),
-                "--wait",
-                "2s",
-                "--identity",
-                bundle_str(&id_a),
-            ],
-        )
+        lan.connect(&a, &id_a)
+            .spec(&format!("redis:{port}"))
+            .wait("2s")
+            .label(label)
+            .start()
     };
     consumer_a("connect-a", 6379);
-    let consumer_d = lan.ambassador(
-        &d,
-        "connect-d",
-        &[
-            "connect",
-            "redis:6379",
-            "--wait",
-            "2s",
-            "--identity",
-            bundle_str(&id_d),
-        ],
-    );
+    let consumer_d = lan.connect(&d, &id_d).spec("redis:6379").wait("2s").start();
 
     // 1.
     assert!(
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
         "A (not denied) did not get through"
     );
-    assert!(lan.wait_tcp_listen(&d, 6379, 10 * SEC));
-    let got = redis(&lan, &d, 6379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "D (revoked) reached B's Redis: {got:?}"
-    );
+    assert_kept_out(&lan, &d, 6379, "D (revoked)");
     assert!(
         lan.wait_log(&provider, "refused a QUIC handshake", 10 * SEC),
         "B did not log a refused handshake from D"
     );
     assert!(!lan.log(&provider).contains("peer=d"), "B accepted D");
-    let refusals = |lan: &Lan| count_lines(lan, &provider, &["refused a QUIC handshake"]);
+    let refusals = |lan: &Lan| lan.count_lines(&provider, &["refused a QUIC handshake"]);
     eprintln!(
         "D's view: {}",
-        lan.log(&consumer_d)
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" | ")
+        lan.log_excerpt(&consumer_d, &["WARN"], 2, " | ")
     );
 
     // 2.
-    let mut session = Session::open(&lan, &a, 6379, "session-a");
+    let mut session = Session::open(&lan, &a, "session-a", 6379);
     assert_eq!(
-        session.cmd("GET who", 10 * SEC).as_deref(),
-        Some("$1"),
+        session.cmd(&["GET", "who"]).as_deref(),
+        Ok("b"),
         "the open connection does not work"
     );
-    fs::write(&deny, format!("{fp_d}\n{fp_a}\n")).unwrap();
     let before = refusals(&lan);
-    lan.signal(&provider, "HUP");
-    assert!(
-        lan.wait_log(&provider, "deny list reloaded entries=2", 10 * SEC),
-        "B did not reload its deny list"
-    );
-    assert_eq!(
-        session.cmd("PING", 10 * SEC).as_deref(),
-        Some("+PONG"),
-        "the open connection died with the deny-list reload"
-    );
-    let got = who_via(&lan, &a, 6379);
+    reload_deny_list(&lan, &provider, &deny, &[&fp_d, &fp_a]);
+    session.expect_pong("the open connection died with the deny-list reload");
+    let got = who(&lan, &a, 6379);
     assert!(
         got != "b",
         "after A's revocation, a new client connection through A's running consumer (its QUIC \
@@ -1309,18 +826,9 @@ fn deny_list_and_sighup_reload() {
         lan.wait_log(&provider, "is revoked (deny list)", 10 * SEC),
         "B did not log why it refused A's new stream"
     );
-    assert_eq!(
-        session.cmd("PING", 10 * SEC).as_deref(),
-        Some("+PONG"),
-        "refusing A's new stream cost the open connection"
-    );
+    session.expect_pong("refusing A's new stream cost the open connection");
     let a2 = consumer_a("connect-a2", 16379);
-    assert!(lan.wait_tcp_listen(&a, 16379, 10 * SEC));
-    let got = redis(&lan, &a, 16379, &["GET", "who"]);
-    assert!(
-        got.stdout.trim() != "b",
-        "a new handshake from A (revoked) got through: {got:?}"
-    );
+    assert_kept_out(&lan, &a, 16379, "a new handshake from A (revoked)");
     assert!(
         wait_until(10 * SEC, Duration::from_millis(50), || refusals(&lan)
             > before),
@@ -1331,9 +839,9 @@ fn deny_list_and_sighup_reload() {
     // 3.
     fs::write(&deny, format!("{fp_d}\n")).unwrap();
     for f in ["node.key", "node.crt", "ca.crt"] {
-        fs::remove_file(id_b.join(f)).unwrap();
+        fs::remove_file(id_b.0.join(f)).unwrap();
     }
-    let (_, fp_b2) = ca_issue(&lan, &ca, "b", "id-b", &[]);
+    let (_, fp_b2) = ca.issue("b", &[]);
     assert_ne!(fp_b, fp_b2);
     lan.signal(&provider, "HUP");
     assert!(
@@ -1344,11 +852,7 @@ fn deny_list_and_sighup_reload() {
         ),
         "B did not reload its identity (or its line does not name the new fingerprint)"
     );
-    assert_eq!(
-        session.cmd("PING", 10 * SEC).as_deref(),
-        Some("+PONG"),
-        "the open connection died with the identity reload"
-    );
+    session.expect_pong("the open connection died with the identity reload");
     assert!(
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
         "A's first consumer no longer gets through after the identity reload"
@@ -1381,60 +885,22 @@ fn deny_list_and_sighup_reload() {
 /// node and must be refused, not carried on the QUIC connection opened before the revocation.
 #[test]
 fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
-    let Some(lan) = Lan::new(&["a", "b"]) else {
-        return;
-    };
-    let (a, b) = (lan.host("a"), lan.host("b"));
-    let ca = ca_init(&lan);
-    let (id_a, fp_a) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let deny = lan.path("deny");
-    fs::write(&deny, "").unwrap();
-    redis_who(&lan, &b, 6379, "b");
-    let provider = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--deny-file",
-            key_str(&deny),
-            "--identity",
-            bundle_str(&id_b),
-        ],
-    );
-    lan.ambassador(
-        &a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--wait",
-            "2s",
-            "--identity",
-            bundle_str(&id_a),
-        ],
-    );
+    let (lan, [a, b]) = lan!("a", "b");
+    let [(id_a, fp_a), (id_b, _)] = Ca::init(&lan).issue_each(["a", "b"]);
+    let (provider, deny) = denying_provider(&lan, &b, &id_b, "");
+    let provider = provider.start();
+    lan.connect(&a, &id_a).spec("redis").wait("2s").start();
     assert!(
         wait_who(&lan, &a, 6379, "b", 15 * SEC),
         "A did not get through"
     );
-    let mut session = Session::open(&lan, &a, 6379, "session-a");
-    assert_eq!(session.cmd("PING", 10 * SEC).as_deref(), Some("+PONG"));
+    let mut session = Session::open(&lan, &a, "session-a", 6379);
+    session.expect_pong("the new connection does not work");
 
-    fs::write(&deny, format!("{fp_a}\n")).unwrap();
-    lan.signal(&provider, "HUP");
-    assert!(
-        lan.wait_log(&provider, "deny list reloaded entries=1", 10 * SEC),
-        "B did not reload its deny list"
-    );
-    assert_eq!(
-        session.cmd("PING", 10 * SEC).as_deref(),
-        Some("+PONG"),
-        "the open connection died with the deny-list reload"
-    );
+    reload_deny_list(&lan, &provider, &deny, &[&fp_a]);
+    session.expect_pong("the open connection died with the deny-list reload");
     let gets = get_calls(&lan, &b, 6379);
-    let got = who_via(&lan, &a, 6379);
+    let got = who(&lan, &a, 6379);
     assert!(
         got != "b" && get_calls(&lan, &b, 6379) == gets,
         "A, revoked, still opens new streams on its QUIC connection made before the revocation \
@@ -1448,53 +914,24 @@ fn revoked_node_gets_no_new_streams_on_its_open_quic_connection() {
 /// "reachable" re-admits the peer, which is lost again at once, and so on.)
 #[test]
 fn refused_consumer_does_not_redial_in_a_loop() {
-    let Some(lan) = Lan::new(&["b", "d"]) else {
-        return;
-    };
-    let (b, d) = (lan.host("b"), lan.host("d"));
-    let ca = ca_init(&lan);
-    let (id_b, _) = ca_issue(&lan, &ca, "b", "id-b", &[]);
-    let (id_d, fp_d) = ca_issue(&lan, &ca, "d", "id-d", &[]);
-    let deny = lan.path("deny");
-    fs::write(&deny, format!("{fp_d}\n")).unwrap();
-    redis_who(&lan, &b, 6379, "b");
-    let provider = lan.ambassador(
-        &b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--deny-file",
-            key_str(&deny),
-            "--identity",
-            bundle_str(&id_b),
-        ],
-    );
-    let consumer = lan.ambassador(
-        &d,
-        "connect-d",
-        &[
-            "connect",
-            "redis",
-            "--wait",
-            "2s",
-            "--identity",
-            bundle_str(&id_d),
-        ],
-    );
+    let (lan, [b, d]) = lan!("b", "d");
+    let [(id_b, _), (id_d, fp_d)] = Ca::init(&lan).issue_each(["b", "d"]);
+    let (provider, _) = denying_provider(&lan, &b, &id_b, &format!("{fp_d}\n"));
+    let provider = provider.start();
+    let consumer = lan.connect(&d, &id_d).spec("redis").wait("2s").start();
     assert!(
         lan.wait_tcp_listen(&d, 6379, 15 * SEC),
         "D's listener did not come up"
     );
-    let got = who_via(&lan, &d, 6379);
+    let got = who(&lan, &d, 6379);
     assert!(got != "b", "D (revoked) got through: {got:?}");
     assert!(
         lan.wait_log(&provider, "refused a QUIC handshake", 10 * SEC),
         "B did not refuse D"
     );
     std::thread::sleep(6 * SEC);
-    let refused = count_lines(&lan, &provider, &["refused a QUIC handshake"]);
-    let readmitted = count_lines(&lan, &consumer, &["re-admitted"]);
+    let refused = lan.count_lines(&provider, &["refused a QUIC handshake"]);
+    let readmitted = lan.count_lines(&consumer, &["re-admitted"]);
     report(&format!(
         "FIGURE one client connection from a revoked consumer: {refused} refused handshakes at the provider within ~6 s ({readmitted} re-admissions at the consumer)"
     ));
@@ -1515,10 +952,7 @@ fn refused_consumer_does_not_redial_in_a_loop() {
 /// `--insecure-key-permissions`.
 #[test]
 fn key_files_readable_by_others_are_refused() {
-    let Some(lan) = Lan::new(&["a"]) else {
-        return;
-    };
-    let a = lan.host("a");
+    let (lan, [a]) = lan!("a");
     let key = lan.mesh_key("mesh");
     let open_key = lan.path("open.key");
     fs::copy(&key, &open_key).unwrap();
@@ -1533,80 +967,51 @@ fn key_files_readable_by_others_are_refused() {
         ),
     )
     .unwrap();
-    let ca = ca_init(&lan);
-    let (id_a, _) = ca_issue(&lan, &ca, "a", "id-a", &[]);
-    let node_key = id_a.join("node.key");
+    let ca = Ca::init(&lan);
+    let (id_a, _) = ca.issue("a", &[]);
+    let node_key = id_a.0.join("node.key");
     fs::set_permissions(&node_key, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let k = key_str(&key).to_string();
-    let ok = key_str(&open_key).to_string();
-    let oa = key_str(&open_auth).to_string();
-    let tm = key_str(&toml).to_string();
-    let ia = bundle_str(&id_a).to_string();
-    let cases: Vec<(&str, &Path, Vec<&str>)> = vec![
+    let (k, oa) = (key.display(), open_auth.display());
+    // Each command line, split at spaces (the test directory's paths have none).
+    let cases: Vec<(&str, &Path, String)> = vec![
         (
             "mesh key file",
-            open_key.as_path(),
-            vec![
-                "announce",
-                "redis:6379",
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &ok,
-            ],
+            &open_key,
+            format!(
+                "announce redis:6379 --node a --mesh-key-file {}",
+                open_key.display()
+            ),
         ),
         (
             "--redis-auth-file",
-            open_auth.as_path(),
-            vec![
-                "announce",
-                "redis:6379",
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &k,
-                "--redis-auth-file",
-                &oa,
-            ],
+            &open_auth,
+            format!("announce redis:6379 --node a --mesh-key-file {k} --redis-auth-file {oa}"),
         ),
         (
             "TOML redis_auth_file",
-            open_auth.as_path(),
-            vec!["run", "-c", &tm, "--node", "a", "--mesh-key-file", &k],
+            &open_auth,
+            format!("run -c {} --node a --mesh-key-file {k}", toml.display()),
         ),
         (
             "connect --direct --redis-auth-file",
-            open_auth.as_path(),
-            vec![
-                "connect",
-                "redis:16379",
-                "--direct",
-                "--backend",
-                "127.0.0.1:6379",
-                "--redis-auth-file",
-                &oa,
-                "--node",
-                "a",
-                "--mesh-key-file",
-                &k,
-            ],
+            &open_auth,
+            format!(
+                "connect redis:16379 --direct --backend 127.0.0.1:6379 --redis-auth-file {oa} \
+                 --node a --mesh-key-file {k}"
+            ),
         ),
         (
             "node.key",
-            node_key.as_path(),
-            vec!["announce", "redis:6379", "--identity", &ia],
+            &node_key,
+            format!("announce redis:6379 --identity {}", id_a.as_str()),
         ),
     ];
     for (i, (what, file, args)) in cases.iter().enumerate() {
         let mut all = vec![AMBASSADOR];
-        all.extend_from_slice(args);
+        all.extend(args.split_whitespace());
         let out = lan.run(&a, 10 * SEC, &all);
-        assert_eq!(
-            out.status.and_then(|s| s.code()),
-            Some(2),
-            "{what} readable by others: not refused: {out:?}"
-        );
+        out.assert_refused(&[], &format!("{what} readable by others"));
         let line = out.stderr.trim();
         assert!(
             line.contains(&format!("chmod 600 {}", file.display()))
@@ -1627,16 +1032,11 @@ fn key_files_readable_by_others_are_refused() {
     }
 
     // The CA key, for `ca issue`.
-    let ca_key = ca.join("ca.key");
+    let ca_key = ca.dir.join("ca.key");
     fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o604)).unwrap();
-    let out = Command::new(AMBASSADOR)
-        .args(["ca", "issue", "z", "--ca"])
-        .arg(&ca)
-        .arg("--out")
-        .arg(lan.path("id-z"))
-        .env("XDG_CONFIG_HOME", lan.dir())
-        .output()
-        .unwrap();
+    let id_z = lan.path("id-z");
+    let (ca, id_z) = (ca.dir.to_str().unwrap(), id_z.to_str().unwrap());
+    let out = lan.offline(&["ca", "issue", "z", "--ca", ca, "--out", id_z]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -1781,62 +1181,32 @@ fn garbage_file(lan: &Lan, n: usize) -> PathBuf {
 /// ignored by the mesh), and a mesh key. Returns the provider and the rogue.
 fn provider_and_rogue(lan: &Lan, b: &Host, g: &Host, key: &Path) -> (Proc, Proc) {
     let rogue_key = lan.mesh_key("rogue");
-    redis_who(lan, b, 6379, "legit");
-    redis_who(lan, g, 6379, "rogue");
-    let provider = lan.ambassador(
-        b,
-        "announce-b",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "b",
-            "--bind",
-            "0.0.0.0:7443",
-            "--mesh-key-file",
-            key_str(key),
-        ],
-    );
-    let rogue = lan.ambassador(
-        g,
-        "announce-g",
-        &[
-            "announce",
-            "redis:6379",
-            "--node",
-            "evil",
-            "--bind",
-            "0.0.0.0:7443",
-            "--mesh-key-file",
-            key_str(&rogue_key),
-        ],
-    );
+    lan.redis(b, 6379).who("legit").start();
+    lan.redis(g, 6379).who("rogue").start();
+    let provider = lan.announce(b, key).spec("redis:6379").bind(7443).start();
+    let rogue = lan
+        .announce(g, &rogue_key)
+        .spec("redis:6379")
+        .bind(7443)
+        .node("evil")
+        .label("announce-g")
+        .start();
     (provider, rogue)
 }
 
 /// `connect redis --policy round-robin` on A (round-robin: every record is tried early).
-fn consumer_rr(lan: &Lan, a: &Host, key: &Path) -> Proc {
-    lan.ambassador(
-        a,
-        "connect-a",
-        &[
-            "connect",
-            "redis",
-            "--node",
-            "a",
-            "--policy",
-            "round-robin",
-            "--mesh-key-file",
-            key_str(key),
-        ],
-    )
+fn consumer_rr<C: Credentials + ?Sized>(lan: &Lan, a: &Host, key: &C) -> Proc {
+    lan.connect(a, key)
+        .spec("redis")
+        .policy("round-robin")
+        .start()
 }
 
 /// Waits until `ls` on `host` lists instances of redis whose full names contain each of
 /// `names`, and at least `total` of them.
 fn wait_redis_records(lan: &Lan, host: &Host, key: &Path, names: &[&str], total: usize) -> bool {
     wait_until(20 * SEC, Duration::from_millis(200), || {
-        let rows = ls_rows(lan, host, &["--mesh-key-file", key_str(key)]);
+        let rows = ls_rows(lan, host, &["--mesh-key-file", key.to_str().unwrap()]);
         let redis: Vec<&str> = rows
             .iter()
             .filter(|r| r["service"] == "redis")
@@ -1866,10 +1236,7 @@ fn hundred_legit(lan: &Lan, a: &Host, what: &str) -> Duration {
 /// bounded.
 #[test]
 fn garbage_datagrams_and_other_mesh_cost_only_themselves() {
-    let Some(lan) = Lan::new(&["a", "b", "g"]) else {
-        return;
-    };
-    let (a, b, g) = (lan.host("a"), lan.host("b"), lan.host("g"));
+    let (lan, [a, b, g]) = lan!("a", "b", "g");
     let key = lan.mesh_key("mesh");
     let (provider, rogue) = provider_and_rogue(&lan, &b, &g, &key);
     let consumer = consumer_rr(&lan, &a, &key);
@@ -1964,16 +1331,13 @@ fn forged_copy_costs_only_itself(at_rogue: bool) {
     if !have_tools(&AVAHI_TOOLS, "forged mDNS records") {
         return;
     }
-    let Some(lan) = Lan::new(&["a", "b", "g", "f"]) else {
-        return;
-    };
-    let (a, b, g, f) = (lan.host("a"), lan.host("b"), lan.host("g"), lan.host("f"));
+    let (lan, [a, b, g, f]) = lan!("a", "b", "g", "f");
     let key = lan.mesh_key("mesh");
     let (_provider, rogue) = provider_and_rogue(&lan, &b, &g, &key);
     let legit = wait_ls_row(
         &lan,
         &f,
-        &["--mesh-key-file", key_str(&key)],
+        &["--mesh-key-file", key.to_str().unwrap()],
         15 * SEC,
         |r| r["service"] == "redis" && r["mesh_match"] == true,
     )
@@ -2009,7 +1373,7 @@ fn forged_copy_costs_only_itself(at_rogue: bool) {
     // The very first client connection (no QUIC connection yet, so the forged record is dialled
     // for real) must reach B: a live instance exists.
     let t0 = Instant::now();
-    let got = who_via(&lan, &a, 6379);
+    let got = who(&lan, &a, 6379);
     let first = t0.elapsed();
     assert_eq!(
         got, "legit",
@@ -2029,15 +1393,8 @@ fn forged_copy_costs_only_itself(at_rogue: bool) {
         !lan.log(&rogue).contains("peer connected"),
         "a peer connected to the rogue ambassador"
     );
-    eprintln!(
-        "A's view of the forged record:\n  {}",
-        lan.log(&consumer)
-            .lines()
-            .filter(|l| l.contains("b-copy") || l.contains("WARN"))
-            .take(12)
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    );
+    let view = lan.log_excerpt(&consumer, &["b-copy", "WARN"], 12, "\n  ");
+    eprintln!("A's view of the forged record:\n  {view}");
 }
 
 /// See [`forged_copy_costs_only_itself`]: the copy points at an ambassador of another mesh.
@@ -2061,43 +1418,26 @@ fn forged_copy_of_a_record_at_a_dead_address_costs_only_itself() {
 #[test]
 fn same_node_name_in_another_mesh_does_not_hide_a_record() {
     const TRIALS: u16 = 6;
-    let Some(lan) = Lan::new(&["a", "b", "g"]) else {
-        return;
-    };
-    let (a, b, g) = (lan.host("a"), lan.host("b"), lan.host("g"));
+    let (lan, [a, b, g]) = lan!("a", "b", "g");
     let key = lan.mesh_key("mesh");
     let other_key = lan.mesh_key("other");
-    redis_who(&lan, &b, 6379, "legit");
-    redis_who(&lan, &g, 6379, "other");
+    lan.redis(&b, 6379).who("legit").start();
+    lan.redis(&g, 6379).who("other").start();
     for (host, k) in [(&b, &key), (&g, &other_key)] {
-        lan.ambassador(
-            host,
-            &format!("announce-{}", host.name),
-            &[
-                "announce",
-                "redis:6379",
-                "--node",
-                "b",
-                "--mesh-key-file",
-                key_str(k),
-            ],
-        );
+        lan.announce(host, k)
+            .spec("redis:6379")
+            .node("b")
+            .label(&format!("announce-{}", host.name))
+            .start();
     }
     let mut failed = Vec::new();
     for trial in 0..TRIALS {
         let port = 16000 + trial;
-        let consumer = lan.ambassador(
-            &a,
-            &format!("connect-a{trial}"),
-            &[
-                "connect",
-                &format!("redis:{port}"),
-                "--node",
-                "a",
-                "--mesh-key-file",
-                key_str(&key),
-            ],
-        );
+        let consumer = lan
+            .connect(&a, &key)
+            .spec(&format!("redis:{port}"))
+            .label(&format!("connect-a{trial}"))
+            .start();
         if !wait_who(&lan, &a, port, "legit", 8 * SEC) {
             let other = lan
                 .log(&consumer)

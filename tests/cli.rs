@@ -22,6 +22,13 @@ fn node_cmd(home: &Path, sub: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `SUB --mesh-key-file KEY_FILE ARGS...` (see [`node_cmd`]) in `home` to its exit.
+fn run_with_key_file(home: &Path, sub: &str, key_file: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--mesh-key-file", key_file];
+    all.extend_from_slice(args);
+    run(node_cmd(home, sub, &all), LIMIT)
+}
+
 /// Exit code 2 within a few seconds, nothing on stdout, exactly one line on stderr that starts
 /// with `ambassador: ` and contains every one of `mentions`; `secret` appears nowhere.
 fn assert_usage_error(what: &str, out: &Output, mentions: &[&str], secret: Option<&str>) {
@@ -115,14 +122,7 @@ fn missing_or_unreadable_key_file_is_a_usage_error() {
     std::fs::set_permissions(&mesh.key_file, std::fs::Permissions::from_mode(0o000)).unwrap();
     if std::fs::read(&mesh.key_file).is_err() {
         let kf = mesh.key_file.to_str().unwrap();
-        let out = run(
-            node_cmd(
-                dir.path(),
-                "announce",
-                &["--mesh-key-file", kf, "redis:6379"],
-            ),
-            LIMIT,
-        );
+        let out = run_with_key_file(dir.path(), "announce", kf, &["redis:6379"]);
         assert_usage_error("key file mode 0000", &out, &[kf], None);
     }
 }
@@ -134,10 +134,7 @@ fn key_file_readable_by_others_is_refused_with_the_mend() {
     std::fs::set_permissions(&mesh.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let kf = mesh.key_file.to_str().unwrap();
     for sub in ["announce", "connect"] {
-        let out = run(
-            node_cmd(mesh.dir.path(), sub, &["--mesh-key-file", kf, "redis:6379"]),
-            LIMIT,
-        );
+        let out = run_with_key_file(mesh.dir.path(), sub, kf, &["redis:6379"]);
         assert_usage_error(
             &format!("{sub} with a 0644 key"),
             &out,
@@ -164,14 +161,7 @@ fn malformed_key_is_refused_without_echoing_it() {
     std::fs::write(&path, format!("{almost}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let kf = path.to_str().unwrap();
-    let out = run(
-        node_cmd(
-            dir.path(),
-            "announce",
-            &["--mesh-key-file", kf, "redis:6379"],
-        ),
-        LIMIT,
-    );
+    let out = run_with_key_file(dir.path(), "announce", kf, &["redis:6379"]);
     assert_usage_error("malformed key file", &out, &["mesh key"], Some(&almost));
 
     // The same through the environment and through argv.
@@ -202,10 +192,7 @@ fn listen_port_in_use_is_a_usage_error() {
     let port = held.local_addr().unwrap().port();
     let kf = mesh.key_file.to_str().unwrap();
     let spec = format!("redis:{port}");
-    let out = run(
-        node_cmd(mesh.dir.path(), "connect", &["--mesh-key-file", kf, &spec]),
-        LIMIT,
-    );
+    let out = run_with_key_file(mesh.dir.path(), "connect", kf, &[&spec]);
     assert_usage_error(
         "listen port in use",
         &out,
@@ -217,19 +204,13 @@ fn listen_port_in_use_is_a_usage_error() {
 
 #[test]
 fn quic_bind_address_in_use_is_a_usage_error() {
-    let mesh = Mesh::new();
-    let key = mesh.key_text();
     let held = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
+    let mesh = Mesh::new();
+    let key = mesh.key_text();
     let kf = mesh.key_file.to_str().unwrap();
-    let out = run(
-        node_cmd(
-            mesh.dir.path(),
-            "announce",
-            &["--mesh-key-file", kf, "--bind", &addr, "redis:6379"],
-        ),
-        LIMIT,
-    );
+    let args = ["--bind", &addr, "redis:6379"];
+    let out = run_with_key_file(mesh.dir.path(), "announce", kf, &args);
     assert_usage_error("--bind in use", &out, &[&addr], Some(&key));
     drop(held);
 }
@@ -237,6 +218,13 @@ fn quic_bind_address_in_use_is_a_usage_error() {
 fn is_key(s: &str) -> bool {
     s.strip_prefix("ambk1-")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Runs `cmd`, which must exit 0; its stdout, trimmed.
+fn stdout_of(cmd: Command) -> String {
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code(), 0, "{out:?}");
+    out.stdout.trim().to_string()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -294,9 +282,7 @@ fn mesh_new_out_writes_a_private_file() {
     // `mesh show` with that file prints that key.
     let mut cmd = command(dir.path());
     cmd.args(["mesh", "show", "--mesh-key-file"]).arg(&f);
-    let out = run(cmd, LIMIT);
-    assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.stdout.trim(), key);
+    assert_eq!(stdout_of(cmd), key);
 }
 
 #[test]
@@ -307,9 +293,7 @@ fn mesh_show_creates_the_default_key_once() {
     let show = || {
         let mut cmd = command(dir.path());
         cmd.args(["mesh", "show"]);
-        let out = run(cmd, LIMIT);
-        assert_eq!(out.code(), 0, "{out:?}");
-        out.stdout.trim().to_string()
+        stdout_of(cmd)
     };
     let first = show();
     assert!(is_key(&first), "mesh show printed {first:?}");
@@ -327,9 +311,7 @@ fn mesh_show_creates_the_default_key_once() {
     let other = Mesh::new().key_text();
     cmd.args(["mesh", "show"])
         .env("AMBASSADOR_MESH_KEY", &other);
-    let out = run(cmd, LIMIT);
-    assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.stdout.trim(), other);
+    assert_eq!(stdout_of(cmd), other);
 }
 
 #[test]

@@ -17,24 +17,13 @@ use ambassador::identity::{ANY_NODE_SAN, DenyList, MeshKey, MeshRoot};
 use ambassador::names::NodeName;
 use ambassador::transport::protocol::{RefusalCode, Reply};
 use ambassador::transport::{TransportSettings, client_config};
-use common::{Mesh, Target, await_discovered, quic_port, unique};
+use common::{Target, Tunnel, quic_port, rss_kib};
 
 /// Silent streams the hostile peer holds open at once.
 const SILENT: usize = 1500;
 /// Streams of one connection the provider lets wait for their header
 /// (`MAX_AWAITING_HEADER` in src/proxy/provider.rs).
 const AWAITING_CAP: usize = 1024;
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// One exchange through the consumer: the echo target must send the line back.
 fn echo_once(addr: SocketAddr) -> Result<(), String> {
@@ -86,17 +75,9 @@ fn expect_bad_request(what: &str, got: Result<Reply, String>, detail: &str) {
 #[test]
 fn silent_and_malformed_streams_cost_only_themselves() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mesh = Mesh::new();
-    let target = Target::echo();
-    let prov = unique("prov");
-    let provider = mesh.announce(
-        &prov,
-        &[format!("echo:{0}=127.0.0.1:{0}", target.port())],
-        &[],
-    );
-    let port = quic_port(&provider);
-    let (consumer, addr) = mesh.connect(&unique("cons"), "echo", &[]);
-    await_discovered(&consumer, "echo", &prov);
+    let tunnel = Tunnel::new(Target::echo());
+    let (provider, mesh, addr) = (&tunnel.provider, &tunnel.mesh, tunnel.addr);
+    let port = quic_port(provider);
     echo_once(addr).expect("the tunnel works before the hostile peer comes");
     let rss_before = rss_kib(provider.pid());
 

@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::{
-    Mesh, Proc, READY, Target, await_discovered, client, command, free_tcp_port, quic_port,
+    Mesh, Proc, READY, Target, Tunnel, await_discovered, client, command, free_tcp_port, quic_port,
     read_to_end, run, unique,
 };
 
@@ -22,6 +22,25 @@ fn try_exchange(addr: SocketAddr) -> (Vec<u8>, Option<std::io::Error>, Duration)
     let _ = c.write_all(b"PING\r\n");
     let (data, err) = read_to_end(&mut c);
     (data, err, start.elapsed())
+}
+
+/// A client connection to `addr` that the tunnel refuses: it gets no data, and is closed
+/// within `limit`; `what` names the case in the messages.
+fn assert_closed_without_data(addr: SocketAddr, limit: Duration, what: &str) {
+    let (data, _err, took) = try_exchange(addr);
+    assert!(data.is_empty(), "{what}: got data: {data:?}");
+    assert!(took < limit, "{what}: client connection held {took:?}");
+}
+
+/// No peer ever connected to `provider` (it logged no "peer connected").
+fn assert_no_peer_connected(provider: &Proc) {
+    assert!(
+        provider
+            .find_log(&["peer connected"], Duration::ZERO)
+            .is_none(),
+        "provider log:\n{}",
+        provider.log()
+    );
 }
 
 /// One request/response through the echo target.
@@ -39,32 +58,16 @@ fn another_mesh_is_never_reached() {
     let ours = Mesh::new();
     let theirs = Mesh::new();
     let target = Target::echo();
-    let prov = unique("prov");
-    let provider = theirs.announce(
-        &prov,
-        &[format!("echo:{0}=127.0.0.1:{0}", target.port())],
-        &[],
-    );
+    let (provider, prov) = theirs.announce_echo(&target);
 
     // Discovery: the record of the other mesh is seen and ignored.
     let (consumer, addr) = ours.connect(&unique("cons"), "echo", &["--wait", "1s"]);
     consumer.expect_log(&["another mesh", &format!("instance=echo@{prov}_")], READY);
     for _ in 0..5 {
-        let (data, _err, took) = try_exchange(addr);
-        assert!(data.is_empty(), "got data from another mesh: {data:?}");
-        assert!(
-            took < Duration::from_secs(5),
-            "client connection held {took:?}"
-        );
+        assert_closed_without_data(addr, Duration::from_secs(5), "another mesh");
     }
     consumer.expect_log(&["no instance of echo"], READY);
-    assert!(
-        provider
-            .find_log(&["peer connected"], Duration::ZERO)
-            .is_none(),
-        "provider log:\n{}",
-        provider.log()
-    );
+    assert_no_peer_connected(&provider);
 
     // A fixed backend: the handshake itself is refused, on both sides.
     let backend = format!("127.0.0.1:{}", quic_port(&provider));
@@ -73,24 +76,11 @@ fn another_mesh_is_never_reached() {
         "echo",
         &["--wait", "1s", "--backend", &backend],
     );
-    let (data, _err, took) = try_exchange(addr);
-    assert!(
-        data.is_empty(),
-        "got data through a handshake with another mesh: {data:?}"
-    );
-    assert!(
-        took < Duration::from_secs(10),
-        "client connection held {took:?}"
-    );
+    let what = "a handshake with another mesh";
+    assert_closed_without_data(addr, Duration::from_secs(10), what);
     provider.expect_log(&["refused a QUIC handshake"], READY);
     direct.expect_log(&["handshake"], READY);
-    assert!(
-        provider
-            .find_log(&["peer connected"], Duration::ZERO)
-            .is_none(),
-        "provider log:\n{}",
-        provider.log()
-    );
+    assert_no_peer_connected(&provider);
 
     assert_eq!(
         target.received(),
@@ -129,15 +119,8 @@ fn refused_target_closes_only_that_connection() {
 
     for (service, addr) in [("dead", addrs[0]), ("gone", addrs[1])] {
         for _ in 0..3 {
-            let (data, _err, took) = try_exchange(addr);
-            assert!(
-                data.is_empty(),
-                "{service}: a refused target gave data: {data:?}"
-            );
-            assert!(
-                took < Duration::from_secs(5),
-                "{service}: client connection held {took:?}"
-            );
+            let what = format!("{service} (a refused target)");
+            assert_closed_without_data(addr, Duration::from_secs(5), &what);
         }
         // A log line says why the client connection was closed.
         consumer.expect_log(&["closing the client connection", service], READY);
@@ -255,16 +238,15 @@ fn ls_json_lists_an_announced_service() {
 
 #[test]
 fn sigterm_withdraws_and_exits_zero() {
-    let mesh = Mesh::new();
-    let target = Target::echo();
-    let prov = unique("prov");
-    let mut provider = mesh.announce(
-        &prov,
-        &[format!("echo:{0}=127.0.0.1:{0}", target.port())],
-        &[],
-    );
-    let (mut consumer, addr) = mesh.connect(&unique("cons"), "echo", &[]);
-    await_discovered(&consumer, "echo", &prov);
+    // Every part is bound: a part left out would be dropped (stopped) at once.
+    let Tunnel {
+        mut provider,
+        provider_node: prov,
+        mut consumer,
+        addr,
+        target: _target,
+        mesh: _mesh,
+    } = Tunnel::new(Target::echo());
     echo_works(addr);
 
     let start = Instant::now();

@@ -4,45 +4,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use common::{Mesh, Proc, Target, await_discovered, client, has_request, read_to_end, unique};
+use common::{Target, Tunnel, client, has_request, read_to_end};
 use sha2::{Digest, Sha256};
-
-/// A provider and a consumer of one fresh mesh, in front of `target`.
-struct Tunnel {
-    consumer: Proc,
-    provider: Proc,
-    target: Target,
-    /// Where clients connect (the consumer's listener).
-    addr: SocketAddr,
-    _mesh: Mesh,
-}
-
-impl Tunnel {
-    fn new(target: Target) -> Tunnel {
-        let mesh = Mesh::new();
-        let service = "echo";
-        let prov = unique("prov");
-        let provider = mesh.announce(
-            &prov,
-            &[format!("{service}:{0}=127.0.0.1:{0}", target.port())],
-            &[],
-        );
-        let (consumer, addr) = mesh.connect(&unique("cons"), service, &[]);
-        await_discovered(&consumer, service, &prov);
-        Tunnel {
-            consumer,
-            provider,
-            target,
-            addr,
-            _mesh: mesh,
-        }
-    }
-}
 
 /// A deterministic pseudo-random byte stream (xorshift64*), so both ends can hash it.
 struct Gen(u64);
@@ -165,6 +133,18 @@ fn half_close_is_carried_both_ways() {
     assert!(back == reply, "client got different reply bytes");
 }
 
+/// What `far` read after `near` reset its connection, `(data, error)`: no data, and the reset
+/// itself (ECONNRESET), not a clean EOF.
+fn assert_reset((data, err): (Vec<u8>, Option<std::io::Error>), near: &str, far: &str) {
+    assert!(data.is_empty(), "{far} got data: {data:?}");
+    match err {
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "{near} reset its connection but the {far} saw {other:?} (a clean EOF if None), not ECONNRESET"
+        ),
+    }
+}
+
 fn reset(s: TcpStream) {
     socket2::SockRef::from(&s)
         .set_linger(Some(Duration::ZERO))
@@ -184,14 +164,7 @@ fn target_reset_reaches_the_client_as_a_reset() {
 
     let mut c = client(t.addr);
     c.write_all(b"hello").unwrap();
-    let (data, err) = read_to_end(&mut c);
-    assert!(data.is_empty(), "client got data: {data:?}");
-    match err {
-        Some(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!(
-            "target reset its connection but the client saw {other:?} (a clean EOF if None), not ECONNRESET"
-        ),
-    }
+    assert_reset(read_to_end(&mut c), "target", "client");
 }
 
 #[test]
@@ -216,16 +189,10 @@ fn client_reset_reaches_the_target_as_a_reset() {
     rx.recv_timeout(Duration::from_secs(30))
         .expect("target got the first bytes");
     reset(c);
-    let (data, err) = res_rx
+    let end = res_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("target never saw the end of the connection");
-    assert!(data.is_empty(), "target got data: {data:?}");
-    match err {
-        Some(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!(
-            "client reset its connection but the target saw {other:?} (a clean EOF if None), not ECONNRESET"
-        ),
-    }
+    assert_reset(end, "client", "target");
 }
 
 #[test]

@@ -46,7 +46,8 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// A base command: the binary, with a clean environment (no `AMBASSADOR_*`, no `RUST_LOG`),
-/// `HOME` and `XDG_CONFIG_HOME` set to the test's own directory.
+/// `HOME` and `XDG_CONFIG_HOME` set to the test's own directory, and `XDG_RUNTIME_DIR` to its
+/// `run/` (so that `ambassador status` there lists the nodes of that test only).
 pub fn command(home: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars_os() {
@@ -61,6 +62,7 @@ pub fn command(home: &Path) -> Command {
     }
     cmd.env("HOME", home)
         .env("XDG_CONFIG_HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
         .stdin(Stdio::null());
     cmd
 }
@@ -306,6 +308,31 @@ impl Mesh {
         cmd
     }
 
+    /// `ambassador status --json` in this mesh's directory: every node of the test that runs.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let mut cmd = command(self.dir.path());
+        cmd.args(["status", "--json"]);
+        let out = run(cmd, Duration::from_secs(10));
+        assert_eq!(out.code(), 0, "status --json failed: {out:?}");
+        let nodes: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {out:?}"));
+        nodes
+            .as_array()
+            .expect("status --json prints an array")
+            .clone()
+    }
+
+    /// The listen addresses of node `node`'s consumers, as its status shows them (a listener
+    /// appears there once it is bound).
+    pub fn listening(&self, node: &str) -> Vec<String> {
+        self.status()
+            .iter()
+            .filter(|n| n["node"] == node)
+            .flat_map(|n| n["connect"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["listen"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Starts `announce SPECS... EXTRA...` as node `node`, and waits until every service is
     /// announced.
     pub fn announce(&self, node: &str, specs: &[String], extra: &[&str]) -> Proc {
@@ -326,6 +353,13 @@ impl Mesh {
         (p, addrs[0])
     }
 
+    /// Starts a provider of `echo` in front of `target` (same port); returns it and its node.
+    pub fn announce_echo(&self, target: &Target) -> (Proc, String) {
+        let node = unique("prov");
+        let spec = format!("echo:{0}=127.0.0.1:{0}", target.port());
+        (self.announce(&node, &[spec], &[]), node)
+    }
+
     /// Like [`Mesh::connect`] for several services in one process.
     pub fn connect_many(
         &self,
@@ -344,22 +378,19 @@ impl Mesh {
             }
             cmd.args(extra);
             let mut p = Proc::spawn(&format!("connect {node}"), cmd);
+            let want: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
             let deadline = Instant::now() + READY;
-            let mut listening = 0;
-            while listening < addrs.len() && Instant::now() < deadline {
-                let a = addrs[listening];
-                if p.find_log(
-                    &["listening", &format!("listen={a}")],
-                    Duration::from_millis(50),
-                )
-                .is_some()
-                {
-                    listening += 1;
-                } else if p.try_wait().is_some() {
-                    break;
+            let listening = loop {
+                let bound = self.listening(node);
+                if want.iter().all(|a| bound.contains(a)) {
+                    break true;
                 }
-            }
-            if listening == addrs.len() {
+                if p.try_wait().is_some() || Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if listening {
                 return (p, addrs);
             }
             if let Some(st) = p.wait_exit(Duration::from_secs(1)) {
@@ -371,6 +402,41 @@ impl Mesh {
             panic!("connect did not listen within {READY:?}; log:\n{}", p.log());
         }
         panic!("no free port after several attempts");
+    }
+}
+
+/// A provider and a consumer of `echo` in one fresh mesh, in front of `target`, once the
+/// consumer has discovered the provider.
+pub struct Tunnel {
+    /// The consumer (`connect`).
+    pub consumer: Proc,
+    /// The provider (`announce`).
+    pub provider: Proc,
+    /// The provider's node name.
+    pub provider_node: String,
+    /// What the provider forwards to.
+    pub target: Target,
+    /// Where clients connect (the consumer's listener).
+    pub addr: SocketAddr,
+    /// The mesh (its directory lives as long as the tunnel).
+    pub mesh: Mesh,
+}
+
+impl Tunnel {
+    /// Starts both nodes and waits until the consumer listens and knows the provider.
+    pub fn new(target: Target) -> Tunnel {
+        let mesh = Mesh::new();
+        let (provider, provider_node) = mesh.announce_echo(&target);
+        let (consumer, addr) = mesh.connect(&unique("cons"), "echo", &[]);
+        await_discovered(&consumer, "echo", &provider_node);
+        Tunnel {
+            consumer,
+            provider,
+            provider_node,
+            target,
+            addr,
+            mesh,
+        }
     }
 }
 
@@ -497,6 +563,17 @@ impl Drop for Target {
 /// and targets that expect a request skip them this way.
 pub fn has_request(s: &TcpStream) -> bool {
     matches!(s.peek(&mut [0u8; 1]), Ok(n) if n > 0)
+}
+
+/// Resident set size of a running process, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Connects a client with generous read/write timeouts, so a hang fails instead of hanging.
