@@ -13,8 +13,8 @@
 //!   fingerprints, mesh ids, QUIC versus TCP addresses).
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
 //!   the deny list, rustls configurations. `secret_file`: reading and writing secret files.
-//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser, DNS SRV, the live instance
-//!   registry and endpoint sets.
+//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser and its one-shot unicast
+//!   querier, DNS SRV, the live instance registry and endpoint sets.
 //! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, and
 //!   [`transport::PeerFailure`], the one classification of why a peer failed.
 //! - `balance`: policies and passive health (ejection, back-off).

@@ -300,3 +300,46 @@ pub async fn run_plain_browser(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{Fingerprint, ServiceName};
+
+    fn inst(node: &str, mesh: &str) -> Instance {
+        let txt = TxtRecord {
+            service: ServiceName::parse("redis").unwrap(),
+            port: 6379,
+            node: NodeName::parse(node).unwrap(),
+            mesh: MeshId::parse(mesh).unwrap(),
+            fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
+            weight: 1,
+            up: true,
+        };
+        let fullname = format!("redis@{node}_{}.{SERVICE_TYPE}", &mesh[..8]);
+        Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt).unwrap()
+    }
+
+    /// The browser and the one-shot queries take records through one filter.
+    #[test]
+    fn on_resolved_filters_own_and_foreign_records() {
+        let (ours, theirs) = ("0123456789abcdef", "fedcba9876543210");
+        let filter = BrowseFilter {
+            mesh_id: MeshId::parse(ours).unwrap(),
+            own_node: NodeName::parse("a").unwrap(),
+        };
+        let registry = Registry::default();
+        assert_eq!(on_resolved(&registry, &filter, inst("a", ours)), Taken::Own);
+        assert_eq!(
+            on_resolved(&registry, &filter, inst("b", theirs)),
+            Taken::OtherMesh(MeshId::parse(theirs).unwrap())
+        );
+        assert!(registry.all().is_empty());
+        assert_eq!(on_resolved(&registry, &filter, inst("b", ours)), Taken::New);
+        assert_eq!(
+            on_resolved(&registry, &filter, inst("b", ours)),
+            Taken::Known
+        );
+        assert_eq!(registry.all(), [inst("b", ours)]);
+    }
+}
