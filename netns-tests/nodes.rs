@@ -844,9 +844,13 @@ fn take_reply(buf: &mut Vec<u8>) -> Option<String> {
 /// connection: `start`, `end` in epoch seconds, `who` answered, or `err`).
 #[derive(Debug, Clone)]
 pub struct Conn {
+    /// When it started (epoch seconds).
     pub start: f64,
+    /// When it ended (epoch seconds).
     pub end: f64,
+    /// The server that answered (its `who`), if it got an answer.
     pub who: Option<String>,
+    /// Why it failed, if it did.
     pub err: Option<String>,
 }
 

@@ -25,6 +25,9 @@ pub struct NodeStatus {
     pub announce: Vec<AnnounceStatus>,
     /// Reached services.
     pub connect: Vec<ConnectStatus>,
+    /// Other nodes of this mesh announcing under this node's name (each: who, where, what).
+    #[serde(default)]
+    pub name_conflicts: Vec<String>,
 }
 
 /// One announced service.
@@ -190,6 +193,9 @@ pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
             "node {} (pid {}, mesh {}, quic {})",
             st.node, st.pid, st.mesh, st.quic
         );
+        for c in &st.name_conflicts {
+            println!("  NAME CONFLICT: {c}");
+        }
         for a in &st.announce {
             let health = if a.target_up { "up" } else { "DOWN" };
             println!(

@@ -14,9 +14,12 @@
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
 //!   the deny list, rustls configurations. `secret_file`: reading and writing secret files.
 //! - [`discovery`]: DNS-SD records, the mDNS announcer/browser and its one-shot unicast
-//!   querier, DNS SRV, the live instance registry and endpoint sets.
-//! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, and
-//!   [`transport::PeerFailure`], the one classification of why a peer failed.
+//!   querier, DNS SRV, the live instance registry (records are hints; what a verified node says
+//!   outranks them) and endpoint sets.
+//! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, the
+//!   control stream and the peer views it feeds, and [`transport::PeerFailure`], the one
+//!   classification of why a peer failed. [`served`]: what a node serves, as that stream
+//!   carries it.
 //! - `balance`: policies and passive health (ejection, back-off).
 //! - `proxy`: the consumer (listener, attempt, probe, direct backends), the provider's
 //!   stream handler, the TCP⇄QUIC splice; `inject`: credentials injection (Redis AUTH).
@@ -41,6 +44,7 @@ pub mod names;
 pub mod node;
 pub(crate) mod proxy;
 pub(crate) mod secret_file;
+pub mod served;
 pub mod spec;
 pub mod transport;
 pub mod weight;

@@ -21,6 +21,9 @@ pub struct Row {
     pub instance: Instance,
     /// Whether its mesh id is ours (`None` when this host has no mesh key).
     pub mesh_match: Option<bool>,
+    /// Another record announces the same instance name with another certificate: two nodes
+    /// were given one `--node` (both usable, told apart by certificate).
+    pub name_conflict: bool,
 }
 
 /// This host's mesh id, if a key is configured or the default key exists. Never creates a key.
@@ -61,12 +64,17 @@ pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Inst
 /// Runs `ambassador ls`.
 pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
     let mesh = own_mesh_id(common)?;
-    let rows: Vec<Row> = browse(&common.interfaces, args.timeout)
-        .await?
-        .into_iter()
+    let all = browse(&common.interfaces, args.timeout).await?;
+    let shared = |i: &Instance| {
+        all.iter()
+            .any(|o| o.fullname == i.fullname && o.fingerprint != i.fingerprint)
+    };
+    let rows: Vec<Row> = all
+        .iter()
         .map(|instance| Row {
             mesh_match: mesh.as_ref().map(|m| *m == instance.mesh),
-            instance,
+            name_conflict: shared(instance),
+            instance: instance.clone(),
         })
         .collect();
     if args.json {
@@ -92,8 +100,13 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(",");
         let health = if i.up { "up" } else { "down" };
+        let conflict = if r.name_conflict {
+            "  (name conflict: another node uses this name)"
+        } else {
+            ""
+        };
         println!(
-            "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} {addrs}",
+            "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} {addrs}{conflict}",
             i.service.as_str(),
             i.node.as_str(),
             i.port,

@@ -77,7 +77,7 @@ fn silent_and_malformed_streams_cost_only_themselves() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tunnel = Tunnel::new(Target::echo());
     let (provider, mesh, addr) = (&tunnel.provider, &tunnel.mesh, tunnel.addr);
-    let port = quic_port(provider);
+    let port = quic_port(mesh.dir.path(), &tunnel.provider_node);
     echo_once(addr).expect("the tunnel works before the hostile peer comes");
     let rss_before = rss_kib(provider.pid());
 

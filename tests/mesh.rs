@@ -70,7 +70,7 @@ fn another_mesh_is_never_reached() {
     assert_no_peer_connected(&provider);
 
     // A fixed backend: the handshake itself is refused, on both sides.
-    let backend = format!("127.0.0.1:{}", quic_port(&provider));
+    let backend = format!("127.0.0.1:{}", quic_port(theirs.dir.path(), &prov));
     let (direct, addr) = ours.connect(
         &unique("cons"),
         "echo",
@@ -175,7 +175,7 @@ fn ls_json_lists_an_announced_service() {
         ));
     let provider = Proc::spawn("announce", cmd);
     provider.expect_log(&["announcing", &format!("service={service} ")], READY);
-    let quic = quic_port(&provider);
+    let quic = quic_port(dir.path(), &prov);
 
     let ls = |mut cmd: std::process::Command| -> Option<serde_json::Value> {
         cmd.args(["ls", "--json", "--interface", "lo"]);

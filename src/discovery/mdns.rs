@@ -1,8 +1,8 @@
 //! mDNS/DNS-SD through `mdns-sd`: announcing this node's services and browsing the mesh's.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mdns_sd::{
@@ -11,8 +11,11 @@ use mdns_sd::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BackendKind, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord, query};
-use crate::names::{MeshId, NodeName};
+use super::{
+    BackendKind, GoodbyeOutcome, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord,
+    Upserted, query,
+};
+use crate::names::{Fingerprint, MeshId, NodeName};
 
 /// Errors of the mDNS layer.
 #[derive(Debug, thiserror::Error)]
@@ -150,9 +153,16 @@ pub fn instance_from_resolved(rs: &ResolvedService) -> Result<Instance, RecordEr
 pub struct BrowseFilter {
     /// Only records of this mesh id.
     pub mesh_id: MeshId,
-    /// Records of this node (our own) are skipped.
+    /// This node's name: its records (with its certificate) are skipped; a record of this
+    /// name with another certificate is another node given the same name.
     pub own_node: NodeName,
+    /// This node's certificate fingerprint (replaced on a CA-mode reload).
+    pub own_fingerprint: Arc<RwLock<Fingerprint>>,
 }
+
+/// Records of this node's name announced by another node (another certificate), by instance
+/// key: what `status` shows as name conflicts.
+pub type Conflicts = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// The next mDNS event, or `None` once `cancel` fires or the daemon stops.
 async fn next_event(
@@ -165,102 +175,154 @@ async fn next_event(
     }
 }
 
-/// What [`on_resolved`] did with an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Taken {
-    /// One of this node's own records: skipped.
-    Own,
-    /// A record of another mesh (this one): skipped.
-    OtherMesh(MeshId),
-    /// A new instance, now in the registry.
-    New,
-    /// A known instance, updated (or unchanged).
-    Known,
+/// What the mesh browser remembers between events, so each oddity is logged once.
+struct Browser<'a> {
+    registry: &'a Registry,
+    filter: BrowseFilter,
+    conflicts: Conflicts,
+    /// Records of another mesh, already logged.
+    ignored: HashSet<String>,
+    /// Malformed records, already logged.
+    malformed: HashSet<String>,
 }
 
-/// Takes one resolved instance into `registry`, unless `filter` skips it. Every discovery path
-/// of the mesh (the browser, the one-shot queries) goes through here.
-pub fn on_resolved(registry: &Registry, filter: &BrowseFilter, inst: Instance) -> Taken {
-    if inst.node == filter.own_node {
-        return Taken::Own;
+impl Browser<'_> {
+    /// A resolved record (from the mDNS cache or an answer): kept as a hint for consumers.
+    fn on_resolved(&mut self, resolved: Result<Instance, RecordError>, fullname: &str) {
+        let inst = match resolved {
+            Ok(inst) => inst,
+            // Normal while only an IPv6 link-local address has been resolved yet.
+            Err(RecordError::NoAddress) => {
+                return debug!(instance = %fullname, "record has no usable address yet");
+            }
+            Err(e) => {
+                if self.malformed.insert(fullname.to_string()) {
+                    warn!(instance = %fullname, error = %e, "ignoring a malformed record");
+                }
+                return;
+            }
+        };
+        if inst.mesh != self.filter.mesh_id {
+            if self.ignored.insert(inst.fullname.clone()) {
+                info!(instance = %inst.fullname, mesh = %inst.mesh, "ignoring a record of another mesh");
+            }
+            return;
+        }
+        if inst.node == self.filter.own_node {
+            let own = self
+                .filter
+                .own_fingerprint
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if inst.fingerprint == own {
+                return;
+            }
+            self.conflict(&inst);
+        }
+        let (key, addrs, port) = (inst.key(), inst.addrs.clone(), inst.quic_port);
+        match self.registry.upsert(inst) {
+            Upserted::New => {
+                info!(instance = %key, ?addrs, quic_port = port, "discovered (a record: verified when dialled)")
+            }
+            Upserted::Updated => info!(instance = %key, ?addrs, quic_port = port, "record updated"),
+            Upserted::Unchanged => {}
+        }
     }
-    if inst.mesh != filter.mesh_id {
-        return Taken::OtherMesh(inst.mesh);
+
+    /// A record of this node's name with another certificate: two nodes were given one
+    /// `--node`. Both stay usable, told apart by certificate; say so once, loudly.
+    fn conflict(&self, inst: &Instance) {
+        let key = inst.key();
+        let mut conflicts = self.conflicts.lock().unwrap_or_else(|e| e.into_inner());
+        if conflicts.contains_key(&key) {
+            return;
+        }
+        let addrs: Vec<String> = inst
+            .addrs
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, inst.quic_port).to_string())
+            .collect();
+        let what = format!(
+            "node {} with certificate {} at {} also announces {}",
+            inst.node,
+            inst.fingerprint,
+            addrs.join(","),
+            inst.service
+        );
+        warn!(instance = %inst.fullname, other = %addrs.join(","), fingerprint = %inst.fingerprint, "another node of this mesh uses this node's name: give each node its own --node (both stay usable, told apart by certificate)");
+        conflicts.insert(key, what);
     }
-    let name = inst.fullname.clone();
-    let addrs = inst.addrs.clone();
-    if registry.upsert(inst) {
-        info!(instance = %name, ?addrs, "discovered");
-        Taken::New
-    } else {
-        Taken::Known
+
+    /// An mDNS goodbye: only a reason to doubt a record whose node is verified.
+    fn on_removed(&mut self, fullname: &str) {
+        self.ignored.remove(fullname);
+        self.malformed.remove(fullname);
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| !key.starts_with(fullname));
+        match self.registry.goodbye(fullname) {
+            GoodbyeOutcome::Unknown => {}
+            GoodbyeOutcome::Removed => {
+                info!(instance = %fullname, "withdrawn by its node (mDNS goodbye)");
+            }
+            GoodbyeOutcome::Kept(nodes) => {
+                for (node, fp) in nodes {
+                    info!(instance = %fullname, %node, fingerprint = %fp, "mDNS goodbye ignored: its node still serves it over its verified connection (forged or stale goodbye?)");
+                }
+            }
+        }
     }
 }
 
-/// Sends the one-shot (legacy unicast) queries for the mesh's records on the IPv4 interfaces
-/// among `interfaces` (all with none) and feeds `registry` with the answers, for about a
-/// second after the start (see [`query`](super::query)). It only adds to what the browser
-/// finds; a failure is logged at debug level and changes nothing else.
-pub async fn run_queries(
+/// Feeds `registry` from mDNS events until `cancel` fires. At the start, one-shot unicast
+/// queries on `interfaces` (the `--interface` list; empty for all) also ask for the mesh's
+/// records, so a record multicast just before the start is known at once (see [`query`]); their
+/// answers take the path of the browsed records (`Browser::on_resolved`).
+pub async fn run_browser(
+    rx: mdns_sd::Receiver<ServiceEvent>,
     interfaces: &[String],
     registry: &Registry,
     filter: BrowseFilter,
+    conflicts: Conflicts,
     cancel: CancellationToken,
 ) {
-    let querier = match query::interface_addrs(interfaces).and_then(query::Querier::bind) {
-        Ok(q) => q,
-        Err(e) => return debug!(error = %e, "no one-shot mDNS queries"),
-    };
-    let on = |r: query::Resolved| match r.instance {
-        Ok(inst) => match on_resolved(registry, &filter, inst) {
-            Taken::OtherMesh(mesh) => {
-                debug!(instance = %r.fullname, %mesh, "answer of another mesh");
+    // Both halves run in this one task, each taking the lock only between its awaits.
+    let browser = Mutex::new(Browser {
+        registry,
+        filter,
+        conflicts,
+        ignored: HashSet::new(),
+        malformed: HashSet::new(),
+    });
+    let lock = || browser.lock().unwrap_or_else(|e| e.into_inner());
+    let events = async {
+        while let Some(event) = next_event(&rx, &cancel).await {
+            match event {
+                ServiceEvent::ServiceResolved(rs) => {
+                    lock().on_resolved(instance_from_resolved(&rs), &rs.fullname);
+                }
+                ServiceEvent::ServiceRemoved(_, fullname) => lock().on_removed(&fullname),
+                _ => {}
             }
-            Taken::Own | Taken::New | Taken::Known => {}
-        },
-        Err(e) => debug!(instance = %r.fullname, error = %e, "answer not taken"),
+        }
     };
-    querier.run(on, cancel).await;
+    let answers = |r: query::Resolved| lock().on_resolved(r.instance, &r.fullname);
+    tokio::join!(events, run_queries(interfaces, answers, cancel.clone()));
 }
 
-/// Feeds `registry` from mDNS events until `cancel` fires.
-pub async fn run_browser(
-    rx: mdns_sd::Receiver<ServiceEvent>,
-    registry: &Registry,
-    filter: BrowseFilter,
+/// Sends the one-shot queries for the mesh's records on the IPv4 interfaces among `interfaces`
+/// (all with none) and hands every answer to `on`, for about a second. It only adds to what the
+/// browser finds: a failure is logged at debug level and changes nothing else.
+async fn run_queries(
+    interfaces: &[String],
+    on: impl FnMut(query::Resolved),
     cancel: CancellationToken,
 ) {
-    let mut ignored: HashSet<String> = HashSet::new();
-    let mut malformed: HashSet<String> = HashSet::new();
-    while let Some(event) = next_event(&rx, &cancel).await {
-        match event {
-            ServiceEvent::ServiceResolved(rs) => match instance_from_resolved(&rs) {
-                Ok(inst) => {
-                    if let Taken::OtherMesh(mesh) = on_resolved(registry, &filter, inst)
-                        && ignored.insert(rs.fullname.clone())
-                    {
-                        info!(instance = %rs.fullname, %mesh, "ignoring a record of another mesh");
-                    }
-                }
-                Err(RecordError::NoAddress) => {
-                    // Normal while only an IPv6 link-local address has been resolved yet.
-                    debug!(instance = %rs.fullname, "record has no usable address yet");
-                }
-                Err(e) => {
-                    if malformed.insert(rs.fullname.clone()) {
-                        warn!(instance = %rs.fullname, error = %e, "ignoring a malformed record");
-                    }
-                }
-            },
-            ServiceEvent::ServiceRemoved(_, fullname) => {
-                ignored.remove(&fullname);
-                malformed.remove(&fullname);
-                if registry.remove(&fullname).is_some() {
-                    info!(instance = %fullname, "withdrawn by its node");
-                }
-            }
-            _ => {}
-        }
+    match query::interface_addrs(interfaces).and_then(query::Querier::bind) {
+        Ok(querier) => querier.run(on, cancel).await,
+        Err(e) => debug!(error = %e, "no one-shot mDNS queries"),
     }
 }
 
@@ -304,42 +366,53 @@ pub async fn run_plain_browser(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{Fingerprint, ServiceName};
+    use crate::names::ServiceName;
 
-    fn inst(node: &str, mesh: &str) -> Instance {
+    const OURS: &str = "0123456789abcdef";
+    const THEIRS: &str = "fedcba9876543210";
+
+    fn fingerprint(byte: &str) -> Fingerprint {
+        Fingerprint::parse(&byte.repeat(32)).unwrap()
+    }
+
+    /// An instance of `redis` on `node` of `mesh`, as a one-shot query's answer resolves it.
+    fn answer(node: &str, mesh: &str, fp: &str) -> query::Resolved {
         let txt = TxtRecord {
             service: ServiceName::parse("redis").unwrap(),
             port: 6379,
             node: NodeName::parse(node).unwrap(),
             mesh: MeshId::parse(mesh).unwrap(),
-            fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
+            fingerprint: fingerprint(fp),
             weight: 1,
             up: true,
         };
         let fullname = format!("redis@{node}_{}.{SERVICE_TYPE}", &mesh[..8]);
-        Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt).unwrap()
+        let instance = Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt);
+        query::Resolved { fullname, instance }
     }
 
-    /// The browser and the one-shot queries take records through one filter.
+    /// The one-shot queries' answers take the browser's path: this node's own records and
+    /// another mesh's are skipped, the others kept.
     #[test]
-    fn on_resolved_filters_own_and_foreign_records() {
-        let (ours, theirs) = ("0123456789abcdef", "fedcba9876543210");
-        let filter = BrowseFilter {
-            mesh_id: MeshId::parse(ours).unwrap(),
-            own_node: NodeName::parse("a").unwrap(),
-        };
+    fn answers_are_filtered_as_browsed_records() {
         let registry = Registry::default();
-        assert_eq!(on_resolved(&registry, &filter, inst("a", ours)), Taken::Own);
-        assert_eq!(
-            on_resolved(&registry, &filter, inst("b", theirs)),
-            Taken::OtherMesh(MeshId::parse(theirs).unwrap())
-        );
+        let mut browser = Browser {
+            registry: &registry,
+            filter: BrowseFilter {
+                mesh_id: MeshId::parse(OURS).unwrap(),
+                own_node: NodeName::parse("a").unwrap(),
+                own_fingerprint: Arc::new(RwLock::new(fingerprint("aa"))),
+            },
+            conflicts: Conflicts::default(),
+            ignored: HashSet::new(),
+            malformed: HashSet::new(),
+        };
+        for r in [answer("a", OURS, "aa"), answer("b", THEIRS, "bb")] {
+            browser.on_resolved(r.instance, &r.fullname);
+        }
         assert!(registry.all().is_empty());
-        assert_eq!(on_resolved(&registry, &filter, inst("b", ours)), Taken::New);
-        assert_eq!(
-            on_resolved(&registry, &filter, inst("b", ours)),
-            Taken::Known
-        );
-        assert_eq!(registry.all(), [inst("b", ours)]);
+        let ok = answer("b", OURS, "bb");
+        browser.on_resolved(ok.instance.clone(), &ok.fullname);
+        assert_eq!(registry.all(), [ok.instance.unwrap()]);
     }
 }

@@ -134,9 +134,20 @@ pub struct Instance {
     pub weight: u32,
     /// Whether the provider reports its target up.
     pub up: bool,
+    /// Whether its node confirmed it over a verified connection (its control stream), rather
+    /// than a record alone claiming it.
+    #[serde(skip)]
+    pub confirmed: bool,
 }
 
 impl Instance {
+    /// The stable key of this instance: its full name and its certificate, so that two nodes
+    /// announcing one name (a restart, or two nodes given one `--node`) are two instances.
+    pub fn key(&self) -> String {
+        let fp = self.fingerprint.as_str();
+        format!("{}#{}", self.fullname, fp.get(..8).unwrap_or(fp))
+    }
+
     /// Builds an instance from a record's parts.
     pub fn new(
         fullname: &str,
@@ -160,6 +171,7 @@ impl Instance {
             addrs,
             weight: txt.weight,
             up: txt.up,
+            confirmed: false,
         })
     }
 

@@ -14,8 +14,8 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Node;
 use crate::balance::Policy;
 use crate::config::{ConnectConfig, NodeConfig, Source};
-use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser, run_queries};
-use crate::discovery::{BackendKind, Endpoint, EndpointSet, Registry, dns_srv};
+use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser};
+use crate::discovery::{BackendKind, Confirmed, Endpoint, EndpointSet, Registry, dns_srv};
 use crate::error::Failure;
 use crate::names::ServiceName;
 use crate::proxy::consumer::{self, Backends, Consumer, ConsumerSettings, serve_listener};
@@ -94,10 +94,8 @@ impl Node {
         if listeners.is_empty() {
             return Ok(());
         }
-        let registry = Arc::new(Registry::default());
-        if self.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
-            self.browse_mesh(&registry)?;
-        }
+        let registry = self.registry.clone();
+        self.follow_views();
         for pending in listeners {
             let c = &pending.cfg;
             let (backends, static_set) = self.backends_for(c, &registry)?;
@@ -131,30 +129,55 @@ impl Node {
         Ok(())
     }
 
-    /// Feeds `registry` from the mesh's mDNS announcements.
-    fn browse_mesh(&self, registry: &Arc<Registry>) -> Result<(), Failure> {
+    /// Feeds the registry from the mesh's mDNS announcements (and notes records of this
+    /// node's name by another node).
+    pub(super) fn browse_mesh(&self) -> Result<(), Failure> {
         let rx = self.mdns.browse().context("browsing mDNS")?;
         let filter = BrowseFilter {
             mesh_id: self.mesh_id.clone(),
             own_node: self.node.clone(),
+            own_fingerprint: self.fingerprint.clone(),
         };
-        // One-shot unicast queries: a record multicast within the last second (which the
-        // responder will not multicast again yet) is known at once all the same.
-        let (names, reg, cancel) = (
-            self.mdns.interfaces().to_vec(),
-            registry.clone(),
+        let (reg, cancel, conflicts) = (
+            self.registry.clone(),
             self.cancel.clone(),
+            self.conflicts.clone(),
         );
-        let query = {
-            let filter = filter.clone();
-            async move { run_queries(&names, &reg, filter, cancel).await }
-        };
-        self.tracker
-            .spawn(query.instrument(info_span!("mdns-query")));
-        let (reg, cancel) = (registry.clone(), self.cancel.clone());
-        self.tracker
-            .spawn(async move { run_browser(rx, &reg, filter, cancel).await });
+        let interfaces = self.mdns.interfaces().to_vec();
+        self.tracker.spawn(async move {
+            run_browser(rx, &interfaces, &reg, filter, conflicts, cancel).await
+        });
         Ok(())
+    }
+
+    /// Hands what verified nodes say they serve (their control streams) to the registry,
+    /// where it outranks their records.
+    fn follow_views(&self) {
+        let views = self.pool.views().clone();
+        let mut changes = views.subscribe();
+        let (registry, cancel) = (self.registry.clone(), self.cancel.clone());
+        self.tracker.spawn(async move {
+            loop {
+                let confirmed = views
+                    .snapshot()
+                    .into_iter()
+                    .map(|(peer, v)| {
+                        let c = Confirmed {
+                            remote: v.remote,
+                            set: v.set,
+                        };
+                        ((peer.node, peer.fingerprint), c)
+                    })
+                    .collect();
+                for (key, why) in registry.set_confirmed(confirmed) {
+                    info!(instance = %key, "{why}");
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
     }
 
     /// The backends of one consumer, from its source; a static set is also returned, for

@@ -12,8 +12,8 @@ mod reload;
 mod status;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{IdentitySource, NodeConfig};
-use crate::discovery::mdns::Mdns;
+use crate::config::{IdentitySource, NodeConfig, Source};
+use crate::discovery::Registry;
+use crate::discovery::mdns::{Conflicts, Mdns};
 use crate::error::Failure;
 use crate::identity::{DenyList, MeshRoot, NodeIdentity, ca};
 use crate::names::{Fingerprint, MeshId, NodeName};
@@ -54,8 +55,13 @@ pub struct Node {
     node: NodeName,
     /// The mesh this node belongs to.
     mesh_id: MeshId,
-    /// This node's current certificate fingerprint (changes on a CA-mode reload).
-    fingerprint: Fingerprint,
+    /// This node's current certificate fingerprint (changes on a CA-mode reload); the mesh
+    /// browser reads it to tell this node's records from another node's of the same name.
+    fingerprint: Arc<RwLock<Fingerprint>>,
+    /// What consumers may use: records, and what verified nodes serve.
+    registry: Arc<Registry>,
+    /// Records of this node's name by another node (shown by `status`).
+    conflicts: Conflicts,
     /// Revoked certificates, reloaded on SIGHUP.
     deny: Arc<DenyList>,
     /// The QUIC endpoint (one UDP socket: serves and dials).
@@ -124,7 +130,9 @@ impl Node {
         let mut node = Self {
             node: identity.node.clone(),
             mesh_id: identity.mesh_id.clone(),
-            fingerprint: identity.fingerprint.clone(),
+            fingerprint: Arc::new(RwLock::new(identity.fingerprint.clone())),
+            registry: Arc::new(Registry::default()),
+            conflicts: Conflicts::default(),
             cfg,
             deny,
             endpoint,
@@ -145,6 +153,9 @@ impl Node {
             node.announce()?;
         }
         node.start_consumers(listeners)?;
+        if serve || node.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
+            node.browse_mesh()?;
+        }
         node.serve_status();
         Ok(node)
     }
@@ -177,7 +188,9 @@ impl Node {
     /// drain timeout, or until a second stop signal).
     async fn drain(&mut self, controls: &mut mpsc::Receiver<Control>) {
         if let Some(p) = &self.provider {
+            // Consumers learn it over their control streams at once, before the goodbye.
             p.draining.store(true, Ordering::Relaxed);
+            p.publish();
         }
         self.stop_accepting.cancel();
         self.mdns.withdraw_all().await;
@@ -204,6 +217,14 @@ impl Node {
             }
         }
         info!("drained");
+    }
+
+    /// This node's certificate fingerprint now.
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops every task, withdraws what is still announced, closes the endpoint.

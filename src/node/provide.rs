@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -18,6 +19,7 @@ use crate::discovery::mdns::Mdns;
 use crate::error::Failure;
 use crate::names::{NodeName, TcpAddr};
 use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
+use crate::transport::control::ServiceSet;
 
 /// One announced service: its record and the health flag the provider reads.
 pub(super) struct Announced {
@@ -73,7 +75,7 @@ impl Node {
                 port: a.spec.port,
                 node: self.node.clone(),
                 mesh: self.mesh_id.clone(),
-                fingerprint: self.fingerprint.clone(),
+                fingerprint: self.fingerprint(),
                 weight: a.weight,
                 up,
             };
@@ -84,6 +86,8 @@ impl Node {
             });
             let target = ServiceTarget {
                 addr: TcpAddr(a.spec.target),
+                port: a.spec.port,
+                weight: a.weight,
                 up: entry.up.clone(),
                 allow: a.allow.clone(),
                 redis_auth: a.redis_auth.clone(),
@@ -98,7 +102,9 @@ impl Node {
             draining: AtomicBool::new(false),
             deny: self.deny.clone(),
             activity: Default::default(),
+            published: watch::channel(ServiceSet::default()).0,
         });
+        pcfg.publish();
         self.provider = Some(pcfg.clone());
         let serving = provider::serve(
             self.endpoint.clone(),
@@ -125,6 +131,7 @@ impl Node {
             }
             let check = HealthCheck {
                 announced: a.clone(),
+                provider: self.provider.clone(),
                 mdns: self.mdns.clone(),
                 node: self.node.clone(),
                 quic_port,
@@ -141,6 +148,8 @@ impl Node {
 /// The health check of one announced target.
 struct HealthCheck {
     announced: Arc<Announced>,
+    /// Told of every change, for the control streams.
+    provider: Option<Arc<ProviderConfig>>,
     mdns: Arc<Mdns>,
     node: NodeName,
     quic_port: u16,
@@ -166,6 +175,9 @@ impl HealthCheck {
                 info!(%target, "target is up again: announcing it as healthy");
             } else {
                 warn!(%target, "target is down: marking the record down and refusing streams");
+            }
+            if let Some(p) = &self.provider {
+                p.publish();
             }
             a.republish(&self.mdns, &self.node, self.quic_port, |txt| txt.up = up);
         }

@@ -46,7 +46,7 @@ impl Node {
             Ok(cc) => self.pool.set_client_config(cc),
             Err(e) => return warn!(error = %e, "identity not reloaded"),
         }
-        self.fingerprint = identity.fingerprint.clone();
+        *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = identity.fingerprint.clone();
         for a in &self.announced {
             a.republish(&self.mdns, &self.node, self.quic_addr.port(), |txt| {
                 txt.fingerprint = identity.fingerprint.clone();

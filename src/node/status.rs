@@ -5,10 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Node;
-use super::consume::ConsumerEntry;
+use super::consume::{ConsumerEntry, ListenAddr};
 use super::provide::Announced;
 use crate::balance::InstanceStats;
 use crate::control::{self, AnnounceStatus, ConnectStatus, InstanceStatus, NodeStatus};
+use crate::discovery::mdns::Conflicts;
+use crate::proxy::consumer::Consumer;
+
+/// A consumer as status shows it: the consumer, its listen address, its policy.
+type ConsumerRow = (Arc<Consumer>, ListenAddr, String);
 
 /// What a snapshot is taken of (shared with the status task).
 struct Snapshot {
@@ -16,11 +21,8 @@ struct Snapshot {
     mesh: String,
     quic: String,
     announced: Vec<Arc<Announced>>,
-    consumers: Vec<(
-        Arc<crate::proxy::consumer::Consumer>,
-        super::consume::ListenAddr,
-        String,
-    )>,
+    consumers: Vec<ConsumerRow>,
+    conflicts: Conflicts,
 }
 
 impl Snapshot {
@@ -31,18 +33,13 @@ impl Snapshot {
             quic: self.quic.clone(),
             pid: std::process::id(),
             announce: self.announced.iter().map(|a| announce_status(a)).collect(),
-            connect: self
-                .consumers
-                .iter()
-                .map(|(consumer, listen, policy)| ConnectStatus {
-                    service: consumer.service.to_string(),
-                    listen: listen
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .map(|a| a.to_string()),
-                    policy: policy.clone(),
-                    instances: consumer.stats().into_iter().map(instance_status).collect(),
-                })
+            connect: self.consumers.iter().map(connect_status).collect(),
+            name_conflicts: self
+                .conflicts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
                 .collect(),
         }
     }
@@ -57,6 +54,18 @@ fn announce_status(a: &Announced) -> AnnounceStatus {
     }
 }
 
+fn connect_status((consumer, listen, policy): &ConsumerRow) -> ConnectStatus {
+    ConnectStatus {
+        service: consumer.service.to_string(),
+        listen: listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|a| a.to_string()),
+        policy: policy.clone(),
+        instances: consumer.stats().into_iter().map(instance_status).collect(),
+    }
+}
+
 fn instance_status(s: InstanceStats) -> InstanceStatus {
     InstanceStatus {
         instance: s.instance,
@@ -68,13 +77,7 @@ fn instance_status(s: InstanceStats) -> InstanceStatus {
     }
 }
 
-fn consumer_row(
-    c: &ConsumerEntry,
-) -> (
-    Arc<crate::proxy::consumer::Consumer>,
-    super::consume::ListenAddr,
-    String,
-) {
+fn consumer_row(c: &ConsumerEntry) -> ConsumerRow {
     (c.consumer.clone(), c.listen.clone(), c.policy.to_string())
 }
 
@@ -87,6 +90,7 @@ impl Node {
             quic: self.quic_addr.to_string(),
             announced: self.announced.clone(),
             consumers: self.consumers.iter().map(consumer_row).collect(),
+            conflicts: self.conflicts.clone(),
         };
         let take = Arc::new(move || snapshot.take());
         let (node, cancel) = (self.node.to_string(), self.cancel.clone());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -17,8 +18,9 @@ use super::splice::splice;
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::{NodeName, ServiceName, TcpAddr};
+use crate::transport::control::{ServiceSet, ServiceState};
 use crate::transport::peer_identity;
-use crate::transport::protocol::{FLAG_PROBE, RefusalCode, Reply, Request};
+use crate::transport::protocol::{FLAG_CONTROL, FLAG_PROBE, RefusalCode, Reply, Request};
 
 /// Most streams of one connection that may wait for their request header at once. A consumer
 /// sends the header with the stream's first bytes, so only a broken or hostile peer has many
@@ -45,6 +47,40 @@ pub(crate) struct ProviderConfig {
     /// Revoked certificates: also checked per stream, so a revocation reaches connections
     /// that were open before it.
     pub deny: Arc<DenyList>,
+    /// What this node serves, as its control streams tell consumers; see [`Self::publish`].
+    pub published: watch::Sender<ServiceSet>,
+}
+
+impl ProviderConfig {
+    /// What this node serves now: every service with its health, and whether it drains.
+    fn service_set(&self) -> ServiceSet {
+        let mut services: Vec<ServiceState> = self
+            .services
+            .iter()
+            .map(|(name, t)| ServiceState {
+                svc: name.clone(),
+                port: t.port,
+                w: t.weight,
+                up: t.up.load(Ordering::Relaxed),
+            })
+            .collect();
+        services.sort_by(|a, b| a.svc.cmp(&b.svc));
+        ServiceSet {
+            draining: self.draining.load(Ordering::Relaxed),
+            services,
+        }
+    }
+
+    /// Tells every consumer's control stream what this node serves now (after a health
+    /// change, or when the drain begins).
+    pub(crate) fn publish(&self) {
+        let set = self.service_set();
+        self.published.send_if_modified(|cur| {
+            let changed = *cur != set;
+            *cur = set;
+            changed
+        });
+    }
 }
 
 /// An announced service's target and its health.
@@ -52,6 +88,10 @@ pub(crate) struct ProviderConfig {
 pub(crate) struct ServiceTarget {
     /// Where streams are connected.
     pub addr: TcpAddr,
+    /// The advertised port.
+    pub port: u16,
+    /// The balancing weight.
+    pub weight: u32,
     /// Whether the health check finds it up; streams are refused with "target down" if not.
     pub up: Arc<AtomicBool>,
     /// Nodes admitted (`None`: every mesh member).
@@ -160,6 +200,25 @@ impl Stream {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.send.stopped()).await;
     }
 
+    /// Serves the control stream: `Ok`, then what this node serves, now and on every change,
+    /// until the connection ends.
+    async fn serve_control(mut self, cfg: &ProviderConfig) {
+        let mut changes = cfg.published.subscribe();
+        if self.send.write_all(&Reply::Ok.encode()).await.is_err() {
+            return;
+        }
+        loop {
+            let frame = changes.borrow_and_update().encode();
+            if self.send.write_all(&frame).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = self.send.stopped() => return,
+            }
+        }
+    }
+
     /// Answers a probe: whether this node would serve the service now; connects nothing.
     async fn answer_probe(mut self, up: bool) {
         let reply = if up {
@@ -182,6 +241,12 @@ async fn handle_stream(
         Ok(req) => req,
         Err(refused) => return stream.refuse(refused).await,
     };
+    if req.flags & FLAG_CONTROL != 0 {
+        if let Err(refused) = not_revoked(&cfg, &peer) {
+            return stream.refuse(refused).await;
+        }
+        return stream.serve_control(&cfg).await;
+    }
     let entry = match admit(&cfg, &peer, &req) {
         Ok(entry) => entry,
         Err(refused) => return stream.refuse(refused).await,
@@ -234,15 +299,7 @@ fn admit<'a>(
     peer: &PeerIdentity,
     req: &Request,
 ) -> Result<&'a ServiceTarget, Refused> {
-    if cfg.deny.denies_fingerprint(&peer.fingerprint) {
-        // Revoked after its handshake (deny list reloaded): its open streams go on, as a
-        // reload drops nothing, but every new one is refused.
-        let detail = format!(
-            "the certificate of node {} is revoked (deny list)",
-            peer.node_label()
-        );
-        return Err(Refused(RefusalCode::NotAllowed, detail));
-    }
+    not_revoked(cfg, peer)?;
     if cfg.draining.load(Ordering::Relaxed) {
         let detail = "this node is stopping; use another instance".to_string();
         return Err(Refused(RefusalCode::Draining, detail));
@@ -258,6 +315,19 @@ fn admit<'a>(
         return Err(Refused(RefusalCode::NotAllowed, detail));
     }
     Ok(entry)
+}
+
+/// Refuses a peer revoked after its handshake (deny list reloaded): its open streams go on,
+/// as a reload drops nothing, but every new one is refused.
+fn not_revoked(cfg: &ProviderConfig, peer: &PeerIdentity) -> Result<(), Refused> {
+    if cfg.deny.denies_fingerprint(&peer.fingerprint) {
+        let detail = format!(
+            "the certificate of node {} is revoked (deny list)",
+            peer.node_label()
+        );
+        return Err(Refused(RefusalCode::NotAllowed, detail));
+    }
+    Ok(())
 }
 
 /// Connects the service's target, unless its health check finds it down.

@@ -1,16 +1,19 @@
 //! QUIC transport: the endpoint (one UDP socket per node, serving and dialling), the pool of
 //! peer connections, the stream protocol, and the classification of peer failures.
 
+pub mod control;
 mod endpoint;
 pub mod failure;
 mod pool;
 pub mod protocol;
+mod views;
 
 pub use endpoint::{EndpointError, TransportSettings, client_config, endpoint, server_config};
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};
 pub use pool::{
     ClaimedIdentity, PeerKey, PeerLost, PeerTarget, Pool, connection_failure, peer_identity,
 };
+pub use views::{PeerView, PeerViews};
 
 #[cfg(test)]
 mod tests;

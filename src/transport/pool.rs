@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use super::TransportSettings;
 use super::failure::{CloseCode, PeerFailure, Refutation, Unreachable};
+use super::views::PeerViews;
 use crate::identity::{ANY_NODE_SAN, DenyList, PeerIdentity};
 use crate::names::{Fingerprint, NodeName, QuicAddr};
 
@@ -91,6 +92,8 @@ pub struct Pool {
     client: Arc<RwLock<quinn::ClientConfig>>,
     /// Every pooled connection that ended other than by our own close.
     lost: broadcast::Sender<PeerLost>,
+    /// What verified peers say they serve (their control streams).
+    views: PeerViews,
 }
 
 impl Pool {
@@ -106,6 +109,28 @@ impl Pool {
             settings,
             slots: Arc::default(),
             lost: broadcast::channel(256).0,
+            views: PeerViews::default(),
+        }
+    }
+
+    /// What verified peers say they serve, over their control streams.
+    pub fn views(&self) -> &PeerViews {
+        &self.views
+    }
+
+    /// Closes the pooled connection to `peer`, if any (a peer proved dead or replaced), and
+    /// reports it lost.
+    pub fn close(&self, peer: &PeerKey, why: &'static [u8]) {
+        let slot = self.slots().get(peer).cloned();
+        if let Some(slot) = slot
+            && let Ok(guard) = slot.try_lock()
+            && let Some(conn) = guard.as_ref()
+        {
+            conn.close(CloseCode::Stopping.varint(), why);
+            let _ = self.lost.send(PeerLost {
+                peer: peer.clone(),
+                why: PeerFailure::ClosedHere,
+            });
         }
     }
 
@@ -176,6 +201,9 @@ impl Pool {
             }
         };
         *guard = Some(conn.clone());
+        if let Some(claimed) = &peer.claimed {
+            self.views.follow(claimed.clone(), conn.clone());
+        }
         self.watch(key, conn.clone());
         Ok(conn)
     }

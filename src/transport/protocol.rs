@@ -20,6 +20,10 @@ const MAGIC: [u8; 2] = *b"AM";
 pub const FIXED_LEN: usize = 5;
 /// Request flag: a liveness probe. The provider answers as it would, but connects nothing.
 pub const FLAG_PROBE: u8 = 0x01;
+/// Request flag: the control stream of this connection (see [`super::control`]): the
+/// provider answers `Ok` and then sends what it serves, now and on every change. The service
+/// name is not used.
+pub const FLAG_CONTROL: u8 = 0x02;
 /// Longest service name on the wire.
 pub const MAX_NAME: usize = 63;
 

@@ -308,24 +308,10 @@ impl Mesh {
         cmd
     }
 
-    /// `ambassador status --json` in this mesh's directory: every node of the test that runs.
-    pub fn status(&self) -> Vec<serde_json::Value> {
-        let mut cmd = command(self.dir.path());
-        cmd.args(["status", "--json"]);
-        let out = run(cmd, Duration::from_secs(10));
-        assert_eq!(out.code(), 0, "status --json failed: {out:?}");
-        let nodes: serde_json::Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {out:?}"));
-        nodes
-            .as_array()
-            .expect("status --json prints an array")
-            .clone()
-    }
-
     /// The listen addresses of node `node`'s consumers, as its status shows them (a listener
     /// appears there once it is bound).
     pub fn listening(&self, node: &str) -> Vec<String> {
-        self.status()
+        status(self.dir.path())
             .iter()
             .filter(|n| n["node"] == node)
             .flat_map(|n| n["connect"].as_array().cloned().unwrap_or_default())
@@ -448,18 +434,42 @@ pub fn await_discovered(consumer: &Proc, service: &str, node: &str) {
     );
 }
 
-/// The QUIC port a node logged in its "node up" line.
-pub fn quic_port(p: &Proc) -> u16 {
-    let line = p.expect_log(&["node up", "quic="], READY);
-    let addr = line
-        .split("quic=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("quic=ADDR");
-    addr.rsplit(':')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
+/// `ambassador status --json` with `home` as the test's directory (see [`command`]): every node
+/// started there that runs.
+pub fn status(home: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = command(home);
+    cmd.args(["status", "--json"]);
+    let out = run(cmd, Duration::from_secs(10));
+    assert_eq!(out.code(), 0, "status --json failed: {out:?}");
+    let nodes: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}): {out:?}"));
+    nodes
+        .as_array()
+        .expect("status --json prints an array")
+        .clone()
+}
+
+/// The QUIC port of node `node` started in `home`, from its status (`quic`), once it runs.
+pub fn quic_port(home: &Path, node: &str) -> u16 {
+    let deadline = Instant::now() + READY;
+    loop {
+        let quic = status(home)
+            .iter()
+            .find(|n| n["node"] == node)
+            .and_then(|n| n["quic"].as_str().map(str::to_string));
+        if let Some(addr) = quic {
+            return addr
+                .rsplit(':')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no port in the quic address {addr:?} of {node}"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status lists no node {node} within {READY:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A TCP target in the test process: a listener on 127.0.0.1:0 whose connections are each

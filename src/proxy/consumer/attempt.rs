@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{DirectError, splice_tcp};
-use super::{Candidate, Consumer, Rejection, Target};
+use super::{Candidate, Consumer, Rejection, Target, Tried};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::names::{Fingerprint, ServiceName};
 use crate::proxy::splice::splice;
-use crate::transport::protocol::{HeaderError, Refusal, Reply, Request};
+use crate::transport::protocol::{HeaderError, Refusal, RefusalCode, Reply, Request};
 use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
 
 /// Least wait for a provider's answer before another instance is asked too (a hedge).
@@ -83,8 +83,11 @@ pub(crate) enum Opened {
 pub(super) enum Next {
     /// The client connection is served (or closed for good).
     Done,
-    /// Try another instance.
+    /// Try another instance known now.
     Another,
+    /// Try another instance, waiting for one (up to the wait bound) if none is known: the
+    /// instance's node is draining or lost, so a restarted one may be announced any moment.
+    AwaitAnother,
 }
 
 impl Consumer {
@@ -110,18 +113,35 @@ impl Consumer {
         }
     }
 
-    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
-    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
-        let conn = self.pool.get(peer).await?;
-        if let Some(id) = peer_identity(&conn)
-            && !id.may_announce(&self.service)
-        {
-            return Err(AttemptError::NotAuthorized {
+    /// Whether the peer's certificate allows its node to announce this service (CA mode).
+    pub(super) fn check_announcer(&self, conn: &quinn::Connection) -> Result<(), AttemptError> {
+        match peer_identity(conn) {
+            Some(id) if !id.may_announce(&self.service) => Err(AttemptError::NotAuthorized {
                 node: id.node_label().to_string(),
                 service: self.service.clone(),
                 fingerprint: id.fingerprint,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// An announcement its node's certificate does not allow: never used again.
+    pub(super) fn not_authorized(&self, instance: &str, e: AttemptError) {
+        let why = e.to_string();
+        if let AttemptError::NotAuthorized { fingerprint, .. } = e {
+            self.reject(Rejection::NotAllowed {
+                instance: instance.to_string(),
+                fingerprint,
             });
         }
+        self.balancer.failed(instance, &why);
+        warn!(%instance, reason = %why, "ignoring this announcement");
+    }
+
+    /// Opens a tunnel stream to `peer` and waits for the provider's reply.
+    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
+        let conn = self.pool.get(peer).await?;
+        self.check_announcer(&conn)?;
         // A stream failure on a connection that has ended is the connection's failure.
         let failed = |e: HeaderError| match connection_failure(&conn) {
             Some(f) => AttemptError::Peer(f),
@@ -164,7 +184,7 @@ impl Consumer {
 pub(super) async fn attempt(
     consumer: &Arc<Consumer>,
     tcp: &mut Option<TcpStream>,
-    tried: &mut HashSet<String>,
+    tried: &mut HashSet<Tried>,
     pick: Candidate,
 ) -> Option<(Candidate, Result<Opened, AttemptError>)> {
     // Boxed: the task of a connection is as large as its largest state, and two attempts in
@@ -179,7 +199,7 @@ pub(super) async fn attempt(
         let outcome = first.await;
         return Some((pick, outcome));
     };
-    tried.insert(second.key.clone());
+    tried.insert(second.tried());
     info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
     let mut other = Box::pin(consumer.open_counted(&second));
     let (first_done, outcome) = tokio::select! {
@@ -232,15 +252,7 @@ pub(super) async fn conclude(
     match error {
         AttemptError::Peer(failure) => peer_failed(consumer, pick, failure),
         e @ AttemptError::NotAuthorized { .. } => {
-            let why = e.to_string();
-            if let AttemptError::NotAuthorized { fingerprint, .. } = e {
-                consumer.reject(Rejection::NotAllowed {
-                    instance: pick.key.clone(),
-                    fingerprint,
-                });
-            }
-            consumer.balancer.failed(&pick.key, &why);
-            warn!(instance = %pick.key, reason = %why, "ignoring this announcement");
+            consumer.not_authorized(&pick.key, e);
             Next::Another
         }
         AttemptError::AuthRejected(why) => {
@@ -254,6 +266,11 @@ pub(super) async fn conclude(
         AttemptError::Refused(r) if !r.code.retry_elsewhere() => {
             warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
             Next::Done
+        }
+        AttemptError::Refused(r) if r.code == RefusalCode::Draining => {
+            info!(instance = %pick.key, refusal = %r, "its node is stopping; trying another instance (waiting for one if need be)");
+            consumer.balancer.failed(&pick.key, &r.to_string());
+            Next::AwaitAnother
         }
         e @ (AttemptError::Refused(_) | AttemptError::Stream(_) | AttemptError::Direct(_)) => {
             info!(instance = %pick.key, error = %e, "instance failed; trying another");
@@ -293,7 +310,7 @@ fn peer_failed(consumer: &Arc<Consumer>, pick: &Candidate, failure: PeerFailure)
         Some(key) => consumer.peer_lost(&key, &failure),
         None => consumer.balancer.failed(&pick.key, &reason),
     }
-    Next::Another
+    Next::AwaitAnother
 }
 
 /// Carries the client connection over what the attempt opened, and logs how it ended.

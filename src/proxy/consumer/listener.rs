@@ -53,23 +53,22 @@ async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
     let mut tcp = Some(tcp);
     let deadline = Instant::now() + consumer.wait;
     let mut tried = HashSet::new();
+    // Wait for a first instance; after a failure, use what is known now, unless the failure
+    // says a new instance may come (a node draining or lost: a restart).
+    let mut until = deadline;
     while tried.len() < MAX_ATTEMPTS {
-        // Wait for a first instance only; after a failure, use what is known now.
-        let until = if tried.is_empty() {
-            deadline
-        } else {
-            Instant::now()
-        };
         let Some(pick) = consumer.choose(&tried, until).await else {
             break;
         };
-        tried.insert(pick.key.clone());
+        tried.insert(pick.tried());
         let Some((winner, outcome)) = attempt(&consumer, &mut tcp, &mut tried, pick).await else {
             return;
         };
-        if let Next::Done = conclude(&consumer, &mut tcp, &winner, outcome).await {
-            return;
-        }
+        until = match conclude(&consumer, &mut tcp, &winner, outcome).await {
+            Next::Done => return,
+            Next::Another => Instant::now(),
+            Next::AwaitAnother => deadline,
+        };
     }
     if tried.is_empty() {
         warn!(wait = ?consumer.wait, "no instance of {} found within the wait bound; closing the client connection", consumer.service);

@@ -13,6 +13,7 @@ mod attempt;
 mod direct;
 mod listener;
 mod probe;
+mod verify;
 
 pub(crate) use listener::serve_listener;
 
@@ -32,7 +33,7 @@ use crate::names::{Fingerprint, QuicAddr, ServiceName, TcpAddr};
 use crate::transport::{ClaimedIdentity, PeerKey, PeerTarget, Pool};
 
 /// Where a candidate's connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Target {
     /// An ambassador peer, over the pooled QUIC connection.
     Peer(PeerTarget),
@@ -54,7 +55,7 @@ pub(crate) struct Candidate {
 impl Candidate {
     fn from_instance(inst: &Instance, local: SocketAddr) -> Self {
         Self {
-            key: inst.fullname.clone(),
+            key: inst.key(),
             target: Target::Peer(peer_target(inst, local)),
             weight: inst.weight,
         }
@@ -77,6 +78,12 @@ impl Candidate {
         }
     }
 
+    /// What a client connection remembers of a candidate it tried: the instance *and* where it
+    /// went, so the same instance at a new address (a record that changed) counts as untried.
+    fn tried(&self) -> Tried {
+        (self.key.clone(), self.target.clone())
+    }
+
     /// The pool key of the peer behind this candidate (`None` for a direct backend).
     fn peer_key(&self) -> Option<PeerKey> {
         match &self.target {
@@ -85,6 +92,9 @@ impl Candidate {
         }
     }
 }
+
+/// A candidate a client connection tried: its instance key and its target.
+pub(crate) type Tried = (String, Target);
 
 /// Whom to dial for a record: the node and certificate it claims, at its addresses.
 fn peer_target(inst: &Instance, local: SocketAddr) -> PeerTarget {
@@ -155,6 +165,10 @@ pub(crate) struct Consumer {
     rejected: Mutex<HashSet<Rejection>>,
     /// Peers being probed after a loss.
     probing: Mutex<HashSet<PeerKey>>,
+    /// Records being verified in the background.
+    verifying: Mutex<HashSet<PeerKey>>,
+    /// Verified nodes already asked whether they still answer (a name with two certificates).
+    checked: Mutex<HashSet<PeerKey>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// Open client connections, for the drain.
@@ -183,6 +197,8 @@ impl Consumer {
             balancer: Balancer::new(settings.policy, Backoff::default()),
             rejected: Mutex::default(),
             probing: Mutex::default(),
+            verifying: Mutex::default(),
+            checked: Mutex::default(),
             cancel,
             tracker,
             activity: super::Activity::default(),
@@ -199,6 +215,14 @@ impl Consumer {
         self.probing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn verifying(&self) -> std::sync::MutexGuard<'_, HashSet<PeerKey>> {
+        self.verifying.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PeerKey>> {
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn reject(&self, rejection: Rejection) {
         self.rejected().insert(rejection);
     }
@@ -208,14 +232,24 @@ impl Consumer {
         [
             Rejection::Refuted(peer_target(i, self.local)),
             Rejection::NotAllowed {
-                instance: i.fullname.clone(),
+                instance: i.key(),
                 fingerprint: i.fingerprint.clone(),
             },
         ]
     }
 
+    fn tried_of(&self, i: &Instance) -> Tried {
+        (i.key(), Target::Peer(peer_target(i, self.local)))
+    }
+
     fn usable(&self, i: &Instance) -> bool {
-        if !i.up || i.socket_addrs(self.local).is_empty() {
+        i.up && self.verifiable(i)
+    }
+
+    /// Whether a record may be dialled: it has an address this node can reach and was not
+    /// refuted or ruled out.
+    fn verifiable(&self, i: &Instance) -> bool {
+        if i.socket_addrs(self.local).is_empty() {
             return false;
         }
         let rejected = self.rejected();
@@ -236,25 +270,25 @@ impl Consumer {
     }
 
     /// Candidates not yet tried for this client; waits (up to `deadline`) for a first one.
-    async fn candidates(&self, tried: &HashSet<String>, deadline: Instant) -> Vec<Candidate> {
+    async fn candidates(&self, tried: &HashSet<Tried>, deadline: Instant) -> Vec<Candidate> {
         match &self.backends {
             Backends::Endpoints(set) => set.wait_nonempty(deadline).await,
             Backends::Discovered(registry) => {
                 let pred = |all: &[Instance]| {
                     all.iter()
-                        .any(|i| !tried.contains(&i.fullname) && self.usable(i))
+                        .any(|i| self.usable(i) && !tried.contains(&self.tried_of(i)))
                 };
                 registry.wait_for(&self.service, deadline, pred).await;
             }
         }
         self.all_candidates()
             .into_iter()
-            .filter(|c| !tried.contains(&c.key))
+            .filter(|c| !tried.contains(&c.tried()))
             .collect()
     }
 
     /// Picks an instance not yet tried for this client (waiting up to `until` for a first).
-    async fn choose(&self, tried: &HashSet<String>, until: Instant) -> Option<Candidate> {
+    async fn choose(&self, tried: &HashSet<Tried>, until: Instant) -> Option<Candidate> {
         let cands = self.candidates(tried, until).await;
         let choices: Vec<Choice<'_>> = cands
             .iter()
@@ -284,7 +318,7 @@ impl Consumer {
             ),
             Backends::Discovered(registry) => {
                 let all = registry.instances(&self.service);
-                (all.iter().map(|i| i.fullname.clone()).collect(), all)
+                (all.iter().map(Instance::key).collect(), all)
             }
         };
         self.balancer.retain(|key| keys.contains(key));
@@ -293,6 +327,11 @@ impl Consumer {
             .flat_map(|i| self.rejections_of(i))
             .collect();
         self.rejected().retain(|r| live.contains(r));
+        let peers: HashSet<PeerKey> = instances
+            .iter()
+            .map(|i| peer_target(i, self.local).key())
+            .collect();
+        self.checked().retain(|k| peers.contains(k));
     }
 
     /// Sizes of the per-instance state: balancer entries, rejections, probes.
@@ -301,7 +340,7 @@ impl Consumer {
         (
             self.balancer.len(),
             self.rejected().len(),
-            self.probing().len(),
+            self.probing().len() + self.checked().len() + self.verifying().len(),
         )
     }
 
@@ -336,6 +375,7 @@ pub(crate) fn upkeep(consumer: Arc<Consumer>) -> impl std::future::Future<Output
                         return;
                     }
                     consumer.prune();
+                    consumer.verify();
                 }
             }
         }

@@ -19,7 +19,7 @@ const PROBE_REFUSED: Duration = Duration::from_secs(30);
 
 /// Why a probe found a peer not ready.
 #[derive(Debug, thiserror::Error)]
-enum ProbeError {
+pub(super) enum ProbeError {
     /// The peer cannot be reached or used.
     #[error(transparent)]
     Peer(#[from] PeerFailure),
@@ -61,7 +61,7 @@ impl Consumer {
 
     /// One liveness check: a probe stream must get an answer (the handshake alone proves
     /// little: with TLS 1.3 a peer that refuses our certificate says so only afterwards).
-    async fn probe_once(&self, target: &PeerTarget) -> Result<(), ProbeError> {
+    pub(super) async fn probe_once(&self, target: &PeerTarget) -> Result<(), ProbeError> {
         let conn = self.pool.get(target).await?;
         let work = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;

@@ -23,7 +23,8 @@ fn instance(i: u32) -> Instance {
         weight: 1,
         up: true,
     };
-    let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+    // Loopback addresses where nothing listens: background verifications dial only here.
+    let ip = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + 0x0100 + i));
     Instance::new(
         &format!("redis@node-{i}_01234567._ambassador._udp.local."),
         4433,
@@ -37,7 +38,10 @@ async fn consumer(registry: Arc<Registry>, cancel: CancellationToken) -> Arc<Con
     let _ = rustls::crypto::ring::default_provider().install_default();
     let root = MeshRoot::derive(&MeshKey::generate().unwrap()).unwrap();
     let identity = root.issue(&NodeName::parse("consumer").unwrap()).unwrap();
-    let settings = TransportSettings::default();
+    let settings = TransportSettings {
+        handshake_timeout: Duration::from_millis(300),
+        ..TransportSettings::default()
+    };
     let deny = DenyList::empty();
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let ep = endpoint(local, &identity, &deny, false, &settings).unwrap();

@@ -1,0 +1,115 @@
+//! Records are hints: every instance that only a record vouches for is dialled in the
+//! background, so that its node confirms it over its control stream (or the handshake refutes
+//! it) before a client needs it; and when one node name has two verified certificates, both
+//! are asked whether they still answer — a restarted node's old process is dropped at once,
+//! two live nodes sharing a name both stay.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::probe::ProbeError;
+use super::{Backends, Consumer, Rejection, peer_target};
+use crate::discovery::Instance;
+use crate::names::NodeName;
+use crate::transport::protocol::RefusalCode;
+
+/// Most background verifications at once (a flood of forged records costs no more).
+const MAX_VERIFYING: usize = 64;
+/// Least wait for a liveness answer from a node whose name a newer certificate announces.
+const ALIVE_MIN: Duration = Duration::from_millis(300);
+
+impl Consumer {
+    /// Verifies what needs verifying now (after a discovery change).
+    pub(super) fn verify(self: &Arc<Self>) {
+        let Backends::Discovered(registry) = &self.backends else {
+            return;
+        };
+        let all = registry.instances(&self.service);
+        // Whatever the record says of its health: only the node's word counts.
+        for i in all.iter().filter(|i| !i.confirmed && self.verifiable(i)) {
+            self.spawn_verify(i);
+        }
+        let mut by_node: BTreeMap<&NodeName, Vec<&Instance>> = BTreeMap::new();
+        for i in all.iter().filter(|i| i.confirmed) {
+            by_node.entry(&i.node).or_default().push(i);
+        }
+        for list in by_node.values().filter(|l| l.len() > 1) {
+            for i in list {
+                self.spawn_alive_check(i);
+            }
+        }
+    }
+
+    /// Dials the node behind a record, once at a time: the pool's connection brings its
+    /// control stream; a refuted record is never used again.
+    fn spawn_verify(self: &Arc<Self>, i: &Instance) {
+        let target = peer_target(i, self.local);
+        let key = target.key();
+        {
+            let mut verifying = self.verifying();
+            if verifying.len() >= MAX_VERIFYING || !verifying.insert(key.clone()) {
+                return;
+            }
+        }
+        let (consumer, instance) = (self.clone(), i.key());
+        let span = info_span!("verify", instance = %i.key());
+        let task = async move {
+            match consumer.pool.get(&target).await {
+                Ok(conn) => match consumer.check_announcer(&conn) {
+                    Ok(()) => debug!("record verified: its node answers"),
+                    Err(e) => consumer.not_authorized(&instance, e),
+                },
+                Err(e) if e.refutes_record() => {
+                    warn!(error = %e, "peer failed the mesh handshake: its record will not be used");
+                    consumer.reject(Rejection::Refuted(target));
+                }
+                Err(e) => debug!(error = %e, "record not verified yet"),
+            }
+            consumer.verifying().remove(&key);
+        };
+        self.tracker.spawn(task.instrument(span));
+    }
+
+    /// Asks a verified node whether it still answers, once per certificate: one that does not
+    /// (the old process of a restarted node, dead or silent) has its connection closed.
+    fn spawn_alive_check(self: &Arc<Self>, i: &Instance) {
+        let target = peer_target(i, self.local);
+        let key = target.key();
+        if !self.checked().insert(key.clone()) {
+            return;
+        }
+        let consumer = self.clone();
+        let span = info_span!("alive", instance = %i.key(), node = %i.node);
+        let task = async move {
+            let bound = consumer
+                .pool
+                .rtt(&target)
+                .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
+            match tokio::time::timeout(bound, consumer.probe_once(&target)).await {
+                // A draining node is alive, and its open streams must go on.
+                Ok(Err(ProbeError::Refused(r))) if r.code == RefusalCode::Draining => {
+                    info!(
+                        "the old process of a restarted node is draining: its open streams finish, new ones go to the new one"
+                    );
+                }
+                // It answers (a refusal too: a target-down node is alive).
+                Ok(Ok(()) | Err(ProbeError::Refused(_))) => warn!(
+                    "two live nodes of this mesh share the name {}: both stay usable, told apart by certificate (give each its own --node)",
+                    target.claimed.as_ref().map_or("?", |c| c.node.as_str())
+                ),
+                Ok(Err(e)) => {
+                    info!(error = %e, "a newer certificate announces this node's name and the old one fails: dropping the old connection (a restart)");
+                    consumer.pool.close(&key, b"replaced by a restarted node");
+                }
+                Err(_) => {
+                    info!(waited = ?bound, "a newer certificate announces this node's name and the old one is silent: dropping the old connection (a restart)");
+                    consumer.pool.close(&key, b"replaced by a restarted node");
+                }
+            }
+        };
+        self.tracker.spawn(task.instrument(span));
+    }
+}
