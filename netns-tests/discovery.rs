@@ -125,8 +125,9 @@ fn stop(lan: &Lan, procs: &[&Proc]) {
     }
 }
 
-/// 7. Found at once: 20 rounds of provider (B) and consumer (A) started together, each followed
-/// by a second consumer (C) started right after A's first connection; start → first PONG.
+/// Point 7, found at once: 20 rounds of provider (B) and consumer (A) started together, each
+/// followed by a second consumer (C) started right after A's first connection; start → first
+/// PONG.
 #[test]
 fn found_at_once_after_a_start() {
     if !crate::harness::have_tools(&["redis-server", "python3"], "found at once") {
