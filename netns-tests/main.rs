@@ -6,11 +6,13 @@
 //! Layout: `harness.rs` makes the LAN (namespaces, processes and their logs, captures, waits);
 //! `nodes.rs` runs what the scenarios use on it (ambassador nodes built with `lan.announce` /
 //! `lan.connect`, their `status --json` and `ls --json`, CA identities, Redis servers, held
-//! client sessions, client loops' results); `failover.rs`, `migration.rs`, `multihomed.rs`,
-//! `security.rs` and `trust.rs` hold the scenarios of their issues, this file the basic ones.
+//! client sessions, client loops' results); `discovery.rs`, `failover.rs`, `migration.rs`,
+//! `multihomed.rs`, `security.rs` and `trust.rs` hold the scenarios of their issues, this file
+//! the basic ones.
 
 #[macro_use]
 mod harness;
+mod discovery;
 mod failover;
 mod migration;
 mod multihomed;

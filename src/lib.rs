@@ -13,8 +13,9 @@
 //!   fingerprints, mesh ids, QUIC versus TCP addresses).
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
 //!   the deny list, rustls configurations. `secret_file`: reading and writing secret files.
-//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser, DNS SRV, the live instance
-//!   registry (records are hints; what a verified node says outranks them) and endpoint sets.
+//! - [`discovery`]: DNS-SD records, the mDNS announcer/browser and its one-shot unicast
+//!   querier, DNS SRV, the live instance registry (records are hints; what a verified node says
+//!   outranks them) and endpoint sets.
 //! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, the
 //!   control stream and the peer views it feeds, and [`transport::PeerFailure`], the one
 //!   classification of why a peer failed. [`served`]: what a node serves, as that stream

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::cli::{Common, LsArgs};
 use crate::config::existing_mesh_key;
-use crate::discovery::mdns::{Mdns, instance_from_resolved};
+use crate::discovery::mdns::{Mdns, instance_from_resolved, run_queries};
+use crate::discovery::query::Resolved;
 use crate::discovery::{Instance, Registry};
 use crate::error::Failure;
 use crate::identity::MeshRoot;
@@ -44,19 +45,33 @@ pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Inst
     // The registry merges repeated resolutions (IPv4, IPv6, loopback) as a running node does.
     let seen = Registry::default();
     let deadline = tokio::time::Instant::now() + timeout;
-    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, rx.recv_async()).await {
-        match ev {
-            ServiceEvent::ServiceResolved(rs) => {
-                if let Ok(inst) = instance_from_resolved(&rs) {
-                    seen.upsert(inst);
+    let events = async {
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, rx.recv_async()).await {
+            match ev {
+                ServiceEvent::ServiceResolved(rs) => {
+                    if let Ok(inst) = instance_from_resolved(&rs) {
+                        seen.upsert(inst);
+                    }
                 }
+                ServiceEvent::ServiceRemoved(_, fullname) => {
+                    seen.remove(&fullname);
+                }
+                _ => {}
             }
-            ServiceEvent::ServiceRemoved(_, fullname) => {
-                seen.remove(&fullname);
-            }
-            _ => {}
         }
-    }
+    };
+    // One-shot unicast queries too: every responder answers them at once, even two nodes
+    // sharing one name (whose multicast answers suppress each other).
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let answers = |r: Resolved| {
+        if let Ok(inst) = r.instance {
+            seen.upsert(inst);
+        }
+    };
+    let queries = async {
+        let _ = tokio::time::timeout_at(deadline, run_queries(interfaces, answers, cancel)).await;
+    };
+    tokio::join!(events, queries);
     mdns.shutdown().await;
     Ok(seen.all())
 }

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    BackendKind, GoodbyeOutcome, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord, Upserted,
+    BackendKind, GoodbyeOutcome, Instance, RecordError, Registry, SERVICE_TYPE, TxtRecord,
+    Upserted, query,
 };
 use crate::names::{Fingerprint, MeshId, NodeName};
 
@@ -25,6 +26,8 @@ pub struct MdnsError(#[from] mdns_sd::Error);
 pub struct Mdns {
     daemon: ServiceDaemon,
     registered: Mutex<Vec<String>>,
+    /// The interfaces mDNS is limited to (`--interface`); empty for all.
+    interfaces: Vec<String>,
 }
 
 impl Mdns {
@@ -46,6 +49,7 @@ impl Mdns {
         Ok(Self {
             daemon,
             registered: Mutex::new(Vec::new()),
+            interfaces: interfaces.to_vec(),
         })
     }
 
@@ -117,6 +121,11 @@ impl Mdns {
     /// Browses the mesh's service type.
     pub fn browse(&self) -> Result<mdns_sd::Receiver<ServiceEvent>, MdnsError> {
         Ok(self.daemon.browse(SERVICE_TYPE)?)
+    }
+
+    /// The interfaces mDNS is limited to (`--interface`); empty for all.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
     }
 
     /// Stops the daemon (after withdrawing everything).
@@ -268,29 +277,53 @@ impl Browser<'_> {
     }
 }
 
-/// Feeds `registry` from mDNS events until `cancel` fires.
+/// Feeds `registry` from mDNS events until `cancel` fires. At the start, one-shot unicast
+/// queries on `interfaces` (the `--interface` list; empty for all) also ask for the mesh's
+/// records, so a record multicast just before the start is known at once (see [`query`]); their
+/// answers take the path of the browsed records (`Browser::on_resolved`).
 pub async fn run_browser(
     rx: mdns_sd::Receiver<ServiceEvent>,
+    interfaces: &[String],
     registry: &Registry,
     filter: BrowseFilter,
     conflicts: Conflicts,
     cancel: CancellationToken,
 ) {
-    let mut browser = Browser {
+    // Both halves run in this one task, each taking the lock only between its awaits.
+    let browser = Mutex::new(Browser {
         registry,
         filter,
         conflicts,
         ignored: HashSet::new(),
         malformed: HashSet::new(),
-    };
-    while let Some(event) = next_event(&rx, &cancel).await {
-        match event {
-            ServiceEvent::ServiceResolved(rs) => {
-                browser.on_resolved(instance_from_resolved(&rs), &rs.fullname);
+    });
+    let lock = || browser.lock().unwrap_or_else(|e| e.into_inner());
+    let events = async {
+        while let Some(event) = next_event(&rx, &cancel).await {
+            match event {
+                ServiceEvent::ServiceResolved(rs) => {
+                    lock().on_resolved(instance_from_resolved(&rs), &rs.fullname);
+                }
+                ServiceEvent::ServiceRemoved(_, fullname) => lock().on_removed(&fullname),
+                _ => {}
             }
-            ServiceEvent::ServiceRemoved(_, fullname) => browser.on_removed(&fullname),
-            _ => {}
         }
+    };
+    let answers = |r: query::Resolved| lock().on_resolved(r.instance, &r.fullname);
+    tokio::join!(events, run_queries(interfaces, answers, cancel.clone()));
+}
+
+/// Sends the one-shot queries for the mesh's records on the IPv4 interfaces among `interfaces`
+/// (all with none) and hands every answer to `on`, for about a second. It only adds to what the
+/// browser finds: a failure is logged at debug level and changes nothing else.
+pub(crate) async fn run_queries(
+    interfaces: &[String],
+    on: impl FnMut(query::Resolved),
+    cancel: CancellationToken,
+) {
+    match query::interface_addrs(interfaces).and_then(query::Querier::bind) {
+        Ok(querier) => querier.run(on, cancel).await,
+        Err(e) => debug!(error = %e, "no one-shot mDNS queries"),
     }
 }
 
@@ -328,5 +361,59 @@ pub async fn run_plain_browser(
         if set.replace(all) {
             info!(instances = instances.len(), "DNS-SD backends changed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::ServiceName;
+
+    const OURS: &str = "0123456789abcdef";
+    const THEIRS: &str = "fedcba9876543210";
+
+    fn fingerprint(byte: &str) -> Fingerprint {
+        Fingerprint::parse(&byte.repeat(32)).unwrap()
+    }
+
+    /// An instance of `redis` on `node` of `mesh`, as a one-shot query's answer resolves it.
+    fn answer(node: &str, mesh: &str, fp: &str) -> query::Resolved {
+        let txt = TxtRecord {
+            service: ServiceName::parse("redis").unwrap(),
+            port: 6379,
+            node: NodeName::parse(node).unwrap(),
+            mesh: MeshId::parse(mesh).unwrap(),
+            fingerprint: fingerprint(fp),
+            weight: 1,
+            up: true,
+        };
+        let fullname = format!("redis@{node}_{}.{SERVICE_TYPE}", &mesh[..8]);
+        let instance = Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt);
+        query::Resolved { fullname, instance }
+    }
+
+    /// The one-shot queries' answers take the browser's path: this node's own records and
+    /// another mesh's are skipped, the others kept.
+    #[test]
+    fn answers_are_filtered_as_browsed_records() {
+        let registry = Registry::default();
+        let mut browser = Browser {
+            registry: &registry,
+            filter: BrowseFilter {
+                mesh_id: MeshId::parse(OURS).unwrap(),
+                own_node: NodeName::parse("a").unwrap(),
+                own_fingerprint: Arc::new(RwLock::new(fingerprint("aa"))),
+            },
+            conflicts: Conflicts::default(),
+            ignored: HashSet::new(),
+            malformed: HashSet::new(),
+        };
+        for r in [answer("a", OURS, "aa"), answer("b", THEIRS, "bb")] {
+            browser.on_resolved(r.instance, &r.fullname);
+        }
+        assert!(registry.all().is_empty());
+        let ok = answer("b", OURS, "bb");
+        browser.on_resolved(ok.instance.clone(), &ok.fullname);
+        assert_eq!(registry.all(), [ok.instance.unwrap()]);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod dns_srv;
 pub mod mdns;
+pub mod query;
 mod record;
 
 mod registry;

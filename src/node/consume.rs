@@ -143,8 +143,10 @@ impl Node {
             self.cancel.clone(),
             self.conflicts.clone(),
         );
-        self.tracker
-            .spawn(async move { run_browser(rx, &reg, filter, conflicts, cancel).await });
+        let interfaces = self.mdns.interfaces().to_vec();
+        self.tracker.spawn(async move {
+            run_browser(rx, &interfaces, &reg, filter, conflicts, cancel).await
+        });
         Ok(())
     }
 
