@@ -194,6 +194,7 @@ impl Node {
         }
         self.stop_accepting.cancel();
         self.mdns.withdraw_all().await;
+        self.deliver_drain().await;
         let open = self.active();
         if open == 0 {
             return;
@@ -225,6 +226,16 @@ impl Node {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits (briefly) until every control stream has delivered the draining frame, so
+    /// consumers learn the drain from the node itself, not from the close that follows.
+    async fn deliver_drain(&self) {
+        let Some(p) = &self.provider else { return };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while p.controls.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stops every task, withdraws what is still announced, closes the endpoint.

@@ -103,6 +103,7 @@ impl Node {
             deny: self.deny.clone(),
             activity: Default::default(),
             published: watch::channel(ServiceSet::default()).0,
+            controls: Default::default(),
         });
         pcfg.publish();
         self.provider = Some(pcfg.clone());

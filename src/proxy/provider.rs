@@ -49,6 +49,8 @@ pub(crate) struct ProviderConfig {
     pub deny: Arc<DenyList>,
     /// What this node serves, as its control streams tell consumers; see [`Self::publish`].
     pub published: watch::Sender<ServiceSet>,
+    /// Control streams open now: a drain waits until each has delivered the draining frame.
+    pub controls: Activity,
 }
 
 impl ProviderConfig {
@@ -203,13 +205,24 @@ impl Stream {
     /// Serves the control stream: `Ok`, then what this node serves, now and on every change,
     /// until the connection ends.
     async fn serve_control(mut self, cfg: &ProviderConfig) {
+        let _open = cfg.controls.enter();
         let mut changes = cfg.published.subscribe();
         if self.send.write_all(&Reply::Ok.encode()).await.is_err() {
             return;
         }
         loop {
-            let frame = changes.borrow_and_update().encode();
+            let (frame, draining) = {
+                let set = changes.borrow_and_update();
+                (set.encode(), set.draining)
+            };
             if self.send.write_all(&frame).await.is_err() {
+                return;
+            }
+            if draining {
+                // The last word: finished, and held until the consumer has read it, so the
+                // node's close does not discard it.
+                let _ = self.send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.send.stopped()).await;
                 return;
             }
             tokio::select! {
@@ -425,6 +438,7 @@ mod tests {
             activity: Activity::default(),
             deny: deny.clone(),
             published: watch::channel(ServiceSet::default()).0,
+            controls: Activity::default(),
         });
         cfg.publish();
         let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());

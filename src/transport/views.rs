@@ -110,13 +110,22 @@ impl PeerViews {
         let mut set = ServiceSet::read_first(&mut recv, FIRST_FRAME).await?;
         info!(node = %peer.node, services = set.services.len(), draining = set.draining, "verified node: its services come over QUIC");
         loop {
+            let draining = set.draining;
             let view = PeerView {
                 remote: conn.remote_address(),
                 set,
                 stable_id: conn.stable_id(),
             };
             self.set(peer, view);
-            set = ServiceSet::read_from(&mut recv).await?;
+            set = match ServiceSet::read_from(&mut recv).await {
+                Ok(set) => set,
+                // A draining node's last word stands until its connection goes.
+                Err(_) if draining => {
+                    conn.closed().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
         }
     }
 }
