@@ -120,6 +120,20 @@ pub enum Command {
     /// Stricter identity: an offline CA that issues node certificates
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print a shell completion script to stdout, e.g. `ambassador completions bash >
+    /// /etc/bash_completion.d/ambassador`
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, e.g. `ambassador man | man -l -`; with --out,
+    /// write ambassador.1 and a page per subcommand into a directory instead
+    Man {
+        /// Write the pages into this (existing) directory
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `announce` options.
