@@ -948,6 +948,38 @@ mod tests {
     }
 
     #[test]
+    fn address_flags_take_a_bare_ip() {
+        use clap::Parser;
+        let key = MeshKey::generate().unwrap().to_text();
+        let cli = crate::cli::Cli::try_parse_from([
+            "ambassador",
+            "--mesh-key",
+            &key,
+            "--bind",
+            "127.0.0.1",
+            "connect",
+            "redis:16379",
+            "--discover",
+            "dns-srv:_redis._tcp.example.lan",
+            "--dns-server",
+            "10.0.0.53",
+        ])
+        .unwrap();
+        let crate::cli::Command::Connect(args) = &cli.command else {
+            panic!("not connect: {cli:?}");
+        };
+        let cfg = CheckedConfig::from_connect(&cli.common, args).unwrap();
+        assert_eq!(cfg.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            cfg.connect[0].source,
+            Source::DnsSrv {
+                name: "_redis._tcp.example.lan".into(),
+                server: Some("10.0.0.53:53".parse().unwrap()),
+            }
+        );
+    }
+
+    #[test]
     fn sources() {
         let parse = |b: &[&str], d: Option<&str>| {
             let b: Vec<String> = b.iter().map(|s| s.to_string()).collect();
