@@ -1,6 +1,5 @@
 //! The command line (clap). Every common option also reads an `AMBASSADOR_*` variable.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,9 +49,10 @@ pub struct Common {
     /// Accept key files that group or others can read
     #[arg(long, global = true, env = "AMBASSADOR_INSECURE_KEY_PERMISSIONS")]
     pub insecure_key_permissions: bool,
-    /// UDP address of the QUIC endpoint [default: 0.0.0.0:0, an ephemeral port on all addresses]
+    /// UDP address of the QUIC endpoint, IP[:PORT]; a bare IP means an ephemeral port
+    /// [default: 0.0.0.0:0, an ephemeral port on all addresses]
     #[arg(long, global = true, env = "AMBASSADOR_BIND", value_name = "ADDR")]
-    pub bind: Option<SocketAddr>,
+    pub bind: Option<String>,
     /// Network interface(s) for mDNS, comma-separated or repeated [default: all]
     #[arg(
         long = "interface",
@@ -120,6 +120,20 @@ pub enum Command {
     /// Stricter identity: an offline CA that issues node certificates
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print a shell completion script to stdout, e.g. `ambassador completions bash >
+    /// /etc/bash_completion.d/ambassador`
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, e.g. `ambassador man | man -l -`; with --out,
+    /// write ambassador.1 and a page per subcommand into a directory instead
+    Man {
+        /// Write the pages into this (existing) directory
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `announce` options.
@@ -161,9 +175,10 @@ pub struct ConnectArgs {
     /// mesh's mDNS announcements]
     #[arg(long, value_name = "SOURCE")]
     pub discover: Option<String>,
-    /// DNS server for dns-srv discovery [default: the system's resolver]
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub dns_server: Option<SocketAddr>,
+    /// DNS server for dns-srv discovery, IP[:PORT] (port 53 if none is given)
+    /// [default: the system's resolver]
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<String>,
     /// Backends are plain TCP services, not ambassadors: no QUIC, NO ENCRYPTION between hosts
     /// (the one-ambassador layout)
     #[arg(long)]

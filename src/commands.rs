@@ -1,9 +1,14 @@
-//! The key and CA commands: `mesh new`, `mesh show`, `ca init` and `ca issue`. Each prints what
-//! it made (the secret only on stdout, when asked for) and says where on stderr.
+//! The commands that run no node: `mesh new`, `mesh show`, `ca init` and `ca issue`, each
+//! printing what it made (the secret only on stdout, when asked for) and saying where on
+//! stderr; and the packaging ones, `completions SHELL` and `man`, generated from the clap
+//! definitions.
 
+use std::io::Write;
 use std::path::Path;
 
-use crate::cli::{Common, IssueArgs};
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Common, IssueArgs};
 use crate::config::mesh_key;
 use crate::error::Failure;
 use crate::identity::{MeshKey, MeshRoot, ca};
@@ -68,6 +73,60 @@ pub fn ca_issue(common: &Common, args: &IssueArgs) -> Result<(), Failure> {
         args.out.display()
     );
     Ok(())
+}
+
+/// `ambassador completions SHELL`: the completion script, on stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
+    let mut cmd = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "ambassador", &mut script);
+    write_stdout(&script)
+}
+
+/// `ambassador man [--out DIR]`: the manual page on stdout, or `ambassador.1` and one page
+/// per subcommand (`ambassador-connect.1`, ...) written into `DIR`.
+pub fn man(out: Option<&Path>) -> Result<(), Failure> {
+    let cmd = Cli::command();
+    match out {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot render the page: {e}")))?;
+            write_stdout(&page)
+        }
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(Failure::usage(format!(
+                    "--out {}: not a directory (create it first)",
+                    dir.display()
+                )));
+            }
+            clap_mangen::generate_to(cmd, dir).map_err(|e| {
+                Failure::Runtime(anyhow::anyhow!(
+                    "cannot write the pages into {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            eprintln!(
+                "wrote ambassador.1 and its subcommand pages to {}",
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not a failure.
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Runtime(anyhow::anyhow!(
+            "cannot write to stdout: {e}"
+        ))),
+    }
 }
 
 /// `--start YYYY-MM-DD`, as midnight UTC.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
+use crate::addr::{self, AddrKind};
 use crate::balance::Policy;
 use crate::cli::{AnnounceArgs, Common, ConnectArgs, LogFormat, parse_duration};
 use crate::discovery::DEFAULT_WAIT;
@@ -132,18 +133,18 @@ impl ConnectConfig {
 /// Fixed backends as `HOST:PORT` (host names are resolved now).
 fn parse_backends(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
     list.iter()
-        .map(|b| {
-            use std::net::ToSocketAddrs;
-            b.to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    Failure::usage(format!(
-                        "bad backend {b:?}: expected HOST:PORT of an ambassador's QUIC endpoint"
-                    ))
-                })
-        })
+        .map(|b| addr::BACKEND.parse("backend", b).map_err(Failure::usage))
         .collect()
+}
+
+/// An address flag's value (`--bind`, `--dns-server`), through the one address parser.
+fn flag_addr(
+    kind: AddrKind,
+    flag: &'static str,
+    text: Option<&str>,
+) -> Result<Option<SocketAddr>, Failure> {
+    text.map(|t| kind.parse(flag, t).map_err(Failure::usage))
+        .transpose()
 }
 
 /// The classic Docker link variables: `NAME_PORT_<port>_TCP=tcp://HOST:PORT`, as (service,
@@ -291,7 +292,8 @@ pub struct FileConfig {
     pub identity: Option<PathBuf>,
     /// Deny list of revoked certificate fingerprints.
     pub deny_file: Option<PathBuf>,
-    /// QUIC bind address.
+    /// QUIC bind address, IP[:PORT] (a bare IP: an ephemeral port).
+    #[serde(deserialize_with = "bind_addr")]
     pub bind: Option<SocketAddr>,
     /// mDNS interfaces.
     pub interfaces: Vec<String>,
@@ -344,7 +346,8 @@ pub struct FileConnect {
     pub backends: Vec<String>,
     /// `dns-srv:NAME` or `mdns:TYPE`.
     pub discover: Option<String>,
-    /// DNS server for dns-srv discovery.
+    /// DNS server for dns-srv discovery, IP[:PORT] (a bare IP: port 53).
+    #[serde(deserialize_with = "dns_server_addr")]
     pub dns_server: Option<SocketAddr>,
     /// Backends are plain TCP services.
     pub direct: bool,
@@ -359,6 +362,28 @@ pub struct FileConnect {
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// The file's `bind`, parsed as the file is read, so an error names its line.
+fn bind_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    file_addr(d, addr::BIND, "bind")
+}
+
+/// The file's `dns_server`, parsed as the file is read.
+fn dns_server_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    file_addr(d, addr::DNS_SERVER, "dns_server")
+}
+
+/// An address key of the file, through the one address parser.
+fn file_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    kind: AddrKind,
+    key: &'static str,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    kind.parse(key, &text)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
@@ -519,8 +544,7 @@ impl CheckedConfig {
             identity,
             deny_file: common.deny_file.clone().or(file.deny_file.clone()),
             insecure_key_permissions: common.insecure_key_permissions,
-            bind: common
-                .bind
+            bind: flag_addr(addr::BIND, "--bind", common.bind.as_deref())?
                 .or(file.bind)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             interfaces,
@@ -585,15 +609,11 @@ impl CheckedConfig {
             (None, true) => redis_auth(None, common.insecure_key_permissions)?,
             (None, false) => None,
         };
+        let dns_server = flag_addr(addr::DNS_SERVER, "--dns-server", args.dns_server.as_deref())?;
         let mut connect = Vec::new();
         for spec in specs {
             let what = "connect";
-            let source = Source::parse(
-                what,
-                &args.backends,
-                args.discover.as_deref(),
-                args.dns_server,
-            )?;
+            let source = Source::parse(what, &args.backends, args.discover.as_deref(), dns_server)?;
             connect.push(
                 ConnectConfig {
                     spec,
@@ -924,6 +944,38 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "give either --mesh-key or --mesh-key-file, not both"
+        );
+    }
+
+    #[test]
+    fn address_flags_take_a_bare_ip() {
+        use clap::Parser;
+        let key = MeshKey::generate().unwrap().to_text();
+        let cli = crate::cli::Cli::try_parse_from([
+            "ambassador",
+            "--mesh-key",
+            &key,
+            "--bind",
+            "127.0.0.1",
+            "connect",
+            "redis:16379",
+            "--discover",
+            "dns-srv:_redis._tcp.example.lan",
+            "--dns-server",
+            "10.0.0.53",
+        ])
+        .unwrap();
+        let crate::cli::Command::Connect(args) = &cli.command else {
+            panic!("not connect: {cli:?}");
+        };
+        let cfg = CheckedConfig::from_connect(&cli.common, args).unwrap();
+        assert_eq!(cfg.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            cfg.connect[0].source,
+            Source::DnsSrv {
+                name: "_redis._tcp.example.lan".into(),
+                server: Some("10.0.0.53:53".parse().unwrap()),
+            }
         );
     }
 

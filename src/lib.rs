@@ -7,8 +7,9 @@
 //! - [`cli`], [`config`]: the command line and the TOML file, checked in one place (start-up
 //!   and SIGHUP alike) into a [`config::CheckedConfig`], writing nothing, before any socket is
 //!   bound; its `prepare` makes the [`config::NodeConfig`] a node runs with (creating the
-//!   default mesh key if needed). [`spec`]: the SPEC grammar; [`weight`]: the weight's bounds.
-//! - [`commands`]: the `mesh` and `ca` commands.
+//!   default mesh key if needed). [`spec`]: the SPEC grammar; [`addr`]: the one parser of
+//!   address options (a bare IP takes the option's default port); [`weight`]: the weight's bounds.
+//! - [`commands`]: the `mesh`, `ca`, `completions` and `man` commands.
 //! - [`names`]: newtypes that must not be mixed up (service and node names, certificate
 //!   fingerprints, mesh ids, QUIC versus TCP addresses).
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
@@ -30,6 +31,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod addr;
 pub(crate) mod balance;
 pub mod cli;
 pub mod commands;

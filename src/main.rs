@@ -71,6 +71,10 @@ enum Job<'a> {
     Mesh(&'a MeshCommand),
     /// `ca init`, `ca issue`.
     Ca(&'a CaCommand),
+    /// `completions SHELL`.
+    Completions(clap_complete::Shell),
+    /// `man [--out DIR]`.
+    Man(Option<&'a Path>),
 }
 
 /// Checks the configuration a command asks for; writes nothing.
@@ -91,6 +95,8 @@ fn job(cli: &Cli) -> Result<Job<'_>, Failure> {
         Command::Status(args) => Job::Status(args),
         Command::Mesh(cmd) => Job::Mesh(cmd),
         Command::Ca(cmd) => Job::Ca(cmd),
+        Command::Completions { shell } => Job::Completions(*shell),
+        Command::Man { out } => Job::Man(out.as_deref()),
     };
     Ok(job)
 }
@@ -108,6 +114,8 @@ async fn run(common: &Common, job: Job<'_>) -> Result<(), Failure> {
         Job::Mesh(MeshCommand::Show) => commands::mesh_show(common),
         Job::Ca(CaCommand::Init { out }) => commands::ca_init(out),
         Job::Ca(CaCommand::Issue(args)) => commands::ca_issue(common, args),
+        Job::Completions(shell) => commands::completions(shell),
+        Job::Man(out) => commands::man(out),
     }
 }
 

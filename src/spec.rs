@@ -112,14 +112,33 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} has no address"))
 }
 
+/// A bare IP (`10.1.2.3`, `::1` or `[::1]`), as a target or listen address whose port is the
+/// SPEC's own.
+fn bare_ip(text: &str) -> Option<IpAddr> {
+    text.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(text)
+        .parse()
+        .ok()
+}
+
 impl AnnounceSpec {
-    /// Parses `NAME[:PORT][=TARGET]`.
+    /// Parses `NAME[:PORT][=TARGET]`; a bare IP as TARGET takes PORT (`redis:6379=10.1.2.3`).
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
         let (service, port, target) = ANNOUNCE.split(spec)?;
-        let target = target
-            .map(parse_addr)
-            .transpose()
-            .map_err(|e| ANNOUNCE.error(spec, e))?;
+        let target = match (target.and_then(bare_ip), port) {
+            (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
+            (Some(_), None) => {
+                return Err(ANNOUNCE.error(
+                    spec,
+                    "a bare IP target needs the SPEC's port, as in redis:6379=10.1.2.3".into(),
+                ));
+            }
+            (None, _) => target
+                .map(parse_addr)
+                .transpose()
+                .map_err(|e| ANNOUNCE.error(spec, e))?,
+        };
         let (port, target) = match (port, target) {
             (Some(port), Some(target)) => (port, target),
             (Some(port), None) => (port, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)),
@@ -144,9 +163,11 @@ impl ConnectSpec {
             Some(l) => match l.parse::<SocketAddr>() {
                 Ok(addr) if addr.port() == 0 => return Err(err("port 0 is not allowed".into())),
                 Ok(addr) => (addr.ip(), Some(addr.port())),
-                Err(_) => match l.parse::<IpAddr>() {
-                    Ok(ip) => (ip, port),
-                    Err(_) => return Err(err(format!("{l:?} is not an IP:PORT to listen on"))),
+                Err(_) => match bare_ip(l) {
+                    Some(ip) => (ip, port),
+                    None => {
+                        return Err(err(format!("{l:?} is not an IP or IP:PORT to listen on")));
+                    }
                 },
             },
         };
@@ -176,6 +197,11 @@ mod tests {
         );
         let s = AnnounceSpec::parse("redis=10.1.2.3:6379").unwrap();
         assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
+        // A bare IP target takes the SPEC's port.
+        let s = AnnounceSpec::parse("redis:6379=10.1.2.3").unwrap();
+        assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
+        let s = AnnounceSpec::parse("redis:6379=[::1]").unwrap();
+        assert_eq!(s.target, "[::1]:6379".parse().unwrap());
         for bad in [
             "redis",
             "redis:0",
@@ -184,6 +210,7 @@ mod tests {
             "re dis:1",
             "redis:6379=nope",
             "redis=1.2.3.4",
+            "redis:6379=1.2.3.4:x",
         ] {
             let e = AnnounceSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected NAME[:PORT][=TARGET]"), "{bad}: {e}");
@@ -206,5 +233,10 @@ mod tests {
         );
         assert!(ConnectSpec::parse("redis:x").is_err());
         assert!(ConnectSpec::parse("redis=host").is_err());
+        let s = ConnectSpec::parse("redis:16379=[::1]").unwrap();
+        assert_eq!(
+            (s.listen_ip, s.listen_port),
+            ("::1".parse().unwrap(), Some(16379))
+        );
     }
 }

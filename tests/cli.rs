@@ -81,6 +81,67 @@ fn malformed_specs_are_usage_errors() {
 }
 
 #[test]
+fn malformed_addresses_are_one_line_with_a_correct_example() {
+    let mesh = Mesh::new();
+    let kf = mesh.key_file.to_str().unwrap();
+    let home = mesh.dir.path();
+    let srv = [
+        "redis:16379",
+        "--discover",
+        "dns-srv:_redis._tcp.example.lan",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--dns-server", "10.0.0.53:x"],
+            "ambassador: bad --dns-server \"10.0.0.53:x\": expected IP or IP:PORT, e.g. 10.0.0.53 or 10.0.0.53:5353",
+        ),
+        (
+            &["--dns-server", "dns.lan"],
+            "ambassador: bad --dns-server \"dns.lan\": expected IP or IP:PORT, e.g. 10.0.0.53 or 10.0.0.53:5353",
+        ),
+        (
+            &["--bind", "everywhere"],
+            "ambassador: bad --bind \"everywhere\": expected IP or IP:PORT, e.g. 0.0.0.0 (an ephemeral port) or 0.0.0.0:7443",
+        ),
+    ];
+    for (extra, line) in cases {
+        let mut args = vec!["--mesh-key-file", kf];
+        args.extend_from_slice(&srv);
+        args.extend_from_slice(extra);
+        let out = run(node_cmd(home, "connect", &args), LIMIT);
+        assert_usage_error(&format!("{extra:?}"), &out, &[], None);
+        assert_eq!(out.stderr.trim_end(), *line, "{extra:?}");
+    }
+    // A backend has no default port: a bare IP is refused, with an example.
+    let args = [
+        "--mesh-key-file",
+        kf,
+        "redis:16379",
+        "--backend",
+        "10.0.0.7",
+    ];
+    let out = run(node_cmd(home, "connect", &args), LIMIT);
+    assert_usage_error("--backend IP", &out, &[], None);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "ambassador: bad backend \"10.0.0.7\": expected HOST:PORT, e.g. 10.0.0.7:7443 or node-b.lan:7443"
+    );
+}
+
+#[test]
+fn a_bare_bind_ip_passes_check() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("run.toml");
+    std::fs::write(&file, "[connect.redis]\n").unwrap();
+    let mut cmd = command(home.path());
+    cmd.args(["--interface", "lo", "--bind", "127.0.0.1", "run", "-c"])
+        .arg(&file)
+        .arg("--check");
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code(), 0, "{out:?}");
+}
+
+#[test]
 fn missing_or_unreadable_key_file_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such.key");
