@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Host, Lan, Proc, SEC, now_epoch, report, wait_until};
 use crate::nodes::{
-    Conn, assert_no_failure, consumer_view, count_who, ls_rows, read_conns, spread,
+    Conn, assert_no_failure, client_script, consumer_view, count_who, ls_rows, read_conns, spread,
     wait_all_answer, wait_health, wait_target_up,
 };
 
@@ -238,11 +238,7 @@ def worker(tid):
         with lock:
             results.write(json.dumps({"tid": tid, "start": t0, "end": t1, "who": who, "err": err}) + "\n")
 
-threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
+{RUN_WORKERS}
 "#;
 
 /// The client loops of [`CLIENT`], running on a host.
@@ -256,7 +252,7 @@ struct Client {
 impl Client {
     fn start(lan: &Lan, host: &Host, port: u16, threads: usize) -> Client {
         let script = lan.path("client.py");
-        fs::write(&script, CLIENT).expect("write client script");
+        fs::write(&script, client_script(CLIENT)).expect("write client script");
         let gate = lan.path("gate");
         fs::create_dir_all(&gate).expect("gate dir");
         let results = lan.path("client.jsonl");

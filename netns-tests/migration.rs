@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Host, Lan, MS, Out, Proc, SEC, ip_in, now_epoch, report, wait_until};
 use crate::nodes::{
-    Conn, Session, assert_no_failure, connections_received, count_who, ls_json, node_status,
-    read_conns, redis, redis_remote, set, spread, wait_who,
+    Conn, Session, assert_no_failure, client_script, connections_received, count_who, ls_json,
+    node_status, read_conns, redis, redis_remote, set, spread, wait_who,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -191,33 +191,10 @@ out, stop, nthreads, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.
 results = open(out, "a", buffering=1)
 lock = threading.Lock()
 
-def one():
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    try:
-        s.sendall(b"GET who\r\n")
-        r = s.makefile("rb")
-        h = r.readline()
-        if not h.startswith(b"$") or not h.endswith(b"\r\n"):
-            raise IOError("unexpected reply %r" % h)
-        n = int(h[1:-2])
-        if n < 0:
-            raise IOError("who is not set")
-        v = r.read(n + 2)
-        if len(v) != n + 2:
-            raise IOError("short reply %r" % v)
-        return v[:-2].decode()
-    finally:
-        s.close()
-
+{GET_WHO}
 def worker():
     while not os.path.exists(stop):
-        t0, who, err = time.time(), None, None
-        try:
-            who = one()
-        except Exception as e:
-            err = repr(e)
-        with lock:
-            results.write(json.dumps({"start": t0, "end": time.time(), "who": who, "err": err}) + "\n")
+{RECORD_ONE}
 
 threads = [threading.Thread(target=worker) for _ in range(nthreads)]
 for t in threads:
@@ -258,7 +235,7 @@ fn migrate(lan: &Lan, a: &Host, key: &Path, from: Site, to: Site) {
 
     // The apps.
     let script = lan.path("who-client.py");
-    fs::write(&script, WHO_CLIENT).expect("write the client script");
+    fs::write(&script, client_script(WHO_CLIENT)).expect("write the client script");
     let results = lan.path("who-client.jsonl");
     let stop = lan.path("stop");
     let client = lan.spawn(

@@ -899,3 +899,53 @@ pub fn assert_no_failure(conns: &[Conn], what: &str) {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// The Python function of the client-loop scripts that makes one connection to the local
+/// listener on `port`, sends `GET who`, and returns the answer (raising on anything else).
+/// Scripts hold a `{GET_WHO}` line where it goes: see [`client_script`].
+const PY_GET_WHO: &str = r#"def one():
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        s.sendall(b"GET who\r\n")
+        r = s.makefile("rb")
+        h = r.readline()
+        if not h.startswith(b"$") or not h.endswith(b"\r\n"):
+            raise IOError("unexpected reply %r" % h)
+        n = int(h[1:-2])
+        if n < 0:
+            raise IOError("who is not set")
+        v = r.read(n + 2)
+        if len(v) != n + 2:
+            raise IOError("short reply %r" % v)
+        return v[:-2].decode()
+    finally:
+        s.close()
+"#;
+
+/// The body of a client loop's iteration: one `one()` call, timed, written as one JSON line
+/// (`start`, `end`, `who`, `err`) to `results` under `lock`. A `{RECORD_ONE}` line holds it.
+const PY_RECORD_ONE: &str = r#"        t0, who, err = time.time(), None, None
+        try:
+            who = one()
+        except Exception as e:
+            err = repr(e)
+        with lock:
+            results.write(json.dumps({"start": t0, "end": time.time(), "who": who, "err": err}) + "\n")
+"#;
+
+/// Starts `nthreads` loops of `worker(tid)` and waits for them. A `{RUN_WORKERS}` line holds it.
+const PY_RUN_WORKERS: &str = r#"threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
+/// A client-loop script with the shared pieces (`{GET_WHO}`, `{RECORD_ONE}`,
+/// `{RUN_WORKERS}` lines) put in their places.
+pub fn client_script(template: &str) -> String {
+    template
+        .replace("{GET_WHO}\n", PY_GET_WHO)
+        .replace("{RECORD_ONE}\n", PY_RECORD_ONE)
+        .replace("{RUN_WORKERS}\n", PY_RUN_WORKERS)
+}

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::harness::{AMBASSADOR, Host, Lan, MS, Out, Proc, SEC, now_epoch, report, wait_until};
-use crate::nodes::{Conn, assert_no_failure, count_who, read_conns, wait_all_answer, wait_who};
+use crate::nodes::{
+    Conn, assert_no_failure, client_script, count_who, read_conns, wait_all_answer, wait_who,
+};
 
 /// The forger (see its docstring), written into each test's directory.
 const FORGER: &str = include_str!("forge_mdns.py");
@@ -198,24 +200,7 @@ out, stop, hold, nthreads, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 results = open(out, "a", buffering=1)
 lock = threading.Lock()
 
-def one():
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    try:
-        s.sendall(b"GET who\r\n")
-        r = s.makefile("rb")
-        h = r.readline()
-        if not h.startswith(b"$") or not h.endswith(b"\r\n"):
-            raise IOError("unexpected reply %r" % h)
-        n = int(h[1:-2])
-        if n < 0:
-            raise IOError("who is not set")
-        v = r.read(n + 2)
-        if len(v) != n + 2:
-            raise IOError("short reply %r" % v)
-        return v[:-2].decode()
-    finally:
-        s.close()
-
+{GET_WHO}
 def worker(tid):
     held = "%s-held-%d" % (hold, tid)
     while not os.path.exists(stop):
@@ -225,20 +210,10 @@ def worker(tid):
                 time.sleep(0.001)
             os.remove(held)
             continue
-        t0, who, err = time.time(), None, None
-        try:
-            who = one()
-        except Exception as e:
-            err = repr(e)
-        with lock:
-            results.write(json.dumps({"start": t0, "end": time.time(), "who": who, "err": err}) + "\n")
+{RECORD_ONE}
         time.sleep(0.01)
 
-threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
+{RUN_WORKERS}
 "#;
 
 /// A client loop ([`CLIENT`]) running on a host.
@@ -255,7 +230,7 @@ impl Client {
     fn start(lan: &Lan, host: &Host, label: &str, port: u16, threads: usize) -> Client {
         let script = lan.path("trust-client.py");
         if !script.exists() {
-            fs::write(&script, CLIENT).expect("write the client script");
+            fs::write(&script, client_script(CLIENT)).expect("write the client script");
         }
         let results = lan.path(&format!("{label}.jsonl"));
         let stop = lan.path(&format!("{label}.stop"));

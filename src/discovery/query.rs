@@ -326,21 +326,11 @@ mod tests {
     use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 
-    use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
-
     const FULLNAME: &str = "redis@node-b_01234567._ambassador._udp.local.";
     const HOST: &str = "node-b-01234567.local.";
 
     fn txt() -> TxtRecord {
-        TxtRecord {
-            service: ServiceName::parse("redis").unwrap(),
-            port: 6379,
-            node: NodeName::parse("node-b").unwrap(),
-            mesh: MeshId::parse("0123456789abcdef").unwrap(),
-            fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
-            weight: 2,
-            up: true,
-        }
+        crate::discovery::record::sample_txt(2)
     }
 
     /// A legacy unicast answer as mdns-sd sends it: the question echoed, the PTR as the

@@ -214,20 +214,26 @@ pub(crate) fn sort_addrs(addrs: &mut [IpAddr]) {
     addrs.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6(), *ip));
 }
 
+/// A well-formed record of `redis` on `node-b` with weight `weight` (unit tests' sample).
+#[cfg(test)]
+pub(crate) fn sample_txt(weight: u32) -> TxtRecord {
+    TxtRecord {
+        service: ServiceName::parse("redis").unwrap(),
+        port: 6379,
+        node: NodeName::parse("node-b").unwrap(),
+        mesh: MeshId::parse("0123456789abcdef").unwrap(),
+        fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
+        weight,
+        up: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn txt() -> TxtRecord {
-        TxtRecord {
-            service: ServiceName::parse("redis").unwrap(),
-            port: 6379,
-            node: NodeName::parse("node-b").unwrap(),
-            mesh: MeshId::parse("0123456789abcdef").unwrap(),
-            fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
-            weight: 3,
-            up: true,
-        }
+        sample_txt(3)
     }
 
     #[test]
