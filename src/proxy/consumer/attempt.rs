@@ -142,8 +142,20 @@ impl Consumer {
     async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
         let conn = self.pool.get(peer).await?;
         self.check_announcer(&conn)?;
+        let (send, recv) = self.ask(&conn, 0, self.reply_timeout).await?;
+        Ok(Opened::Stream(send, recv))
+    }
+
+    /// Opens a stream on `conn` for this service with `flags`, sends its header, and waits up
+    /// to `bound` for the provider's answer: the stream when it says ok.
+    pub(super) async fn ask(
+        &self,
+        conn: &quinn::Connection,
+        flags: u8,
+        bound: Duration,
+    ) -> Result<(SendStream, RecvStream), AttemptError> {
         // A stream failure on a connection that has ended is the connection's failure.
-        let failed = |e: HeaderError| match connection_failure(&conn) {
+        let failed = |e: HeaderError| match connection_failure(conn) {
             Some(f) => AttemptError::Peer(f),
             None => AttemptError::Stream(e),
         };
@@ -151,7 +163,7 @@ impl Consumer {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
         let req = Request {
             service: self.service.clone(),
-            flags: 0,
+            flags,
         };
         // An attempt given up (another instance answered first) resets its stream, so the
         // provider connects nothing for it; dropped as is, the stream would only be finished.
@@ -165,11 +177,11 @@ impl Consumer {
             .write_all(&req.encode())
             .await
             .map_err(|e| io(&e))?;
-        let reply = Reply::read_from(&mut recv, self.reply_timeout).await;
+        let reply = Reply::read_from(&mut recv, bound).await;
         pending.answered = true;
         drop(pending);
         match reply {
-            Ok(Reply::Ok) => Ok(Opened::Stream(send, recv)),
+            Ok(Reply::Ok) => Ok((send, recv)),
             Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
             Err(e) => Err(failed(e)),
         }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tracing::{Instrument, debug, info, info_span};
 
+use super::attempt::AttemptError;
 use super::{Candidate, Consumer};
-use crate::transport::protocol::{FLAG_PROBE, Reply, Request};
-use crate::transport::{PeerFailure, PeerKey, PeerTarget, connection_failure};
+use crate::transport::protocol::FLAG_PROBE;
+use crate::transport::{PeerFailure, PeerKey, PeerTarget};
 
 /// Bound on the answer to a probe stream.
 const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -16,20 +17,6 @@ const PROBE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_MAX: Duration = Duration::from_secs(5);
 /// Pause between probes of a peer that refuses this node's certificate.
 const PROBE_REFUSED: Duration = Duration::from_secs(30);
-
-/// Why a probe found a peer not ready.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ProbeError {
-    /// The peer cannot be reached or used.
-    #[error(transparent)]
-    Peer(#[from] PeerFailure),
-    /// It answered with a refusal (e.g. its target is down).
-    #[error("refused: {0}")]
-    Refused(crate::transport::protocol::Refusal),
-    /// The stream failed while the connection stayed up.
-    #[error("stream: {0}")]
-    Stream(String),
-}
 
 impl Consumer {
     /// This consumer's candidates behind the peer `key`.
@@ -61,30 +48,10 @@ impl Consumer {
 
     /// One liveness check: a probe stream must get an answer (the handshake alone proves
     /// little: with TLS 1.3 a peer that refuses our certificate says so only afterwards).
-    pub(super) async fn probe_once(&self, target: &PeerTarget) -> Result<(), ProbeError> {
+    pub(super) async fn probe_once(&self, target: &PeerTarget) -> Result<(), AttemptError> {
         let conn = self.pool.get(target).await?;
-        let work = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let req = Request {
-                service: self.service.clone(),
-                flags: FLAG_PROBE,
-            };
-            send.write_all(&req.encode())
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            Reply::read_from(&mut recv, PROBE_REPLY_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match work.await {
-            Ok(Reply::Ok) => Ok(()),
-            Ok(Reply::Refused(r)) => Err(ProbeError::Refused(r)),
-            Err(e) => Err(match connection_failure(&conn) {
-                Some(f) => ProbeError::Peer(f),
-                None => ProbeError::Stream(e),
-            }),
-        }
+        self.ask(&conn, FLAG_PROBE, PROBE_REPLY_TIMEOUT).await?;
+        Ok(())
     }
 
     /// Re-dials a lost peer with a growing pause until it answers (its instances are then
@@ -110,7 +77,7 @@ impl Consumer {
                     }
                     break;
                 }
-                Err(ProbeError::Peer(e @ PeerFailure::RefusesOurCertificate(_))) => {
+                Err(AttemptError::Peer(e @ PeerFailure::RefusesOurCertificate(_))) => {
                     // Revoked, expired or of another mesh in its eyes: that changes only with an
                     // operator's hand, so ask again rarely instead of every few seconds.
                     if !told {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::probe::ProbeError;
+use super::attempt::AttemptError;
 use super::{Backends, Consumer, Rejection, peer_target};
 use crate::discovery::Instance;
 use crate::names::NodeName;
@@ -124,12 +124,12 @@ impl Consumer {
             .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
         match tokio::time::timeout(bound, self.probe_once(target)).await {
             // A draining node is alive, and its open streams must go on.
-            Ok(Err(ProbeError::Refused(r))) if r.code == RefusalCode::Draining => {
+            Ok(Err(AttemptError::Refused(r))) if r.code == RefusalCode::Draining => {
                 info!(peer = %key, "the old process of a restarted node is draining: its open streams finish, new ones go to the new one");
                 false
             }
             // It answers (a refusal too: a target-down node is alive).
-            Ok(Ok(()) | Err(ProbeError::Refused(_))) => true,
+            Ok(Ok(()) | Err(AttemptError::Refused(_))) => true,
             Ok(Err(e)) => {
                 info!(peer = %key, error = %e, "another certificate announces this node's name and this one fails: dropping its connection (a restart)");
                 self.pool.close(&key, b"replaced by a restarted node");
