@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Host, Lan, Proc, SEC, now_epoch, report, wait_until};
 use crate::nodes::{
     Conn, assert_no_failure, client_script, consumer_view, count_who, ls_rows, read_conns, spread,
-    wait_all_answer, wait_health, wait_target_up,
+    wait_all_answer, wait_health, wait_target_up, worst,
 };
 
 /// The consumer's default `--peer-timeout`, which the tests rely on (not passed explicitly, so
@@ -343,10 +343,6 @@ fn assert_failed_over(conns: &[Conn], detection: Option<Duration>, what: &str) {
          peer timeout ({PEER_TIMEOUT:?}) noticed the dead one",
         worst(conns)
     );
-}
-
-fn worst(conns: &[Conn]) -> Duration {
-    conns.iter().map(Conn::latency).max().unwrap_or_default()
 }
 
 fn median(conns: &[Conn]) -> Duration {

@@ -900,6 +900,25 @@ pub fn assert_no_failure(conns: &[Conn], what: &str) {
     );
 }
 
+/// The slowest connection of a client loop's results.
+pub fn worst(conns: &[Conn]) -> Duration {
+    conns.iter().map(Conn::latency).max().unwrap_or_default()
+}
+
+/// The connections of a client loop that started after `t` (epoch seconds).
+pub fn started_after(conns: &[Conn], t: f64) -> Vec<Conn> {
+    conns.iter().filter(|c| c.start > t).cloned().collect()
+}
+
+/// Every one of `conns` was answered by `who`'s Redis.
+pub fn assert_all_from(conns: &[Conn], who: &str, what: &str) {
+    assert!(
+        conns.iter().all(|c| c.who.as_deref() == Some(who)),
+        "{what}: not all from {who}: {:?}",
+        count_who(conns)
+    );
+}
+
 /// The Python function of the client-loop scripts that makes one connection to the local
 /// listener on `port`, sends `GET who`, and returns the answer (raising on anything else).
 /// Scripts hold a `{GET_WHO}` line where it goes: see [`client_script`].

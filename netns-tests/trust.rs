@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{AMBASSADOR, Host, Lan, MS, Out, Proc, SEC, now_epoch, report, wait_until};
 use crate::nodes::{
-    Conn, assert_no_failure, client_script, count_who, read_conns, wait_all_answer, wait_who,
+    Conn, assert_all_from, assert_no_failure, client_script, count_who, read_conns, started_after,
+    wait_all_answer, wait_who, worst,
 };
 
 /// The forger (see its docstring), written into each test's directory.
@@ -313,10 +314,6 @@ impl Client {
     }
 }
 
-fn worst(conns: &[Conn]) -> Duration {
-    conns.iter().map(Conn::latency).max().unwrap_or_default()
-}
-
 /// Runs the load for `d` (a load phase, not a synchronisation).
 fn load_for(d: Duration) {
     std::thread::sleep(d);
@@ -427,7 +424,7 @@ fn forged_goodbyes_are_ignored_while_the_node_serves() {
     let t_ignored = now_epoch() - t0;
     load_for(Duration::from_secs_f64((t0 + 10.0 - now_epoch()).max(0.0)));
     let conns = client.stop(&lan);
-    let during: Vec<Conn> = conns.iter().filter(|c| c.start > t0).cloned().collect();
+    let during = started_after(&conns, t0);
     report(&format!(
         "FIGURE forged goodbyes: ignored {t_ignored:.2}s after the first ({rounds} dozen(s) sent); {} connections in ~10 s from the first goodbye {:?}, worst {:.3?}",
         during.len(),
@@ -436,11 +433,7 @@ fn forged_goodbyes_are_ignored_while_the_node_serves() {
     ));
     assert_no_failure(&conns, "client loop during forged goodbyes");
     assert!(during.len() >= 100, "too few connections: {}", during.len());
-    assert!(
-        during.iter().all(|c| c.who.as_deref() == Some("b")),
-        "{:?}",
-        count_who(&during)
-    );
+    assert_all_from(&during, "b", "client loop");
     assert_eq!(
         lan.count_lines(&connect, &["withdrawn"]),
         0,
@@ -496,7 +489,7 @@ fn forged_records_do_not_move_a_running_consumer() {
     }
     load_for(2 * SEC);
     let conns = client.stop(&lan);
-    let during: Vec<Conn> = conns.iter().filter(|c| c.start > t0).cloned().collect();
+    let during = started_after(&conns, t0);
     report(&format!(
         "FIGURE forged records (redirect, addaddr, h=down) against a running consumer: {} connections {:?}, worst {:.3?}",
         during.len(),
@@ -504,11 +497,7 @@ fn forged_records_do_not_move_a_running_consumer() {
         worst(&during)
     ));
     assert_no_failure(&conns, "client loop during forged records");
-    assert!(
-        during.iter().all(|c| c.who.as_deref() == Some("b")),
-        "{:?}",
-        count_who(&during)
-    );
+    assert_all_from(&during, "b", "client loop");
     let view = instances(&lan, &a, "a", "redis");
     assert!(
         view.len() == 1 && view[0].1 == "healthy",
@@ -581,11 +570,7 @@ fn consumer_started_during_forged_answers_gets_through() {
             failed.first()
         ));
     } else {
-        assert!(
-            conns.iter().all(|c| c.who.as_deref() == Some("b")),
-            "{:?}",
-            count_who(&conns)
-        );
+        assert_all_from(&conns, "b", "client loop");
     }
     assert!(
         forging,
@@ -876,7 +861,7 @@ fn two_nodes_with_one_name_are_both_used() {
     let t_exit = now_epoch();
     client.wait_since(&lan, t_exit, 100, 15 * SEC);
     let conns = client.stop(&lan);
-    let after: Vec<Conn> = conns.iter().filter(|c| c.start > t_exit).cloned().collect();
+    let after = started_after(&conns, t_exit);
     report(&format!(
         "FIGURE two nodes named twin: B exited {:.2}s after SIGTERM; {} connections {:?}, after B's exit {:?}, worst {:.3?}",
         t_exit - t_term,
@@ -886,11 +871,7 @@ fn two_nodes_with_one_name_are_both_used() {
         worst(&conns)
     ));
     assert_no_failure(&conns, "client loop while one twin stops");
-    assert!(
-        after.iter().all(|c| c.who.as_deref() == Some("c")),
-        "after B's exit: {:?}",
-        count_who(&after)
-    );
+    assert_all_from(&after, "c", "after B's exit");
     assert!(lan.running(&twin_c));
     assert!(
         crate::nodes::who_within(&lan, &a, 6379, "c", 5 * SEC).is_some(),
