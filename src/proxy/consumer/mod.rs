@@ -238,22 +238,29 @@ impl Consumer {
         ]
     }
 
-    fn tried_of(&self, i: &Instance) -> Tried {
-        (i.key(), Target::Peer(peer_target(i, self.local)))
-    }
-
-    fn usable(&self, i: &Instance) -> bool {
-        i.up && self.verifiable(i)
-    }
-
-    /// Whether a record may be dialled: it has an address this node can reach and was not
-    /// refuted or ruled out.
+    /// Whether a record may be dialled: see [`Self::candidate_of`].
     fn verifiable(&self, i: &Instance) -> bool {
-        if i.socket_addrs(self.local).is_empty() {
-            return false;
+        self.candidate_of(i).is_some()
+    }
+
+    /// The candidate of instance `i` (its key and target built once), if the record may be
+    /// dialled: it has an address this node can reach and was not refuted or ruled out.
+    fn candidate_of(&self, i: &Instance) -> Option<Candidate> {
+        let cand = Candidate::from_instance(i, self.local);
+        let Target::Peer(peer) = &cand.target else {
+            return None;
+        };
+        if peer.addrs.is_empty() {
+            return None;
         }
         let rejected = self.rejected();
-        !self.rejections_of(i).iter().any(|r| rejected.contains(r))
+        let refuted = rejected.contains(&Rejection::Refuted(peer.clone()));
+        let ruled_out = rejected.contains(&Rejection::NotAllowed {
+            instance: cand.key.clone(),
+            fingerprint: i.fingerprint.clone(),
+        });
+        drop(rejected);
+        (!refuted && !ruled_out).then_some(cand)
     }
 
     /// Every current candidate.
@@ -263,8 +270,8 @@ impl Consumer {
             Backends::Discovered(registry) => registry
                 .instances(&self.service)
                 .iter()
-                .filter(|i| self.usable(i))
-                .map(|i| Candidate::from_instance(i, self.local))
+                .filter(|i| i.up)
+                .filter_map(|i| self.candidate_of(i))
                 .collect(),
         }
     }
@@ -276,7 +283,9 @@ impl Consumer {
             Backends::Discovered(registry) => {
                 let pred = |all: &[Instance]| {
                     all.iter()
-                        .any(|i| self.usable(i) && !tried.contains(&self.tried_of(i)))
+                        .filter(|i| i.up)
+                        .filter_map(|i| self.candidate_of(i))
+                        .any(|c| !tried.contains(&c.tried()))
                 };
                 registry.wait_for(&self.service, deadline, pred).await;
             }
