@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::weight::{WEIGHT_MAX, WEIGHT_MIN};
+use crate::weight::{WEIGHT_DEFAULT, WEIGHT_MAX, WEIGHT_MIN};
 
 /// A master-less service mesh for ad-hoc LANs: the Docker ambassador pattern over mDNS
 /// discovery and mutually authenticated QUIC.
@@ -143,7 +143,7 @@ pub struct AnnounceArgs {
     #[arg(required = true, value_name = "SPEC")]
     pub specs: Vec<String>,
     /// Balancing weight published with each service (1-10000)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(i64::from(WEIGHT_MIN)..=i64::from(WEIGHT_MAX)))]
+    #[arg(long, default_value_t = WEIGHT_DEFAULT, value_parser = clap::value_parser!(u32).range(i64::from(WEIGHT_MIN)..=i64::from(WEIGHT_MAX)))]
     pub weight: u32,
     /// How often each target is checked (TCP connect); a target that fails is marked down
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]

@@ -21,7 +21,7 @@ use crate::inject::RedisAuth;
 use crate::names::{NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
 use crate::transport::TransportSettings;
-use crate::weight::{WEIGHT_MIN, check_weight};
+use crate::weight::{WEIGHT_DEFAULT, check_weight};
 
 /// A service to reach, with where its instances come from.
 #[derive(Debug, Clone)]
@@ -794,7 +794,7 @@ impl FileAnnounce {
         };
         Ok(AnnounceConfig {
             spec,
-            weight: self.weight.unwrap_or(WEIGHT_MIN),
+            weight: self.weight.unwrap_or(WEIGHT_DEFAULT),
             allow,
             redis_auth,
         })

@@ -139,16 +139,18 @@ impl NodeName {
 text_newtype!(NodeName);
 
 /// Checks a fixed-length hex id and lower-cases it.
-fn hex_id(kind: &'static str, text: &str, len: usize) -> Result<String, NameError> {
+/// `why` names the expected form (e.g. "expected 64 hex digits").
+fn hex_id(
+    kind: &'static str,
+    text: &str,
+    len: usize,
+    why: &'static str,
+) -> Result<String, NameError> {
     if text.len() != len || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(NameError {
             kind,
             name: text.to_string(),
-            why: if len == 64 {
-                "expected 64 hex digits"
-            } else {
-                "expected 16 hex digits"
-            },
+            why,
         });
     }
     Ok(text.to_ascii_lowercase())
@@ -162,7 +164,12 @@ pub struct Fingerprint(String);
 impl Fingerprint {
     /// Validates a fingerprint (64 hex digits, any case).
     pub fn parse(text: &str) -> Result<Self, NameError> {
-        hex_id("fingerprint", text, 64).map(Self)
+        hex_id("fingerprint", text, 64, "expected 64 hex digits").map(Self)
+    }
+
+    /// The first `n` hex digits, to tell certificates apart in keys and logs.
+    pub fn short(&self, n: usize) -> &str {
+        self.0.get(..n).unwrap_or(&self.0)
     }
 
     /// The fingerprint of a SHA-256 digest.
@@ -182,7 +189,7 @@ pub struct MeshId(String);
 impl MeshId {
     /// Validates a mesh id (16 hex digits, any case).
     pub fn parse(text: &str) -> Result<Self, NameError> {
-        hex_id("mesh id", text, 16).map(Self)
+        hex_id("mesh id", text, 16, "expected 16 hex digits").map(Self)
     }
 
     /// The mesh id of a root public key.

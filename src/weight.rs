@@ -4,6 +4,9 @@
 /// The smallest weight.
 pub const WEIGHT_MIN: u32 = 1;
 
+/// The weight of a service given none (`--weight`, `weight`, a record without `w`).
+pub const WEIGHT_DEFAULT: u32 = 1;
+
 /// The largest weight a node may publish.
 pub const WEIGHT_MAX: u32 = 10_000;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
-use crate::weight::check_weight;
+use crate::weight::{WEIGHT_DEFAULT, check_weight};
 
 /// The DNS-SD service type of every ambassador record.
 pub const SERVICE_TYPE: &str = "_ambassador._udp.local.";
@@ -87,7 +87,7 @@ impl TxtRecord {
         let fingerprint =
             Fingerprint::parse(&need("id")?).map_err(|_| RecordError::Malformed("id"))?;
         let weight = match get("w") {
-            None => 1,
+            None => WEIGHT_DEFAULT,
             Some(w) => w
                 .parse::<u32>()
                 .ok()
@@ -149,8 +149,7 @@ impl Instance {
     /// The stable key of this instance: its full name and its certificate, so that two nodes
     /// announcing one name (a restart, or two nodes given one `--node`) are two instances.
     pub fn key(&self) -> String {
-        let fp = self.fingerprint.as_str();
-        format!("{}#{}", self.fullname, fp.get(..8).unwrap_or(fp))
+        format!("{}#{}", self.fullname, self.fingerprint.short(8))
     }
 
     /// Builds an instance from a record's parts.
@@ -179,6 +178,11 @@ impl Instance {
             confirmed: false,
             alternates: Vec::new(),
         })
+    }
+
+    /// The node this record claims: its name and certificate.
+    pub fn node_key(&self) -> super::NodeKey {
+        (self.node.clone(), self.fingerprint.clone())
     }
 
     /// The QUIC socket addresses to dial, best first (then the alternates), of the families

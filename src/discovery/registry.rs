@@ -201,7 +201,7 @@ impl Registry {
             if i.fullname != fullname {
                 return true;
             }
-            let node = (i.node.clone(), i.fingerprint.clone());
+            let node = i.node_key();
             if confirmed
                 .get(&node)
                 .is_some_and(|c| !c.set.draining && c.set.get(&i.service).is_some())
@@ -260,7 +260,7 @@ impl Registry {
         );
         let mut removed = Vec::new();
         for i in hints.values() {
-            let node = (i.node.clone(), i.fingerprint.clone());
+            let node = i.node_key();
             let (was, now) = (previous.get(&node), confirmed.get(&node));
             let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
             let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
@@ -276,11 +276,11 @@ impl Registry {
         }
         let verified_names: HashSet<String> = hints
             .values()
-            .filter(|i| confirmed.contains_key(&(i.node.clone(), i.fingerprint.clone())))
+            .filter(|i| confirmed.contains_key(&i.node_key()))
             .map(|i| i.fullname.clone())
             .collect();
         hints.retain(|key, i| {
-            let node = (i.node.clone(), i.fingerprint.clone());
+            let node = i.node_key();
             let why = match confirmed.get(&node) {
                 Some(c) if c.set.get(&i.service).is_none() => Some(Change::WithdrawnByNode),
                 Some(_) => None,
@@ -297,11 +297,7 @@ impl Registry {
                 None => true,
             }
         });
-        lost.retain(|k| {
-            hints
-                .values()
-                .any(|i| i.node == k.0 && i.fingerprint == k.1)
-        });
+        lost.retain(|k| hints.values().any(|i| i.node_key() == *k));
         *previous = confirmed;
         drop(state);
         self.bump();
@@ -316,7 +312,7 @@ impl Registry {
             .values()
             .filter(|i| &i.service == service)
             .filter_map(|i| {
-                let node = (i.node.clone(), i.fingerprint.clone());
+                let node = i.node_key();
                 merged(i, state.confirmed.get(&node))
             })
             .collect()
@@ -392,10 +388,7 @@ mod tests {
             }],
         };
         let remote = SocketAddr::new(i.addrs[0], 4433);
-        HashMap::from([(
-            (i.node.clone(), i.fingerprint.clone()),
-            Confirmed { remote, set },
-        )])
+        HashMap::from([(i.node_key(), Confirmed { remote, set })])
     }
 
     #[test]

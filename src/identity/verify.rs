@@ -40,11 +40,7 @@ fn parse_deny(path: &Path) -> Result<HashSet<Fingerprint>, DenyError> {
         if line.is_empty() {
             continue;
         }
-        let fp: String = line
-            .chars()
-            .filter(|c| *c != ':')
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let fp: String = line.chars().filter(|c| *c != ':').collect();
         let fp = Fingerprint::parse(&fp).map_err(|_| {
             err(format!(
                 "line {}: expected a SHA-256 certificate fingerprint (64 hex digits)",

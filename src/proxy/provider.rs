@@ -19,8 +19,8 @@ use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::names::{NodeName, ServiceName, TcpAddr};
 use crate::transport::control::{ServiceSet, ServiceState};
-use crate::transport::peer_identity;
 use crate::transport::protocol::{FLAG_CONTROL, FLAG_PROBE, RefusalCode, Reply, Request};
+use crate::transport::{CloseCode, peer_identity};
 
 /// Most streams of one connection that may wait for their request header at once. A consumer
 /// sends the header with the stream's first bytes, so only a broken or hostile peer has many
@@ -152,7 +152,7 @@ async fn handle_connection(
     // A verified chain always carries a certificate; a missing one is refused per stream.
     let Some(identity) = peer_identity(&conn) else {
         warn!("refused a peer whose certificate cannot be read");
-        conn.close(VarInt::from_u32(0), b"unreadable certificate");
+        conn.close(CloseCode::Stopping.varint(), b"unreadable certificate");
         return;
     };
     let peer = Arc::new(identity);

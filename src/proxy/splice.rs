@@ -12,8 +12,6 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::PeerFailure;
-
 /// Largest chunk read from TCP in one go.
 const CHUNK: usize = 64 * 1024;
 /// Reads shorter than this are copied into an exact-size buffer, so a small message does not
@@ -43,8 +41,8 @@ pub(crate) enum ResetCause {
     StreamReset(u64),
     /// The remote ambassador stopped reading the stream, with this code.
     StreamStopped(u64),
-    /// The QUIC connection under the stream was lost.
-    ConnectionLost(PeerFailure),
+    /// The QUIC connection under the stream was lost (quinn's typed reason).
+    ConnectionLost(quinn::ConnectionError),
     /// The stream was already closed (an internal misuse; never expected).
     StreamClosed,
 }
@@ -68,7 +66,7 @@ impl ResetCause {
     fn of_read(e: quinn::ReadError) -> Self {
         match e {
             quinn::ReadError::Reset(code) => Self::StreamReset(code.into_inner()),
-            quinn::ReadError::ConnectionLost(c) => Self::lost(&c),
+            quinn::ReadError::ConnectionLost(c) => Self::ConnectionLost(c),
             quinn::ReadError::ClosedStream
             | quinn::ReadError::IllegalOrderedRead
             | quinn::ReadError::ZeroRttRejected => Self::StreamClosed,
@@ -78,17 +76,11 @@ impl ResetCause {
     fn of_write(e: quinn::WriteError) -> Self {
         match e {
             quinn::WriteError::Stopped(code) => Self::StreamStopped(code.into_inner()),
-            quinn::WriteError::ConnectionLost(c) => Self::lost(&c),
+            quinn::WriteError::ConnectionLost(c) => Self::ConnectionLost(c),
             quinn::WriteError::ClosedStream | quinn::WriteError::ZeroRttRejected => {
                 Self::StreamClosed
             }
         }
-    }
-
-    fn lost(e: &quinn::ConnectionError) -> Self {
-        // The remote address only labels refutations, which a lost stream never is.
-        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        Self::ConnectionLost(PeerFailure::classify(e, unspecified))
     }
 }
 

@@ -51,10 +51,7 @@ pub enum PeerKey {
 impl fmt::Display for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Node(c) => {
-                let fp = c.fingerprint.as_str();
-                write!(f, "{}/{}", c.node, fp.get(..12).unwrap_or(fp))
-            }
+            Self::Node(c) => write!(f, "{}/{}", c.node, c.fingerprint.short(12)),
             Self::Addrs(addrs) => {
                 let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 f.write_str(&list.join(","))
