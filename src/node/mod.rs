@@ -12,7 +12,6 @@ mod reload;
 mod status;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -189,8 +188,7 @@ impl Node {
     async fn drain(&mut self, controls: &mut mpsc::Receiver<Control>) {
         if let Some(p) = &self.provider {
             // Consumers learn it over their control streams at once, before the goodbye.
-            p.draining.store(true, Ordering::Relaxed);
-            p.publish();
+            p.start_drain();
         }
         self.stop_accepting.cancel();
         self.mdns.withdraw_all().await;

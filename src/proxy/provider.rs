@@ -73,6 +73,13 @@ impl ProviderConfig {
         }
     }
 
+    /// Begins the drain: new streams are refused ("draining"), and every consumer's control
+    /// stream is told at once.
+    pub(crate) fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.publish();
+    }
+
     /// Tells every consumer's control stream what this node serves now (after a health
     /// change, or when the drain begins).
     pub(crate) fn publish(&self) {
@@ -464,8 +471,7 @@ mod tests {
         cfg.publish();
         wait_view(&pool, |s| s.get(&service).is_some_and(|s| !s.up)).await;
 
-        cfg.draining.store(true, Ordering::Relaxed);
-        cfg.publish();
+        cfg.start_drain();
         wait_view(&pool, |s| s.draining).await;
         cancel.cancel();
     }

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::Connection;
@@ -32,50 +31,38 @@ pub struct PeerView {
 
 /// The views of every verified peer; readers wait on its changes.
 #[derive(Clone)]
-pub struct PeerViews {
-    map: Arc<Mutex<HashMap<ClaimedIdentity, PeerView>>>,
-    changed: watch::Sender<u64>,
-}
+pub struct PeerViews(watch::Sender<HashMap<ClaimedIdentity, PeerView>>);
 
 impl Default for PeerViews {
     fn default() -> Self {
-        Self {
-            map: Arc::default(),
-            changed: watch::channel(0).0,
-        }
+        Self(watch::channel(HashMap::new()).0)
     }
 }
 
 impl PeerViews {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClaimedIdentity, PeerView>> {
-        // A poisoned lock means a panic elsewhere; the map is always consistent.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Every view now.
     pub fn snapshot(&self) -> HashMap<ClaimedIdentity, PeerView> {
-        self.lock().clone()
+        self.0.borrow().clone()
     }
 
     /// A receiver notified on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<HashMap<ClaimedIdentity, PeerView>> {
+        self.0.subscribe()
     }
 
     fn set(&self, peer: &ClaimedIdentity, view: PeerView) {
-        let changed = self.lock().insert(peer.clone(), view.clone()) != Some(view);
-        if changed {
-            self.changed.send_modify(|v| *v += 1);
-        }
+        self.0
+            .send_if_modified(|map| map.insert(peer.clone(), view.clone()) != Some(view));
     }
 
     fn drop_view(&self, peer: &ClaimedIdentity, stable_id: usize) {
-        let mut map = self.lock();
-        if map.get(peer).is_some_and(|v| v.stable_id == stable_id) {
-            map.remove(peer);
-            drop(map);
-            self.changed.send_modify(|v| *v += 1);
-        }
+        self.0.send_if_modified(|map| {
+            let ours = map.get(peer).is_some_and(|v| v.stable_id == stable_id);
+            if ours {
+                map.remove(peer);
+            }
+            ours
+        });
     }
 
     /// Follows the control stream of a new verified connection to `peer` until it ends.
