@@ -610,14 +610,15 @@ impl CheckedConfig {
             (None, false) => None,
         };
         let dns_server = flag_addr(addr::DNS_SERVER, "--dns-server", args.dns_server.as_deref())?;
+        let what = "connect";
+        // The same source for every SPEC (backend host names resolved once).
+        let source = Source::parse(what, &args.backends, args.discover.as_deref(), dns_server)?;
         let mut connect = Vec::new();
         for spec in specs {
-            let what = "connect";
-            let source = Source::parse(what, &args.backends, args.discover.as_deref(), dns_server)?;
             connect.push(
                 ConnectConfig {
                     spec,
-                    source,
+                    source: source.clone(),
                     direct: args.direct,
                     redis_auth: redis_auth.clone(),
                     wait: args.wait,
