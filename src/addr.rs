@@ -12,6 +12,8 @@ pub struct AddrKind {
     pub default_port: Option<u16>,
     /// Host names are accepted (and resolved now, as configuration is checked).
     pub host_names: bool,
+    /// A bare port means that port on 127.0.0.1 (loopback unless asked).
+    pub bare_port: bool,
     /// Correct values, shown in errors.
     pub examples: &'static str,
 }
@@ -20,6 +22,7 @@ pub struct AddrKind {
 pub const DNS_SERVER: AddrKind = AddrKind {
     default_port: Some(53),
     host_names: false,
+    bare_port: false,
     examples: "10.0.0.53 or 10.0.0.53:5353",
 };
 
@@ -27,6 +30,7 @@ pub const DNS_SERVER: AddrKind = AddrKind {
 pub const BIND: AddrKind = AddrKind {
     default_port: Some(0),
     host_names: false,
+    bare_port: false,
     examples: "0.0.0.0 (an ephemeral port) or 0.0.0.0:7443",
 };
 
@@ -34,7 +38,16 @@ pub const BIND: AddrKind = AddrKind {
 pub const BACKEND: AddrKind = AddrKind {
     default_port: None,
     host_names: true,
+    bare_port: false,
     examples: "10.0.0.7:7443 or node-b.lan:7443",
+};
+
+/// `--admin` / `[admin] listen`: a bare port is on loopback, a bare IP gets port 9180.
+pub const ADMIN: AddrKind = AddrKind {
+    default_port: Some(9180),
+    host_names: false,
+    bare_port: true,
+    examples: "9180 (127.0.0.1:9180), 127.0.0.1:9180 or 0.0.0.0:9180",
 };
 
 /// An address option's value that is not an address.
@@ -68,6 +81,7 @@ impl AddrKind {
     /// The grammar, for errors.
     fn grammar(&self) -> &'static str {
         match (self.default_port, self.host_names) {
+            (Some(_), false) if self.bare_port => "PORT, IP or IP:PORT",
             (Some(_), false) => "IP or IP:PORT",
             (Some(_), true) => "HOST, IP or HOST:PORT",
             (None, true) => "HOST:PORT",
@@ -85,6 +99,14 @@ impl AddrKind {
         let t = text.trim();
         if let Ok(addr) = t.parse::<SocketAddr>() {
             return Ok(addr);
+        }
+        if self.bare_port
+            && let Ok(port) = t.parse::<u16>()
+        {
+            return Ok(SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port,
+            ));
         }
         if let Some(port) = self.default_port {
             // `::1` and `[::1]` alike.

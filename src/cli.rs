@@ -76,6 +76,11 @@ pub struct Common {
     /// connections to end (a second signal stops at once) [default: 30s]
     #[arg(long, global = true, env = "AMBASSADOR_DRAIN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Option<Duration>,
+    /// Serve the admin endpoint over HTTP: /metrics (Prometheus), /status (JSON), /healthz
+    /// (503 while draining) and / (a status page). PORT, IP or IP:PORT; a bare port is on
+    /// 127.0.0.1 [default: off]
+    #[arg(long, global = true, env = "AMBASSADOR_ADMIN", value_name = "ADDR")]
+    pub admin: Option<String>,
     /// Log format
     #[arg(
         long,

@@ -258,6 +258,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub drain_timeout: Duration,
     /// Log format (the flag, else the file's, else text).
     pub log_format: LogFormat,
+    /// The admin endpoint's address, if it is on.
+    pub admin: Option<SocketAddr>,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -308,10 +310,21 @@ pub struct FileConfig {
     /// Provider health-check interval, e.g. "2s".
     #[serde(deserialize_with = "duration")]
     pub health_interval: Option<Duration>,
+    /// The `[admin]` table: the admin endpoint.
+    pub admin: Option<FileAdmin>,
     /// `[announce.NAME]` sections.
     pub announce: BTreeMap<String, FileAnnounce>,
     /// `[connect.NAME]` sections.
     pub connect: BTreeMap<String, FileConnect>,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// Where the admin endpoint listens: PORT (on 127.0.0.1), IP or IP:PORT.
+    #[serde(deserialize_with = "admin_addr")]
+    pub listen: SocketAddr,
 }
 
 /// One `[announce.NAME]` section.
@@ -369,6 +382,14 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 /// The file's `bind`, parsed as the file is read, so an error names its line.
 fn bind_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     file_addr(d, addr::BIND, "bind")
+}
+
+/// The file's `[admin] listen`, parsed as the file is read.
+fn admin_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    addr::ADMIN
+        .parse("listen", &text)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The file's `dns_server`, parsed as the file is read.
@@ -557,6 +578,8 @@ impl CheckedConfig {
                 .or(file.drain_timeout)
                 .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
+            admin: flag_addr(addr::ADMIN, "--admin", common.admin.as_deref())?
+                .or(file.admin.as_ref().map(|a| a.listen)),
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -697,6 +720,7 @@ impl<I> NodeConfig<I> {
             transport: self.transport,
             drain_timeout: self.drain_timeout,
             log_format: self.log_format,
+            admin: self.admin,
             config_file: self.config_file,
             flags: self.flags,
         })

@@ -10,7 +10,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// What a node reports.
+/// What a node reports: `ambassador status --json` prints a list of these, and the admin
+/// endpoint's `/status` serves one. A stable format (README, "Status JSON"): fields are only
+/// ever added.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Node name.
@@ -21,13 +23,52 @@ pub struct NodeStatus {
     pub quic: String,
     /// Process id.
     pub pid: u32,
+    /// The ambassador version.
+    #[serde(default)]
+    pub version: String,
+    /// When the node started (Unix seconds).
+    #[serde(default)]
+    pub started_unix: u64,
+    /// Seconds since it started.
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// Whether it drains (stops): new streams are refused, announcements withdrawn.
+    #[serde(default)]
+    pub draining: bool,
+    /// This node's certificate.
+    #[serde(default)]
+    pub certificate: CertificateStatus,
     /// Announced services.
     pub announce: Vec<AnnounceStatus>,
     /// Reached services.
     pub connect: Vec<ConnectStatus>,
+    /// QUIC connections to and from peers.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
     /// Other nodes of this mesh announcing under this node's name (each: who, where, what).
     #[serde(default)]
     pub name_conflicts: Vec<String>,
+}
+
+/// This node's certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// SHA-256 fingerprint, hex.
+    pub fingerprint: String,
+    /// When it expires (Unix seconds).
+    pub not_after_unix: i64,
+    /// Seconds until then (negative once expired).
+    pub expires_in_seconds: i64,
+}
+
+/// Below this, `status` and the admin page warn that the certificate expires soon.
+pub const EXPIRY_WARNING_SECONDS: i64 = 7 * 24 * 3600;
+
+impl CertificateStatus {
+    /// Whether it expires within [`EXPIRY_WARNING_SECONDS`].
+    pub fn expires_soon(&self) -> bool {
+        self.expires_in_seconds < EXPIRY_WARNING_SECONDS
+    }
 }
 
 /// One announced service.
@@ -41,6 +82,24 @@ pub struct AnnounceStatus {
     pub target: String,
     /// Whether the health check finds the target up.
     pub target_up: bool,
+    /// Balancing weight.
+    #[serde(default)]
+    pub weight: u32,
+    /// Streams open now.
+    #[serde(default)]
+    pub open_streams: i64,
+    /// Streams accepted since start.
+    #[serde(default)]
+    pub accepted_streams: u64,
+    /// Streams refused since start (draining, target down, not allowed...).
+    #[serde(default)]
+    pub refused_streams: u64,
+    /// Bytes from the target to consumers.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Bytes from consumers to the target.
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 /// One reached service.
@@ -50,17 +109,23 @@ pub struct ConnectStatus {
     pub service: String,
     /// Listen address, once bound.
     pub listen: Option<String>,
-    /// Balancing policy.
+    /// Balancing policy (`least-conn`, `round-robin`, `random`).
     pub policy: String,
     /// Health and load per instance.
     pub instances: Vec<InstanceStatus>,
 }
 
 /// One instance of a reached service, as `status` reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceStatus {
-    /// Instance key (the DNS-SD full name, or the backend address).
+    /// Instance key (the DNS-SD full name and certificate prefix, or the backend address).
     pub instance: String,
+    /// The node announcing it, when known (mesh discovery).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Where its connections go (a QUIC address, or a plain TCP backend's).
+    #[serde(default)]
+    pub address: Option<String>,
     /// `healthy` or `ejected`.
     pub health: String,
     /// Open connections now.
@@ -69,8 +134,60 @@ pub struct InstanceStatus {
     pub total: u64,
     /// Consecutive failures.
     pub failures: u32,
+    /// Bytes from clients to it.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Bytes from it to clients.
+    #[serde(default)]
+    pub bytes_received: u64,
     /// The last failure, if any.
     pub last_failure: Option<String>,
+    /// When it happened (Unix seconds).
+    #[serde(default)]
+    pub last_failure_unix: Option<u64>,
+    /// Round-trip time of the QUIC connection to its node, when one is open.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+}
+
+/// Which side opened a QUIC connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerDirection {
+    /// This node dialled it (a consumer's pooled connection).
+    Out,
+    /// The peer dialled this node (its provider serves it).
+    In,
+}
+
+impl std::fmt::Display for PeerDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Out => "out",
+            Self::In => "in",
+        })
+    }
+}
+
+/// One QUIC connection to or from a peer, from quinn's statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's node name (from its verified certificate, when it names one).
+    pub node: Option<String>,
+    /// Its UDP address.
+    pub address: String,
+    /// Who dialled.
+    pub direction: PeerDirection,
+    /// Round-trip time estimate.
+    pub rtt_ms: f64,
+    /// Congestion window.
+    pub cwnd_bytes: u64,
+    /// UDP packets sent.
+    pub sent_packets: u64,
+    /// Packets lost.
+    pub lost_packets: u64,
+    /// Largest UDP payload the path carries now.
+    pub mtu: u16,
 }
 
 /// The per-user directory of status sockets: `$XDG_RUNTIME_DIR/ambassador`, else

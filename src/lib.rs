@@ -32,6 +32,7 @@
 #![warn(unreachable_pub)]
 
 pub mod addr;
+pub(crate) mod admin;
 pub(crate) mod balance;
 pub mod cli;
 pub mod commands;
@@ -42,6 +43,7 @@ pub mod error;
 pub mod identity;
 pub(crate) mod inject;
 pub mod ls;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub(crate) mod proxy;

@@ -11,8 +11,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 use tracing::info;
+
+use crate::metrics::InstanceLabels;
 
 /// How new connections are spread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -74,6 +78,8 @@ struct State {
     /// Ejected until proven healthy (its peer is lost), whatever the time.
     held: bool,
     last_failure: Option<String>,
+    /// When the last failure happened.
+    last_failure_at: Option<std::time::SystemTime>,
     /// Smooth weighted round-robin: the running weight.
     current: i64,
 }
@@ -93,6 +99,44 @@ pub(crate) struct InstanceStats {
     pub failures: u32,
     /// The last failure, if any.
     pub last_failure: Option<String>,
+    /// When it happened.
+    pub last_failure_at: Option<std::time::SystemTime>,
+}
+
+impl InstanceStats {
+    /// An instance no connection has used yet.
+    pub(crate) fn fresh(key: &str) -> Self {
+        Self {
+            instance: key.to_string(),
+            health: "healthy",
+            open: 0,
+            total: 0,
+            failures: 0,
+            last_failure: None,
+            last_failure_at: None,
+        }
+    }
+}
+
+/// Where a balancer counts its ejections and re-admissions (the service's metric families).
+#[derive(Debug, Clone)]
+pub(crate) struct BalanceMeters {
+    /// The service.
+    pub service: String,
+    /// Ejections by instance.
+    pub ejections: Family<InstanceLabels, Counter>,
+    /// Re-admissions by instance.
+    pub readmissions: Family<InstanceLabels, Counter>,
+}
+
+impl BalanceMeters {
+    fn count(&self, family: &Family<InstanceLabels, Counter>, key: &str) {
+        let labels = InstanceLabels {
+            service: self.service.clone(),
+            instance: key.to_string(),
+        };
+        family.get_or_create(&labels).inc();
+    }
 }
 
 /// The balancer of one service (or one node: keys are unique per instance).
@@ -102,6 +146,7 @@ pub(crate) struct Balancer {
     backoff: Backoff,
     state: Mutex<HashMap<String, State>>,
     rng: Mutex<u64>,
+    meters: Option<BalanceMeters>,
 }
 
 /// Marks one open connection; dropping it closes the count.
@@ -134,6 +179,19 @@ impl Balancer {
             backoff,
             state: Mutex::new(HashMap::new()),
             rng: Mutex::new(seed),
+            meters: None,
+        }
+    }
+
+    /// The same balancer, counting its ejections and re-admissions in `meters`.
+    pub(crate) fn with_meters(mut self, meters: BalanceMeters) -> Self {
+        self.meters = Some(meters);
+        self
+    }
+
+    fn count_ejection(&self, key: &str) {
+        if let Some(m) = &self.meters {
+            m.count(&m.ejections, key);
         }
     }
 
@@ -241,8 +299,11 @@ impl Balancer {
     pub(crate) fn readmit(&self, key: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
-        if s.failures > 0 || s.ejected_until.is_some() {
+        if s.failures > 0 || s.ejected_until.is_some() || s.held {
             info!(instance = key, "instance healthy again: re-admitted");
+            if let Some(m) = &self.meters {
+                m.count(&m.readmissions, key);
+            }
         }
         s.failures = 0;
         s.ejected_until = None;
@@ -254,12 +315,18 @@ impl Balancer {
     pub(crate) fn lost(&self, key: &str, reason: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
-        if !s.held {
+        let newly = !s.held;
+        if newly {
             info!(instance = key, reason, "instance ejected: its peer is lost");
         }
         s.failures = s.failures.saturating_add(1);
         s.held = true;
         s.last_failure = Some(reason.to_string());
+        s.last_failure_at = Some(std::time::SystemTime::now());
+        drop(map);
+        if newly {
+            self.count_ejection(key);
+        }
     }
 
     /// Records a failure: ejects the instance for a back-off that doubles with each
@@ -276,6 +343,7 @@ impl Balancer {
             .min(self.backoff.cap);
         s.ejected_until = Some(Instant::now() + backoff);
         s.last_failure = Some(reason.to_string());
+        s.last_failure_at = Some(std::time::SystemTime::now());
         info!(
             instance = key,
             failures = s.failures,
@@ -283,12 +351,23 @@ impl Balancer {
             reason,
             "instance ejected"
         );
+        drop(map);
+        self.count_ejection(key);
     }
 
     /// Forgets the instances for which `keep` is false (discovery removed them), except those
-    /// a connection is still open on (their guard still counts on the entry).
-    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.lock().retain(|key, s| s.open > 0 || keep(key));
+    /// a connection is still open on (their guard still counts on the entry); returns the
+    /// keys forgotten.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.lock().retain(|key, s| {
+            let stays = s.open > 0 || keep(key);
+            if !stays {
+                gone.push(key.clone());
+            }
+            stays
+        });
+        gone
     }
 
     /// Instances the balancer holds state for.
@@ -314,6 +393,7 @@ impl Balancer {
                 total: s.total,
                 failures: s.failures,
                 last_failure: s.last_failure.clone(),
+                last_failure_at: s.last_failure_at,
             })
             .collect();
         out.sort_by(|a, b| a.instance.cmp(&b.instance));

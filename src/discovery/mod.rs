@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::metrics::DiscoveryMeter;
 use crate::names::{QuicAddr, TcpAddr};
 
 /// How long a consumer waits at most for a first instance, by default.
@@ -74,14 +75,17 @@ pub struct Endpoint {
 pub struct EndpointSet {
     list: Mutex<Vec<Endpoint>>,
     changed: watch::Sender<u64>,
+    meter: DiscoveryMeter,
 }
 
 impl EndpointSet {
-    /// A set with these endpoints.
-    pub fn new(list: Vec<Endpoint>) -> Self {
+    /// A set with these endpoints; its changes are counted by `meter`.
+    pub fn new(list: Vec<Endpoint>, meter: DiscoveryMeter) -> Self {
+        meter.count("added", list.len() as u64);
         Self {
             list: Mutex::new(list),
             changed: watch::channel(0).0,
+            meter,
         }
     }
 
@@ -91,6 +95,16 @@ impl EndpointSet {
         if *cur == list {
             return false;
         }
+        let known = |set: &[Endpoint], e: &Endpoint| set.iter().any(|o| o.addr == e.addr);
+        let added = list.iter().filter(|e| !known(&cur, e)).count();
+        let removed = cur.iter().filter(|e| !known(&list, e)).count();
+        let updated = list
+            .iter()
+            .filter(|e| cur.iter().any(|o| o.addr == e.addr && o != *e))
+            .count();
+        self.meter.count("added", added as u64);
+        self.meter.count("removed", removed as u64);
+        self.meter.count("updated", updated as u64);
         *cur = list;
         drop(cur);
         self.changed.send_modify(|v| *v += 1);

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::Instance;
 use super::record::sort_addrs;
+use crate::metrics::DiscoveryMeter;
 use crate::names::{Fingerprint, NodeName, ServiceName};
 use crate::served::ServiceSet;
 
@@ -55,6 +56,16 @@ pub enum Change {
     Superseded,
 }
 
+impl Change {
+    /// The discovery event it is, for metrics.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::WithdrawnByNode | Self::Superseded => "removed",
+            Self::Confirmed | Self::Unconfirmed | Self::Draining => "updated",
+        }
+    }
+}
+
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -94,14 +105,14 @@ struct State {
 pub struct Registry {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// Counts records added, removed and updated (source `mdns`), and what verified nodes'
+    /// word changed (source `mesh`).
+    meter: DiscoveryMeter,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            changed: watch::channel(0).0,
-        }
+        Self::new(DiscoveryMeter::detached("mdns"))
     }
 }
 
@@ -150,6 +161,15 @@ fn merged(hint: &Instance, confirmed: Option<&Confirmed>) -> Option<Instance> {
 }
 
 impl Registry {
+    /// An empty registry whose changes are counted by `meter` (its source: the records').
+    pub fn new(meter: DiscoveryMeter) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changed: watch::channel(0).0,
+            meter,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock means a panic elsewhere; the state itself is always consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -185,6 +205,12 @@ impl Registry {
         state.hints.insert(key, inst);
         drop(state);
         self.bump();
+        let event = if outcome == Upserted::New {
+            "added"
+        } else {
+            "updated"
+        };
+        self.meter.count(event, 1);
         outcome
     }
 
@@ -197,6 +223,7 @@ impl Registry {
         } = &mut *state;
         let mut kept = Vec::new();
         let mut removed = false;
+        let before = hints.len();
         hints.retain(|_, i| {
             if i.fullname != fullname {
                 return true;
@@ -213,9 +240,11 @@ impl Registry {
                 false
             }
         });
+        let gone = before - state.hints.len();
         drop(state);
         if removed {
             self.bump();
+            self.meter.count("removed", gone as u64);
         }
         match (removed, kept.is_empty()) {
             (_, false) => GoodbyeOutcome::Kept(kept),
@@ -301,6 +330,10 @@ impl Registry {
         *previous = confirmed;
         drop(state);
         self.bump();
+        let mesh = self.meter.for_source("mesh");
+        for (_, why) in &removed {
+            mesh.count(why.event(), 1);
+        }
         removed
     }
 

@@ -214,6 +214,14 @@ impl std::fmt::Debug for NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// When this node's certificate expires (Unix seconds); `None` if it cannot be read (a
+    /// loaded bundle was parsed on load, a derived one is made here: never expected).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        let leaf = self.chain.first()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, IdentityError> {
         let mut roots = RootCertStore::empty();
         roots.add(self.root.clone())?;

@@ -107,6 +107,7 @@ impl Node {
                 wait: c.wait,
                 policy: c.policy,
                 redis_auth: c.redis_auth.clone(),
+                metrics: self.metrics.clone(),
             };
             let consumer = Arc::new(Consumer::new(
                 settings,
@@ -195,13 +196,19 @@ impl Node {
         let set = match &c.source {
             Source::Mesh => return Ok((Backends::Discovered(registry.clone()), None)),
             Source::Static(addrs) => {
-                let set = Arc::new(EndpointSet::new(static_endpoints(addrs, kind)));
+                let set = Arc::new(EndpointSet::new(
+                    static_endpoints(addrs, kind),
+                    self.metrics.discovery("static"),
+                ));
                 return Ok((Backends::Endpoints(set.clone()), Some(set)));
             }
             Source::DnsSrv { name, server } => {
                 let resolver = dns_srv::resolver(*server)
                     .map_err(|e| Failure::usage(format!("DNS resolver for {name}: {e}")))?;
-                let set = Arc::new(EndpointSet::new(Vec::new()));
+                let set = Arc::new(EndpointSet::new(
+                    Vec::new(),
+                    self.metrics.discovery("dns-srv"),
+                ));
                 let span = info_span!("dns-srv", service = %c.spec.service);
                 let run = dns_srv::run(
                     resolver,
@@ -215,7 +222,10 @@ impl Node {
             }
             Source::MdnsType(ty) => {
                 let rx = self.mdns.browse_type(ty).context("browsing mDNS")?;
-                let set = Arc::new(EndpointSet::new(Vec::new()));
+                let set = Arc::new(EndpointSet::new(
+                    Vec::new(),
+                    self.metrics.discovery("dns-sd"),
+                ));
                 self.tracker
                     .spawn(run_plain_browser(rx, set.clone(), self.cancel.clone()));
                 set

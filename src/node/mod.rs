@@ -12,8 +12,9 @@ mod reload;
 mod status;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use quinn::Endpoint as QuicEndpoint;
@@ -27,6 +28,7 @@ use crate::discovery::Registry;
 use crate::discovery::mdns::{Conflicts, Mdns};
 use crate::error::Failure;
 use crate::identity::{DenyList, MeshRoot, NodeIdentity, ca};
+use crate::metrics::Metrics;
 use crate::names::{Fingerprint, MeshId, NodeName};
 use crate::proxy::provider::ProviderConfig;
 use crate::transport::{self, CloseCode, EndpointError, Pool};
@@ -86,6 +88,14 @@ pub struct Node {
     announced: Vec<Arc<Announced>>,
     /// The consumers, one per reached service.
     consumers: Vec<ConsumerEntry>,
+    /// What the node counts (the admin endpoint's `/metrics`, and `status`).
+    metrics: Arc<Metrics>,
+    /// When the node started.
+    started: SystemTime,
+    /// When this node's certificate expires (Unix seconds; changes on a CA-mode reload).
+    not_after: Arc<AtomicI64>,
+    /// The admin endpoint's listener, bound at start, until it is served.
+    admin: Option<tokio::net::TcpListener>,
 }
 
 /// Runs a node until `controls` says stop (or a fatal error), then drains, withdraws its
@@ -111,6 +121,14 @@ impl Node {
             None => DenyList::empty(),
         };
         let listeners = consume::bind_known_listeners(&cfg).await?;
+        let admin = match cfg.admin {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Failure::usage(format!(
+                    "cannot listen on {addr} for the admin endpoint (--admin): {e}; pick another address"
+                ))
+            })?),
+            None => None,
+        };
         let serve = !cfg.announce.is_empty();
         let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport)
             .map_err(|e| match e {
@@ -126,11 +144,13 @@ impl Node {
         let mdns = Mdns::new(&cfg.interfaces, Some(quic_addr)).context("starting mDNS")?;
         let (fatal, fatal_rx) = mpsc::channel(1);
         info!(node = %identity.node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %identity_source(&cfg), "node up");
+        let metrics = Arc::new(Metrics::new());
+        let not_after = identity.not_after_unix().unwrap_or(0);
         let mut node = Self {
             node: identity.node.clone(),
             mesh_id: identity.mesh_id.clone(),
             fingerprint: Arc::new(RwLock::new(identity.fingerprint.clone())),
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(metrics.discovery("mdns"))),
             conflicts: Conflicts::default(),
             cfg,
             deny,
@@ -146,7 +166,12 @@ impl Node {
             provider: None,
             announced: Vec::new(),
             consumers: Vec::new(),
+            metrics,
+            started: SystemTime::now(),
+            not_after: Arc::new(AtomicI64::new(not_after)),
+            admin,
         };
+        node.watch_expiry();
         if serve {
             node.start_provider().await;
             node.announce()?;

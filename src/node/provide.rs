@@ -104,6 +104,8 @@ impl Node {
             activity: Default::default(),
             published: watch::channel(ServiceSet::default()).0,
             controls: Default::default(),
+            incoming: Default::default(),
+            metrics: self.metrics.clone(),
         });
         pcfg.publish();
         self.provider = Some(pcfg.clone());

@@ -47,6 +47,10 @@ impl Node {
             Err(e) => return warn!(error = %e, "identity not reloaded"),
         }
         *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = identity.fingerprint.clone();
+        if let Some(t) = identity.not_after_unix() {
+            self.not_after
+                .store(t, std::sync::atomic::Ordering::Relaxed);
+        }
         for a in &self.announced {
             a.republish(&self.mdns, &self.node, self.quic_addr.port(), |txt| {
                 txt.fingerprint = identity.fingerprint.clone();

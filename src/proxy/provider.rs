@@ -14,13 +14,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Activity;
-use super::splice::splice;
+use super::splice::{Traffic, splice};
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
+use crate::metrics::{Metrics, ServiceLabels};
 use crate::names::{NodeName, ServiceName, TcpAddr};
 use crate::transport::control::{ServiceSet, ServiceState};
 use crate::transport::protocol::{FLAG_CONTROL, FLAG_PROBE, RefusalCode, Reply, Request};
-use crate::transport::{CloseCode, peer_identity};
+use crate::transport::{CloseCode, HeldConnections, peer_identity};
 
 /// Most streams of one connection that may wait for their request header at once. A consumer
 /// sends the header with the stream's first bytes, so only a broken or hostile peer has many
@@ -51,6 +52,10 @@ pub(crate) struct ProviderConfig {
     pub published: watch::Sender<ServiceSet>,
     /// Control streams open now: a drain waits until each has delivered the draining frame.
     pub controls: Activity,
+    /// The connections consumers opened to this node (for status).
+    pub incoming: HeldConnections,
+    /// What the provider counts.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ProviderConfig {
@@ -163,6 +168,7 @@ async fn handle_connection(
         return;
     };
     let peer = Arc::new(identity);
+    let _listed = cfg.incoming.hold(&conn);
     info!(peer = %peer.node_label(), "peer connected");
     let awaiting = Activity::default();
     let mut next_id: u64 = 0;
@@ -179,7 +185,7 @@ async fn handle_connection(
             },
         };
         next_id += 1;
-        let span = info_span!("stream", peer = %peer.node_label(), id = next_id);
+        let span = info_span!("stream", service = tracing::field::Empty, peer = %peer.node_label(), conn = conn.stable_id(), id = next_id);
         let stream = Stream { send, recv };
         tracker.spawn(
             handle_stream(stream, cfg.clone(), peer.clone(), awaiting.clone()).instrument(span),
@@ -197,8 +203,11 @@ struct Stream {
 struct Refused(RefusalCode, String);
 
 impl Stream {
-    /// Sends a refusal, logs it, and lets the reply reach the peer before the stream goes.
-    async fn refuse(mut self, Refused(code, detail): Refused) {
+    /// Sends a refusal, logs and counts it, and lets the reply reach the peer before the
+    /// stream goes. `service` is what the stream asked for, once its header is read.
+    async fn refuse(mut self, cfg: &ProviderConfig, service: &str, refused: Refused) {
+        let Refused(code, detail) = refused;
+        cfg.metrics.provider.stream(service, code.label());
         warn!(%code, %detail, "refused stream");
         let _ = self
             .send
@@ -259,29 +268,32 @@ async fn handle_stream(
 ) {
     let req = match read_request(&mut stream, &cfg, &awaiting).await {
         Ok(req) => req,
-        Err(refused) => return stream.refuse(refused).await,
+        Err(refused) => return stream.refuse(&cfg, "", refused).await,
     };
+    let service = req.service.as_str();
+    tracing::Span::current().record("service", service);
     if req.flags & FLAG_CONTROL != 0 {
         if let Err(refused) = not_revoked(&cfg, &peer) {
-            return stream.refuse(refused).await;
+            return stream.refuse(&cfg, service, refused).await;
         }
         return stream.serve_control(&cfg).await;
     }
     let entry = match admit(&cfg, &peer, &req) {
         Ok(entry) => entry,
-        Err(refused) => return stream.refuse(refused).await,
+        Err(refused) => return stream.refuse(&cfg, service, refused).await,
     };
     if req.flags & FLAG_PROBE != 0 {
         return stream.answer_probe(entry.up.load(Ordering::Relaxed)).await;
     }
     let mut tcp = match connect_target(&req.service, entry, cfg.connect_timeout).await {
         Ok(tcp) => tcp,
-        Err(refused) => return stream.refuse(refused).await,
+        Err(refused) => return stream.refuse(&cfg, service, refused).await,
     };
     if let Some(auth) = &entry.redis_auth
         && let Err(e) = auth.authenticate(&mut tcp, cfg.connect_timeout).await
     {
-        warn!(service = %req.service, target = %entry.addr, error = %e, "credentials injection failed");
+        warn!(target = %entry.addr, error = %e, "credentials injection failed");
+        cfg.metrics.provider.stream(service, "auth_failed");
         return auth_failed(stream).await;
     }
     let Stream { mut send, recv } = stream;
@@ -289,8 +301,21 @@ async fn handle_stream(
         debug!("consumer went away before the reply");
         return;
     }
+    let p = &cfg.metrics.provider;
+    p.stream(service, "accepted");
+    let labels = ServiceLabels {
+        service: service.to_string(),
+    };
+    let active = p.active.get_or_create_owned(&labels);
+    // Provider side: "sent" is target to consumer, the splice's TCP-to-stream direction.
+    let meters = Traffic {
+        tcp_to_quic: p.sent.get_or_create_owned(&labels),
+        quic_to_tcp: p.received.get_or_create_owned(&labels),
+    };
     let _active = cfg.activity.enter();
-    splice(tcp, send, recv).await.log_end(&req.service);
+    active.inc();
+    splice(tcp, send, recv, &meters).await.log_end(&req.service);
+    active.dec();
 }
 
 /// Reads the request header within the bound; at most [`MAX_AWAITING_HEADER`] streams of one
@@ -446,6 +471,8 @@ mod tests {
             deny: deny.clone(),
             published: watch::channel(ServiceSet::default()).0,
             controls: Activity::default(),
+            incoming: HeldConnections::default(),
+            metrics: Arc::default(),
         });
         cfg.publish();
         let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());

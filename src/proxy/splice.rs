@@ -5,6 +5,7 @@
 //! handed to quinn without a further copy), and QUIC data arrives in chunks quinn owns.
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
@@ -108,6 +109,16 @@ impl SpliceStats {
     }
 }
 
+/// The byte counters one splice adds to, each way: one relaxed atomic add per chunk copied
+/// (the handles are resolved once per connection, before the splice).
+#[derive(Debug, Clone)]
+pub(crate) struct Traffic {
+    /// Bytes read from TCP and written into the stream.
+    pub tcp_to_quic: Counter,
+    /// Bytes read from the stream and written into TCP.
+    pub quic_to_tcp: Counter,
+}
+
 /// Error code of a stream reset caused by a TCP reset or failure.
 const RESET_CODE: u32 = 1;
 
@@ -149,13 +160,16 @@ async fn tcp_to_quic(
     r: &OwnedReadHalf,
     send: &mut SendStream,
     count: &mut u64,
+    meter: &Counter,
 ) -> Result<(), ResetCause> {
     let tcp_err = |e: std::io::Error| ResetCause::TcpRead(e.kind());
     loop {
         r.readable().await.map_err(tcp_err)?;
         match try_read_chunk(r).map_err(tcp_err)? {
             Read::Data(chunk) => {
-                *count += chunk.len() as u64;
+                let n = chunk.len() as u64;
+                *count += n;
+                meter.inc_by(n);
                 send.write_chunk(chunk)
                     .await
                     .map_err(ResetCause::of_write)?;
@@ -170,6 +184,7 @@ async fn quic_to_tcp(
     recv: &mut RecvStream,
     w: &mut OwnedWriteHalf,
     count: &mut u64,
+    meter: &Counter,
 ) -> Result<(), ResetCause> {
     // Take every chunk quinn has ready (one QUIC frame each, ~1.2 KB) and write them with one
     // vectored call: one syscall and one TCP segment train per batch instead of per frame.
@@ -189,7 +204,9 @@ async fn quic_to_tcp(
             }
         };
         let batch = &mut chunks[..n];
-        *count += batch.iter().map(|c| c.len() as u64).sum::<u64>();
+        let bytes = batch.iter().map(|c| c.len() as u64).sum::<u64>();
+        *count += bytes;
+        meter.inc_by(bytes);
         write_all_vectored(w, batch).await?;
     }
 }
@@ -236,6 +253,7 @@ pub(crate) async fn splice(
     tcp: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
+    traffic: &Traffic,
 ) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
     let (r, mut w) = tcp.into_split();
@@ -245,7 +263,7 @@ pub(crate) async fn splice(
     let upward = async {
         let res = tokio::select! {
             () = abort.cancelled() => Err(None),
-            res = tcp_to_quic(&r, &mut send, &mut up) => res.map_err(Some),
+            res = tcp_to_quic(&r, &mut send, &mut up, &traffic.tcp_to_quic) => res.map_err(Some),
         };
         if res.is_err() {
             abort.cancel();
@@ -257,7 +275,7 @@ pub(crate) async fn splice(
     let downward = async {
         let res = tokio::select! {
             () = abort.cancelled() => Err(None),
-            res = quic_to_tcp(&mut recv, &mut w, &mut down) => res.map_err(Some),
+            res = quic_to_tcp(&mut recv, &mut w, &mut down, &traffic.quic_to_tcp) => res.map_err(Some),
         };
         if res.is_err() {
             abort.cancel();

@@ -8,6 +8,9 @@ mod pool;
 pub mod protocol;
 mod views;
 
+mod held;
+pub use held::{Held, HeldConnections};
+
 pub use endpoint::{EndpointError, TransportSettings, client_config, endpoint, server_config};
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};
 pub use pool::{

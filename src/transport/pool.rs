@@ -175,6 +175,16 @@ impl Pool {
             .map(|c| c.rtt())
     }
 
+    /// The open pooled connections (those being dialled are skipped, never waited for).
+    pub fn connections(&self) -> Vec<Connection> {
+        let slots: Vec<Slot> = self.slots().values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.try_lock().ok()?.clone())
+            .filter(|c| c.close_reason().is_none())
+            .collect()
+    }
+
     /// Pooled connections now (open or being dialled).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -201,6 +201,19 @@ impl RefusalCode {
         })
     }
 
+    /// The refusal as a metric label value (`target_down`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownService => "unknown_service",
+            Self::NotAllowed => "not_allowed",
+            Self::TargetRefused => "target_refused",
+            Self::TargetUnreachable => "target_unreachable",
+            Self::TargetDown => "target_down",
+            Self::Draining => "draining",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
     /// Whether another instance may succeed where this one refused.
     pub fn retry_elsewhere(self) -> bool {
         !matches!(self, Self::NotAllowed | Self::BadRequest)

@@ -15,10 +15,13 @@ use tracing::{debug, info, warn};
 use super::direct::{DirectError, splice_tcp};
 use super::{Candidate, Consumer, Rejection, Target, Tried};
 use crate::inject::AUTH_FAILED_REPLY;
+use crate::metrics::ServiceLabels;
 use crate::names::{Fingerprint, ServiceName};
-use crate::proxy::splice::splice;
+use crate::proxy::splice::{Traffic, splice};
 use crate::transport::protocol::{HeaderError, Refusal, RefusalCode, Reply, Request};
 use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Least wait for a provider's answer before another instance is asked too (a hedge).
 const HEDGE_MIN: Duration = Duration::from_millis(100);
@@ -79,6 +82,14 @@ pub(crate) enum Opened {
     Direct(TcpStream),
 }
 
+/// The client connection an attempt is for: taken once carried (or closed for good).
+pub(super) struct Client {
+    /// The connection, until it is carried or closed.
+    pub tcp: Option<TcpStream>,
+    /// When it was accepted.
+    pub accepted: Instant,
+}
+
 /// What to do after an attempt.
 pub(super) enum Next {
     /// The client connection is served (or closed for good).
@@ -111,6 +122,14 @@ impl Consumer {
             Target::Direct(addr) => self.open_direct(*addr).await.map(Opened::Direct),
             Target::Peer(peer) => self.open_stream(peer).await,
         }
+    }
+
+    /// Counts one event of this service in `family`.
+    pub(super) fn count(&self, family: &Family<ServiceLabels, Counter>) {
+        let labels = ServiceLabels {
+            service: self.service.to_string(),
+        };
+        family.get_or_create(&labels).inc();
     }
 
     /// Whether the peer's certificate allows its node to announce this service (CA mode).
@@ -195,7 +214,7 @@ impl Consumer {
 /// when a failure already ended the client connection.
 pub(super) async fn attempt(
     consumer: &Arc<Consumer>,
-    tcp: &mut Option<TcpStream>,
+    tcp: &mut Client,
     tried: &mut HashSet<Tried>,
     pick: Candidate,
 ) -> Option<(Candidate, Result<Opened, AttemptError>)> {
@@ -212,6 +231,7 @@ pub(super) async fn attempt(
         return Some((pick, outcome));
     };
     tried.insert(second.tried());
+    consumer.count(&consumer.metrics.consumer.hedges);
     info!(instance = %pick.key, waited = ?delay, also = %second.key, "no answer yet; also trying another instance");
     let mut other = Box::pin(consumer.open_counted(&second));
     let (first_done, outcome) = tokio::select! {
@@ -248,19 +268,27 @@ pub(super) async fn attempt(
 /// whether another instance may serve the client.
 pub(super) async fn conclude(
     consumer: &Arc<Consumer>,
-    tcp: &mut Option<TcpStream>,
+    client: &mut Client,
     pick: &Candidate,
     outcome: Result<Opened, AttemptError>,
 ) -> Next {
     let error = match outcome {
         Ok(opened) => {
-            if let Some(tcp) = tcp.take() {
-                carry(consumer, tcp, pick, opened).await;
+            if let Some(tcp) = client.tcp.take() {
+                carry(consumer, tcp, client.accepted, pick, opened).await;
             }
             return Next::Done;
         }
         Err(e) => e,
     };
+    let labels = consumer.labels(&pick.key);
+    consumer
+        .metrics
+        .consumer
+        .failed
+        .get_or_create(&labels)
+        .inc();
+    let tcp = &mut client.tcp;
     match error {
         AttemptError::Peer(failure) => peer_failed(consumer, pick, failure),
         e @ AttemptError::NotAuthorized { .. } => {
@@ -277,6 +305,7 @@ pub(super) async fn conclude(
         }
         AttemptError::Refused(r) if !r.code.retry_elsewhere() => {
             warn!(instance = %pick.key, refusal = %r, "refused; closing the client connection");
+            consumer.count(&consumer.metrics.consumer.dropped);
             Next::Done
         }
         AttemptError::Refused(r) if r.code == RefusalCode::Draining => {
@@ -326,18 +355,40 @@ fn peer_failed(consumer: &Arc<Consumer>, pick: &Candidate, failure: PeerFailure)
     Next::AwaitAnother
 }
 
-/// Carries the client connection over what the attempt opened, and logs how it ended.
-async fn carry(consumer: &Consumer, tcp: TcpStream, pick: &Candidate, opened: Opened) {
+/// Carries the client connection over what the attempt opened, and logs how it ended. The
+/// connection's metric handles are resolved here, once.
+async fn carry(
+    consumer: &Consumer,
+    tcp: TcpStream,
+    accepted: Instant,
+    pick: &Candidate,
+    opened: Opened,
+) {
     consumer.balancer.succeeded(&pick.key);
     let _open = consumer.balancer.opened(&pick.key);
+    tracing::Span::current().record("peer", tracing::field::display(pick.peer_label()));
+    let families = &consumer.metrics.consumer;
+    let labels = consumer.labels(&pick.key);
+    families
+        .setup
+        .get_or_create(&labels)
+        .observe(accepted.elapsed().as_secs_f64());
+    families.opened.get_or_create(&labels).inc();
+    let meters = families.connection(&labels);
+    let _counted = meters.open();
     match opened {
         Opened::Direct(backend) => {
             debug!(backend = %pick.key, "direct connection open");
-            splice_tcp(tcp, backend).await;
+            splice_tcp(tcp, backend, &meters).await;
         }
         Opened::Stream(send, recv) => {
             debug!(instance = %pick.key, "stream open");
-            splice(tcp, send, recv).await.log_end(&pick.key);
+            // Consumer side: "sent" is client to instance, the splice's TCP-to-stream way.
+            let traffic = Traffic {
+                tcp_to_quic: meters.sent.clone(),
+                quic_to_tcp: meters.received.clone(),
+            };
+            splice(tcp, send, recv, &traffic).await.log_end(&pick.key);
         }
     }
 }

@@ -9,6 +9,7 @@ use tracing::debug;
 use super::Consumer;
 use super::attempt::AttemptError;
 use crate::inject::InjectError;
+use crate::metrics::ConnMeters;
 use crate::names::TcpAddr;
 
 /// Bound on connecting to a direct backend.
@@ -49,9 +50,15 @@ impl Consumer {
     }
 }
 
-/// Copies both ways between the client and a direct backend; a failure resets both.
-pub(super) async fn splice_tcp(mut client: TcpStream, mut backend: TcpStream) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+/// Copies both ways between the client and a direct backend; a failure resets both. The
+/// bytes are counted when the connection ends.
+pub(super) async fn splice_tcp(mut client: TcpStream, mut backend: TcpStream, meters: &ConnMeters) {
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    if let Ok((sent, received)) = copied {
+        meters.sent.inc_by(sent);
+        meters.received.inc_by(received);
+    }
+    if let Err(e) = copied {
         debug!(error = %e, "direct connection failed; resetting both sides");
         for s in [&client, &backend] {
             let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use super::Consumer;
-use super::attempt::{Next, attempt, conclude};
+use super::attempt::{Client, Next, attempt, conclude};
 
 /// Most instances tried for one client connection.
 const MAX_ATTEMPTS: usize = 4;
@@ -39,7 +39,7 @@ pub(crate) async fn serve_listener(
             },
         };
         next_id += 1;
-        let span = info_span!("conn", service = %consumer.service, %client, id = next_id);
+        let span = info_span!("conn", service = %consumer.service, %client, id = next_id, peer = tracing::field::Empty);
         consumer
             .tracker
             .spawn(handle_client(tcp, consumer.clone()).instrument(span));
@@ -50,8 +50,11 @@ pub(crate) async fn serve_listener(
 async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
     let _active = consumer.activity.enter();
     let _ = tcp.set_nodelay(true);
-    let mut tcp = Some(tcp);
-    let deadline = Instant::now() + consumer.wait;
+    let mut tcp = Client {
+        tcp: Some(tcp),
+        accepted: Instant::now(),
+    };
+    let deadline = tcp.accepted + consumer.wait;
     let mut tried = HashSet::new();
     // Wait for a first instance; after a failure, use what is known now, unless the failure
     // says a new instance may come (a node draining or lost: a restart).
@@ -60,6 +63,9 @@ async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
         let Some(pick) = consumer.choose(&tried, until).await else {
             break;
         };
+        if !tried.is_empty() {
+            consumer.count(&consumer.metrics.consumer.retries);
+        }
         tried.insert(pick.tried());
         let Some((winner, outcome)) = attempt(&consumer, &mut tcp, &mut tried, pick).await else {
             return;
@@ -70,6 +76,7 @@ async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
             Next::AwaitAnother => deadline,
         };
     }
+    consumer.count(&consumer.metrics.consumer.dropped);
     if tried.is_empty() {
         warn!(wait = ?consumer.wait, "no instance of {} found within the wait bound; closing the client connection", consumer.service);
     } else {

@@ -26,9 +26,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{Backoff, Balancer, Choice, InstanceStats, Policy};
+use crate::balance::{Backoff, BalanceMeters, Balancer, Choice, InstanceStats, Policy};
 use crate::discovery::{BackendAddr, Endpoint, EndpointSet, Instance, Registry};
 use crate::inject::RedisAuth;
+use crate::metrics::{InstanceLabels, Metrics};
 use crate::names::{Fingerprint, QuicAddr, ServiceName, TcpAddr};
 use crate::transport::{ClaimedIdentity, PeerKey, PeerTarget, Pool};
 
@@ -84,6 +85,17 @@ impl Candidate {
         (self.key.clone(), self.target.clone())
     }
 
+    /// Who carries it, for the connection's log lines: the node, else the address.
+    fn peer_label(&self) -> String {
+        match &self.target {
+            Target::Peer(PeerTarget {
+                claimed: Some(c), ..
+            }) => c.node.to_string(),
+            Target::Peer(t) => t.addrs.first().map_or_else(String::new, |a| a.to_string()),
+            Target::Direct(a) => a.to_string(),
+        }
+    }
+
     /// The pool key of the peer behind this candidate (`None` for a direct backend).
     fn peer_key(&self) -> Option<PeerKey> {
         match &self.target {
@@ -91,6 +103,21 @@ impl Candidate {
             Target::Direct(_) => None,
         }
     }
+}
+
+/// What `status` shows of one instance.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceReport {
+    /// Health and load.
+    pub stats: InstanceStats,
+    /// The node announcing it, when known.
+    pub node: Option<String>,
+    /// Where its connections go.
+    pub address: Option<String>,
+    /// Round-trip time of the open connection to its node.
+    pub rtt: Option<Duration>,
+    /// Bytes carried to it and from it.
+    pub bytes: (u64, u64),
 }
 
 /// A candidate a client connection tried: its instance key and its target.
@@ -143,6 +170,8 @@ pub(crate) struct ConsumerSettings {
     pub policy: Policy,
     /// Credentials injected into direct Redis backends.
     pub redis_auth: Option<RedisAuth>,
+    /// Where connections, bytes, attempts and ejections are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// State of one consumer listener (one service).
@@ -175,6 +204,8 @@ pub(crate) struct Consumer {
     pub activity: super::Activity,
     /// Credentials injected into direct Redis backends.
     redis_auth: Option<RedisAuth>,
+    /// Where connections, bytes, attempts and ejections are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Consumer {
@@ -188,13 +219,19 @@ impl Consumer {
         tracker: TaskTracker,
     ) -> Self {
         Self {
-            service: settings.service,
+            service: settings.service.clone(),
             backends,
             pool,
             local,
             wait: settings.wait,
             reply_timeout: Duration::from_secs(5),
-            balancer: Balancer::new(settings.policy, Backoff::default()),
+            balancer: Balancer::new(settings.policy, Backoff::default()).with_meters(
+                BalanceMeters {
+                    service: settings.service.to_string(),
+                    ejections: settings.metrics.consumer.ejections.clone(),
+                    readmissions: settings.metrics.consumer.readmissions.clone(),
+                },
+            ),
             rejected: Mutex::default(),
             probing: Mutex::default(),
             verifying: Mutex::default(),
@@ -203,6 +240,15 @@ impl Consumer {
             tracker,
             activity: super::Activity::default(),
             redis_auth: settings.redis_auth,
+            metrics: settings.metrics,
+        }
+    }
+
+    /// The metric labels of one of this service's instances.
+    fn labels(&self, key: &str) -> InstanceLabels {
+        InstanceLabels {
+            service: self.service.to_string(),
+            instance: key.to_string(),
         }
     }
 
@@ -311,9 +357,40 @@ impl Consumer {
         cands.into_iter().nth(idx)
     }
 
-    /// Health and load of this service's instances.
-    pub(crate) fn stats(&self) -> Vec<InstanceStats> {
-        self.balancer.stats()
+    /// Health, load, traffic and whereabouts of this service's instances: every instance the
+    /// balancer knows, and every current candidate not yet used.
+    pub(crate) fn report(&self) -> Vec<InstanceReport> {
+        let candidates = self.all_candidates();
+        let mut stats = self.balancer.stats();
+        for c in &candidates {
+            if !stats.iter().any(|s| s.instance == c.key) {
+                stats.push(InstanceStats::fresh(&c.key));
+            }
+        }
+        stats.sort_by(|a, b| a.instance.cmp(&b.instance));
+        stats
+            .into_iter()
+            .map(|s| {
+                let cand = candidates.iter().find(|c| c.key == s.instance);
+                let (node, address, rtt) = match cand.map(|c| &c.target) {
+                    Some(Target::Peer(p)) => (
+                        p.claimed.as_ref().map(|c| c.node.to_string()),
+                        p.addrs.first().map(|a| a.to_string()),
+                        self.pool.rtt(p),
+                    ),
+                    Some(Target::Direct(a)) => (None, Some(a.to_string()), None),
+                    None => (None, None, None),
+                };
+                let bytes = self.metrics.consumer.bytes(&self.labels(&s.instance));
+                InstanceReport {
+                    stats: s,
+                    node,
+                    address,
+                    rtt,
+                    bytes,
+                }
+            })
+            .collect()
     }
 
     /// Forgets the state of instances that discovery no longer has: their ejections and
@@ -330,7 +407,9 @@ impl Consumer {
                 (all.iter().map(Instance::key).collect(), all)
             }
         };
-        self.balancer.retain(|key| keys.contains(key));
+        for gone in self.balancer.retain(|key| keys.contains(key)) {
+            self.metrics.consumer.forget(&self.labels(&gone));
+        }
         let live: HashSet<Rejection> = instances
             .iter()
             .flat_map(|i| self.rejections_of(i))

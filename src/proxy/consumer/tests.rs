@@ -56,6 +56,7 @@ async fn consumer(registry: Arc<Registry>, cancel: CancellationToken) -> Arc<Con
         wait: Duration::from_secs(1),
         policy: Policy::LeastConn,
         redis_auth: None,
+        metrics: Arc::default(),
     };
     let backends = Backends::Discovered(registry);
     let tracker = TaskTracker::new();
