@@ -2,7 +2,8 @@
 //! `ambassador run -c FILE --check`, every one under `tests/config/invalid/` fails with exit
 //! code 2 and exactly the line of its `.err` sibling, and checking writes nothing, not even
 //! the default mesh key. `run -c` on an invalid file writes nothing either; on a valid one the
-//! default key is made as the node starts. `ls` weighs the mesh key flags as nodes do.
+//! default key is made as the node starts. `examples/ambassador.toml` passes too and shows
+//! every key of the file's schema. `ls` weighs the mesh key flags as nodes do.
 
 mod common;
 
@@ -69,9 +70,68 @@ fn valid_fixtures_pass_check_and_write_nothing() {
     }
 }
 
+/// `examples/ambassador.toml`.
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ambassador.toml")
+}
+
 #[test]
 fn the_example_passes_check() {
-    assert_valid(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ambassador.toml"));
+    assert_valid(&example());
+}
+
+/// The `pub NAME:` fields of `pub struct NAME {` in `source`, in order.
+fn struct_fields(source: &str, name: &str) -> Vec<String> {
+    let open = format!("pub struct {name} {{");
+    let start = source
+        .find(&open)
+        .unwrap_or_else(|| panic!("no `{open}` in src/config.rs"));
+    let body = &source[start + open.len()..];
+    let body = &body[..body.find("\n}").expect("the struct's closing brace")];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+        .map(|(field, _)| field.trim().trim_start_matches("r#").to_string())
+        .collect()
+}
+
+/// The keys `text` sets or shows commented out: `key = ...` lines and the `key` of `[key]`
+/// and `[key.NAME]` table headers.
+fn example_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let is_key =
+        |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    text.lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .filter_map(|l| match l.strip_prefix('[') {
+            Some(header) => header.split(['.', ']']).next(),
+            None => l.split_once('=').map(|(k, _)| k.trim()),
+        })
+        .filter(|k| is_key(k))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_example_shows_every_key_of_the_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/config.rs")).expect("read src/config.rs");
+    let text = std::fs::read_to_string(example()).expect("read the example");
+    let keys = example_keys(&text);
+    let mut missing = Vec::new();
+    for table in ["FileConfig", "FileAnnounce", "FileConnect"] {
+        let fields = struct_fields(&source, table);
+        assert!(!fields.is_empty(), "no fields found in {table}");
+        missing.extend(
+            fields
+                .into_iter()
+                .filter(|f| !keys.contains(f))
+                .map(|f| format!("`{f} = ...` ({table}::{f})")),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "examples/ambassador.toml shows no line (commented or not) for {}",
+        missing.join(", ")
+    );
 }
 
 #[test]
