@@ -42,6 +42,7 @@ pub mod discovery;
 pub mod error;
 pub mod identity;
 pub(crate) mod inject;
+pub mod logging;
 pub mod ls;
 pub mod metrics;
 pub mod names;

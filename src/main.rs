@@ -30,7 +30,12 @@ fn init_logging(format: LogFormat, verbose: u8) {
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One flat object per line: span fields (service, peer, connection id) as keys.
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(ambassador::logging::FlatJson)
+            .init(),
     }
 }
 

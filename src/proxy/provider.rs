@@ -122,6 +122,7 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let connections = Activity::default();
+    let mut next_conn: u64 = 0;
     loop {
         let incoming = tokio::select! {
             () = cancel.cancelled() => return,
@@ -136,7 +137,8 @@ pub(crate) async fn serve(
             incoming.refuse();
             continue;
         }
-        let span = info_span!("peer", remote = %incoming.remote_address());
+        next_conn += 1;
+        let span = info_span!("peer", remote = %incoming.remote_address(), conn = next_conn);
         let (cfg, cancel, tasks) = (cfg.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(
             async move {
@@ -185,7 +187,7 @@ async fn handle_connection(
             },
         };
         next_id += 1;
-        let span = info_span!("stream", service = tracing::field::Empty, peer = %peer.node_label(), conn = conn.stable_id(), id = next_id);
+        let span = info_span!("stream", service = tracing::field::Empty, peer = %peer.node_label(), stream = next_id);
         let stream = Stream { send, recv };
         tracker.spawn(
             handle_stream(stream, cfg.clone(), peer.clone(), awaiting.clone()).instrument(span),

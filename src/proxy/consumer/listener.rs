@@ -39,7 +39,7 @@ pub(crate) async fn serve_listener(
             },
         };
         next_id += 1;
-        let span = info_span!("conn", service = %consumer.service, %client, id = next_id, peer = tracing::field::Empty);
+        let span = info_span!("conn", service = %consumer.service, %client, conn = next_id, peer = tracing::field::Empty);
         consumer
             .tracker
             .spawn(handle_client(tcp, consumer.clone()).instrument(span));
@@ -66,6 +66,7 @@ async fn handle_client(tcp: TcpStream, consumer: Arc<Consumer>) {
         if !tried.is_empty() {
             consumer.count(&consumer.metrics.consumer.retries);
         }
+        tracing::Span::current().record("peer", tracing::field::display(pick.peer_label()));
         tried.insert(pick.tried());
         let Some((winner, outcome)) = attempt(&consumer, &mut tcp, &mut tried, pick).await else {
             return;

@@ -86,7 +86,7 @@ impl Candidate {
     }
 
     /// Who carries it, for the connection's log lines: the node, else the address.
-    fn peer_label(&self) -> String {
+    pub(super) fn peer_label(&self) -> String {
         match &self.target {
             Target::Peer(PeerTarget {
                 claimed: Some(c), ..
