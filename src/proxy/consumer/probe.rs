@@ -72,6 +72,7 @@ impl Consumer {
             };
             match self.probe_once(target).await {
                 Ok(()) => {
+                    info!("peer reachable again: its instances are re-admitted");
                     for c in &mine {
                         self.balancer.readmit(&c.key);
                     }
