@@ -126,7 +126,8 @@ pub struct InstanceStatus {
     /// Where its connections go (a QUIC address, or a plain TCP backend's).
     #[serde(default)]
     pub address: Option<String>,
-    /// `healthy` or `ejected`.
+    /// `healthy`, `ejected` (after failures, or its peer is lost) or `down` (its node says its
+    /// target fails the health check, or it drains).
     pub health: String,
     /// Open connections now.
     pub open: u64,

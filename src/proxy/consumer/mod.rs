@@ -311,13 +311,25 @@ impl Consumer {
 
     /// Every current candidate.
     fn all_candidates(&self) -> Vec<Candidate> {
+        self.known()
+            .into_iter()
+            .filter_map(|(c, up)| up.then_some(c))
+            .collect()
+    }
+
+    /// Every instance that could be a candidate, and whether it is up (its node says its
+    /// target passes the health check and it does not drain).
+    fn known(&self) -> Vec<(Candidate, bool)> {
         match &self.backends {
-            Backends::Endpoints(set) => set.get().iter().map(Candidate::from_endpoint).collect(),
+            Backends::Endpoints(set) => set
+                .get()
+                .iter()
+                .map(|e| (Candidate::from_endpoint(e), true))
+                .collect(),
             Backends::Discovered(registry) => registry
                 .instances(&self.service)
                 .iter()
-                .filter(|i| i.up)
-                .filter_map(|i| self.candidate_of(i))
+                .filter_map(|i| Some((self.candidate_of(i)?, i.up)))
                 .collect(),
         }
     }
@@ -360,9 +372,9 @@ impl Consumer {
     /// Health, load, traffic and whereabouts of this service's instances: every instance the
     /// balancer knows, and every current candidate not yet used.
     pub(crate) fn report(&self) -> Vec<InstanceReport> {
-        let candidates = self.all_candidates();
+        let known = self.known();
         let mut stats = self.balancer.stats();
-        for c in &candidates {
+        for (c, _) in &known {
             if !stats.iter().any(|s| s.instance == c.key) {
                 stats.push(InstanceStats::fresh(&c.key));
             }
@@ -370,8 +382,13 @@ impl Consumer {
         stats.sort_by(|a, b| a.instance.cmp(&b.instance));
         stats
             .into_iter()
-            .map(|s| {
-                let cand = candidates.iter().find(|c| c.key == s.instance);
+            .map(|mut s| {
+                let found = known.iter().find(|(c, _)| c.key == s.instance);
+                if found.is_some_and(|(_, up)| !up) {
+                    // Its node says so: the target fails its health check, or the node drains.
+                    s.health = "down";
+                }
+                let cand = found.map(|(c, _)| c);
                 let (node, address, rtt) = match cand.map(|c| &c.target) {
                     Some(Target::Peer(p)) => (
                         p.claimed.as_ref().map(|c| c.node.to_string()),
