@@ -14,6 +14,7 @@ PKGS=(
   avahi-daemon avahi-utils dnsmasq-base
   procps psmisc ca-certificates
   python3 dbus faketime             # test clients, private buses for avahi, expired-clock peers
+  chromium curl                     # headless browser for the admin page test; scraping /metrics
 )
 
 missing=()
