@@ -799,6 +799,19 @@ fn target_down_is_counted(s: &mut Setup, f: &mut Findings) {
         up,
         Some(false),
     );
+    // The consumer shows the instance as down (its node says so), still with its node.
+    let shown = poll(SETTLE, || {
+        let i = s.consumer_instance()?;
+        (i["health"] == "down").then_some(i)
+    });
+    f.check(
+        shown
+            .as_ref()
+            .is_some_and(|i| i["node"] == s.provider.name.as_str()),
+        || format!("consumer status does not show the instance down with its node: {shown:?}"),
+    );
+    let healthy = Scrape::of(s.consumer.admin).one("ambassador_instance_healthy", REDIS);
+    f.equal("consumer ambassador_instance_healthy while down", healthy, Some(0.0));
 
     let (c0, p0) = (Scrape::of(s.consumer.admin), Scrape::of(s.provider.admin));
     let lost = |c: &Scrape| {
