@@ -1,5 +1,6 @@
 //! The local status socket: each running node answers `ambassador status` on a Unix socket in
-//! a per-user directory with a JSON snapshot of what it announces and reaches.
+//! a per-user directory with a JSON snapshot of what it announces and reaches; `ambassador
+//! status` prints those snapshots as JSON or as a table (`table.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+mod table;
+
+pub use table::{WIDTH, render_table};
 
 /// What a node reports: `ambassador status --json` prints a list of these, and the admin
 /// endpoint's `/status` serves one. A stable format (README, "Status JSON"): fields are only
@@ -64,10 +69,57 @@ pub struct CertificateStatus {
 /// Below this, `status` and the admin page warn that the certificate expires soon.
 pub const EXPIRY_WARNING_SECONDS: i64 = 7 * 24 * 3600;
 
+/// Beyond this, an expiry is "never": mesh-key certificates run to the year 4096.
+pub const FAR_FUTURE_SECONDS: i64 = 100 * 365 * 24 * 3600;
+
 impl CertificateStatus {
     /// Whether it expires within [`EXPIRY_WARNING_SECONDS`].
     pub fn expires_soon(&self) -> bool {
         self.expires_in_seconds < EXPIRY_WARNING_SECONDS
+    }
+
+    /// Whether the expiry is known (a node that could not read it reports 0).
+    pub fn known(&self) -> bool {
+        self.not_after_unix > 0
+    }
+
+    /// Whether `status` and the admin page warn: a known expiry that comes soon, or is past.
+    pub fn warns(&self) -> bool {
+        self.known() && self.expires_soon()
+    }
+
+    /// The expiry for a person: `2026-05-01 12:00 UTC (3 days left)`, `... (expired 2 days
+    /// ago)`, `never (mesh key, year 4096)` beyond [`FAR_FUTURE_SECONDS`], or `unknown`.
+    pub fn expiry_text(&self) -> String {
+        let Some((date, year)) = crate::human::utc(self.not_after_unix).filter(|_| self.known())
+        else {
+            return "unknown".to_string();
+        };
+        let left = self.expires_in_seconds;
+        if left > FAR_FUTURE_SECONDS {
+            format!("never (mesh key, year {year})")
+        } else if left <= 0 {
+            format!(
+                "{date} (expired {} ago)",
+                crate::human::days(left.unsigned_abs())
+            )
+        } else {
+            format!("{date} ({} left)", crate::human::days(left.unsigned_abs()))
+        }
+    }
+
+    /// The warning, when [`Self::warns`]: `certificate expires in 3 days`, or `certificate
+    /// expired 2 days ago`.
+    pub fn warning(&self) -> Option<String> {
+        let left = self.expires_in_seconds;
+        let span = crate::human::days(left.unsigned_abs());
+        self.warns().then(|| {
+            if left <= 0 {
+                format!("certificate expired {span} ago")
+            } else {
+                format!("certificate expires in {span}")
+            }
+        })
     }
 }
 
@@ -306,31 +358,9 @@ pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
             status_dir().display()
         );
     }
-    for st in &all {
-        println!(
-            "node {} (pid {}, mesh {}, quic {})",
-            st.node, st.pid, st.mesh, st.quic
-        );
-        for c in &st.name_conflicts {
-            println!("  NAME CONFLICT: {c}");
-        }
-        for a in &st.announce {
-            let health = if a.target_up { "up" } else { "DOWN" };
-            println!(
-                "  announce {}:{} -> {} target {health}",
-                a.service, a.port, a.target
-            );
-        }
-        for c in &st.connect {
-            let listen = c.listen.as_deref().unwrap_or("(waiting for the port)");
-            println!("  connect {} on {listen} policy {}", c.service, c.policy);
-            for i in &c.instances {
-                println!(
-                    "    {:<48} {:<8} open {:>5} total {:>8} failures {}",
-                    i.instance, i.health, i.open, i.total, i.failures
-                );
-            }
-        }
-    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print!("{}", render_table(&all, now));
     Ok(())
 }

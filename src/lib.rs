@@ -27,7 +27,7 @@
 //! - [`node`]: the [`node::Node`] that composes the above: start, provide, consume, status,
 //!   reload, drain, stop.
 //! - [`control`]: the status socket and its wire types; [`ls`]: browse the mesh;
-//!   [`error`]: exit-code mapping.
+//!   [`error`]: exit-code mapping; `human`: byte counts, durations and dates for people.
 
 #![warn(unreachable_pub)]
 
@@ -40,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod error;
+pub(crate) mod human;
 pub mod identity;
 pub(crate) mod inject;
 pub mod logging;
