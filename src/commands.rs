@@ -118,7 +118,8 @@ pub fn man(out: Option<&Path>) -> Result<(), Failure> {
 }
 
 /// Writes generated text to stdout; a closed pipe (`| head`) is not a failure.
-fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),

@@ -347,10 +347,10 @@ pub async fn query_all() -> Vec<NodeStatus> {
 pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
     let all = query_all().await;
     if json {
-        let text = serde_json::to_string_pretty(&all)
+        let mut text = serde_json::to_string_pretty(&all)
             .map_err(|e| crate::error::Failure::Runtime(e.into()))?;
-        println!("{text}");
-        return Ok(());
+        text.push('\n');
+        return crate::commands::write_stdout(text.as_bytes());
     }
     if all.is_empty() {
         eprintln!(
@@ -361,6 +361,5 @@ pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    print!("{}", render_table(&all, now));
-    Ok(())
+    crate::commands::write_stdout(render_table(&all, now).as_bytes())
 }

@@ -1,5 +1,6 @@
 //! `ambassador ls`: browse the mesh like `avahi-browse` does, and print what is announced.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use mdns_sd::ServiceEvent;
@@ -93,11 +94,14 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
         })
         .collect();
     if args.json {
-        let text = serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
-        println!("{text}");
-        return Ok(());
+        let mut text =
+            serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
+        text.push('\n');
+        return crate::commands::write_stdout(text.as_bytes());
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} ADDRESSES",
         "SERVICE", "NODE", "PORT", "QUIC", "MESH", "HEALTH"
     );
@@ -120,7 +124,8 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
         } else {
             ""
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} {addrs}{conflict}",
             i.service.as_str(),
             i.node.as_str(),
@@ -133,5 +138,5 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
     if rows.is_empty() {
         eprintln!("no ambassador service found within {:?}", args.timeout);
     }
-    Ok(())
+    crate::commands::write_stdout(out.as_bytes())
 }

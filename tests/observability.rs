@@ -811,7 +811,11 @@ fn target_down_is_counted(s: &mut Setup, f: &mut Findings) {
         || format!("consumer status does not show the instance down with its node: {shown:?}"),
     );
     let healthy = Scrape::of(s.consumer.admin).one("ambassador_instance_healthy", REDIS);
-    f.equal("consumer ambassador_instance_healthy while down", healthy, Some(0.0));
+    f.equal(
+        "consumer ambassador_instance_healthy while down",
+        healthy,
+        Some(0.0),
+    );
 
     let (c0, p0) = (Scrape::of(s.consumer.admin), Scrape::of(s.provider.admin));
     let lost = |c: &Scrape| {
