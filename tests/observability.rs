@@ -908,6 +908,51 @@ fn healthz_turns_503_while_draining(s: &mut Setup, f: &mut Findings) {
     );
 }
 
+/// Check 6: `--log-format json` writes one JSON object per line, and a connection's lines
+/// carry its service, peer node and connection id as top-level keys.
+fn json_logs_name_service_peer_and_connection(s: &Setup, f: &mut Findings) {
+    let node = unique("json");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let mut cmd = s.mesh.node_command("connect", &node);
+    cmd.arg(format!("redis={listen}"))
+        .args(["--log-format", "json", "-v"]);
+    let p = Proc::spawn(&format!("connect {node} (json logs)"), cmd);
+    p.expect_log(&["\"message\":\"listening\""], READY);
+    let ping = resp(&[b"PING"]);
+    let answered = poll(READY, || {
+        let mut c = client(listen);
+        c.write_all(&ping).ok()?;
+        c.shutdown(Shutdown::Write).ok()?;
+        let (data, _) = read_to_end(&mut c);
+        (data == b"+PONG\r\n").then_some(())
+    });
+    f.check(answered.is_some(), || {
+        format!(
+            "no PONG through the json-logging consumer; log:\n{}",
+            p.log()
+        )
+    });
+    let closed = p.find_log(&["\"message\":\"closed\""], READY);
+    let line: Option<Value> = closed.as_deref().and_then(|l| serde_json::from_str(l).ok());
+    f.check(
+        line.as_ref().is_some_and(|l| {
+            l["service"] == "redis"
+                && l["peer"] == s.provider.name.as_str()
+                && l["conn"].as_u64().is_some()
+                && l["level"] == "DEBUG"
+        }),
+        || format!("the connection's close line lacks service/peer/conn: {closed:?}"),
+    );
+    let log = p.log();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).map_or(true, |v| !v.is_object()))
+        .collect();
+    f.check(bad.is_empty(), || {
+        format!("log lines that are not one JSON object each: {bad:?}")
+    });
+}
+
 #[test]
 fn metrics_status_page_and_healthz_show_what_happens() {
     let started = Instant::now();
@@ -916,6 +961,7 @@ fn metrics_status_page_and_healthz_show_what_happens() {
     let traffic = metrics_count_the_traffic(&s, &mut f);
     status_matches_the_traffic(&s, &mut f, &traffic);
     page_shows_the_traffic(&s, &mut f, &traffic);
+    json_logs_name_service_peer_and_connection(&s, &mut f);
     target_down_is_counted(&mut s, &mut f);
     healthz_turns_503_while_draining(&mut s, &mut f);
     eprintln!("observability checks took {:?}", started.elapsed());
