@@ -78,34 +78,15 @@ pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Inst
 }
 
 /// Runs `ambassador ls`.
-pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
-    let mesh = own_mesh_id(common)?;
-    let all = browse(&common.interfaces, args.timeout).await?;
-    let shared = |i: &Instance| {
-        all.iter()
-            .any(|o| o.fullname == i.fullname && o.fingerprint != i.fingerprint)
-    };
-    let rows: Vec<Row> = all
-        .iter()
-        .map(|instance| Row {
-            mesh_match: mesh.as_ref().map(|m| *m == instance.mesh),
-            name_conflict: shared(instance),
-            instance: instance.clone(),
-        })
-        .collect();
-    if args.json {
-        let mut text =
-            serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
-        text.push('\n');
-        return crate::commands::write_stdout(text.as_bytes());
-    }
+/// The rows as a table for a person.
+fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<16} {:<24} {:>6} {:>6}  {:<10} {:<6} ADDRESSES",
         "SERVICE", "NODE", "PORT", "QUIC", "MESH", "HEALTH"
     );
-    for r in &rows {
+    for r in rows {
         let i = &r.instance;
         let mesh = match r.mesh_match {
             Some(true) => "ours".to_string(),
@@ -135,6 +116,31 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
             health
         );
     }
+    out
+}
+
+pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
+    let mesh = own_mesh_id(common)?;
+    let all = browse(&common.interfaces, args.timeout).await?;
+    let shared = |i: &Instance| {
+        all.iter()
+            .any(|o| o.fullname == i.fullname && o.fingerprint != i.fingerprint)
+    };
+    let rows: Vec<Row> = all
+        .iter()
+        .map(|instance| Row {
+            mesh_match: mesh.as_ref().map(|m| *m == instance.mesh),
+            name_conflict: shared(instance),
+            instance: instance.clone(),
+        })
+        .collect();
+    if args.json {
+        let mut text =
+            serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
+        text.push('\n');
+        return crate::commands::write_stdout(text.as_bytes());
+    }
+    let out = table(&rows);
     if rows.is_empty() {
         eprintln!("no ambassador service found within {:?}", args.timeout);
     }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::control::NodeStatus;
 
@@ -335,114 +335,177 @@ fn encode_one(
     g.encode(encoder.encode_descriptor(name, help, unit, g.metric_type())?)
 }
 
+/// The node's own facts: build, start, drain, certificate.
+fn encode_node(enc: &mut DescriptorEncoder, st: &NodeStatus) -> Result<(), std::fmt::Error> {
+    let secs = Some(&Unit::Seconds);
+    let build = [([("version", st.version.clone())], ConstGauge::new(1i64))];
+    let what = ("build_info", "The running build (value 1)", None);
+    encode_each(enc, what, MetricType::Gauge, build)?;
+    let what = ("start_time", "When the node started (Unix time)", secs);
+    encode_one(enc, what, st.started_unix as f64)?;
+    let what = ("draining", "1 while the node drains (stops)", None);
+    encode_one(enc, what, f64::from(u8::from(st.draining)))?;
+    let help = "When this node's certificate expires (Unix time)";
+    let what = ("certificate_expiry_timestamp", help, secs);
+    encode_one(enc, what, st.certificate.not_after_unix as f64)
+}
+
+/// Health: of announced targets, and of the instances of reached services.
+fn encode_health(enc: &mut DescriptorEncoder, st: &NodeStatus) -> Result<(), std::fmt::Error> {
+    let up = st.announce.iter().map(|a| {
+        let l = [("service", a.service.clone())];
+        (l, ConstGauge::new(i64::from(a.target_up)))
+    });
+    let help = "Whether an announced service's target passes its health check";
+    encode_each(enc, ("target_up", help, None), MetricType::Gauge, up)?;
+    let healthy = st.connect.iter().flat_map(|c| {
+        c.instances.iter().map(|i| {
+            let l = InstanceLabels {
+                service: c.service.clone(),
+                instance: i.instance.clone(),
+            };
+            (l, ConstGauge::new(i64::from(i.health == "healthy")))
+        })
+    });
+    let help = "Whether an instance of a reached service is in rotation";
+    encode_each(
+        enc,
+        ("instance_healthy", help, None),
+        MetricType::Gauge,
+        healthy,
+    )
+}
+
+/// The QUIC connections to and from peers, from quinn's statistics.
+fn encode_peers(enc: &mut DescriptorEncoder, st: &NodeStatus) -> Result<(), std::fmt::Error> {
+    let labels = |p: &crate::control::PeerStatus| {
+        [
+            ("peer", p.node.clone().unwrap_or_default()),
+            ("address", p.address.clone()),
+            ("direction", p.direction.to_string()),
+        ]
+    };
+    let peers = &st.peers;
+    let rtt = peers
+        .iter()
+        .map(|p| (labels(p), ConstGauge::new(p.rtt_ms / 1000.0)));
+    let help = "Round-trip time of the QUIC connection to a peer";
+    let what = ("peer_rtt", help, Some(&Unit::Seconds));
+    encode_each(enc, what, MetricType::Gauge, rtt)?;
+    let cwnd = peers
+        .iter()
+        .map(|p| (labels(p), ConstGauge::new(p.cwnd_bytes as i64)));
+    let help = "Congestion window of the QUIC connection to a peer";
+    let what = ("peer_congestion_window", help, Some(&Unit::Bytes));
+    encode_each(enc, what, MetricType::Gauge, cwnd)?;
+    let sent = peers
+        .iter()
+        .map(|p| (labels(p), ConstCounter::new(p.sent_packets)));
+    let help = "UDP packets sent on the QUIC connection to a peer";
+    encode_each(
+        enc,
+        ("peer_sent_packets", help, None),
+        MetricType::Counter,
+        sent,
+    )?;
+    let lost = peers
+        .iter()
+        .map(|p| (labels(p), ConstCounter::new(p.lost_packets)));
+    let help = "Packets lost on the QUIC connection to a peer";
+    encode_each(
+        enc,
+        ("peer_lost_packets", help, None),
+        MetricType::Counter,
+        lost,
+    )
+}
+
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(take) = self.0.get() else {
             return Ok(());
         };
         let st = take();
-        let secs = Some(&Unit::Seconds);
-        let bytes = Some(&Unit::Bytes);
-        encode_each(
-            &mut enc,
-            ("build_info", "The running build (value 1)", None),
-            MetricType::Gauge,
-            [([("version", st.version.clone())], ConstGauge::new(1i64))],
-        )?;
-        encode_one(
-            &mut enc,
-            ("start_time", "When the node started (Unix time)", secs),
-            st.started_unix as f64,
-        )?;
-        encode_one(
-            &mut enc,
-            ("draining", "1 while the node drains (stops)", None),
-            f64::from(u8::from(st.draining)),
-        )?;
-        encode_one(
-            &mut enc,
-            (
-                "certificate_expiry_timestamp",
-                "When this node's certificate expires (Unix time)",
-                secs,
-            ),
-            st.certificate.not_after_unix as f64,
-        )?;
-        let up = st.announce.iter().map(|a| {
-            let l = [("service", a.service.clone())];
-            (l, ConstGauge::new(i64::from(a.target_up)))
-        });
-        encode_each(
-            &mut enc,
-            (
-                "target_up",
-                "Whether an announced service's target passes its health check",
-                None,
-            ),
-            MetricType::Gauge,
-            up,
-        )?;
-        let healthy = st.connect.iter().flat_map(|c| {
-            c.instances.iter().map(|i| {
-                let l = InstanceLabels {
-                    service: c.service.clone(),
-                    instance: i.instance.clone(),
-                };
-                (l, ConstGauge::new(i64::from(i.health == "healthy")))
-            })
-        });
-        encode_each(
-            &mut enc,
-            (
-                "instance_healthy",
-                "Whether an instance of a reached service is in rotation",
-                None,
-            ),
-            MetricType::Gauge,
-            healthy,
-        )?;
-        let peer = |p: &crate::control::PeerStatus| {
-            [
-                ("peer", p.node.clone().unwrap_or_default()),
-                ("address", p.address.clone()),
-                ("direction", p.direction.to_string()),
-            ]
-        };
-        let rtt = st
-            .peers
-            .iter()
-            .map(|p| (peer(p), ConstGauge::new(p.rtt_ms / 1000.0)));
-        let help = "Round-trip time of the QUIC connection to a peer";
-        encode_each(&mut enc, ("peer_rtt", help, secs), MetricType::Gauge, rtt)?;
-        let cwnd = st
-            .peers
-            .iter()
-            .map(|p| (peer(p), ConstGauge::new(p.cwnd_bytes as i64)));
-        let help = "Congestion window of the QUIC connection to a peer";
-        let what = ("peer_congestion_window", help, bytes);
-        encode_each(&mut enc, what, MetricType::Gauge, cwnd)?;
-        let sent = st
-            .peers
-            .iter()
-            .map(|p| (peer(p), ConstCounter::new(p.sent_packets)));
-        let help = "UDP packets sent on the QUIC connection to a peer";
-        encode_each(
-            &mut enc,
-            ("peer_sent_packets", help, None),
-            MetricType::Counter,
-            sent,
-        )?;
-        let lost = st
-            .peers
-            .iter()
-            .map(|p| (peer(p), ConstCounter::new(p.lost_packets)));
-        let help = "Packets lost on the QUIC connection to a peer";
-        encode_each(
-            &mut enc,
-            ("peer_lost_packets", help, None),
-            MetricType::Counter,
-            lost,
-        )
+        encode_node(&mut enc, &st)?;
+        encode_health(&mut enc, &st)?;
+        encode_peers(&mut enc, &st)
+    }
+}
+
+/// Registers `metric` as `name` (with its unit's suffix, when it has one).
+fn reg(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: impl Metric) {
+    match unit {
+        Some(unit) => r.register_with_unit(name, help, unit, metric),
+        None => r.register(name, help, metric),
+    }
+}
+
+impl ConsumerFamilies {
+    /// Registers the consumer side's families in `r`.
+    fn register(&self, r: &mut Registry) {
+        let (secs, bytes) = (Some(Unit::Seconds), Some(Unit::Bytes));
+        let help = "Client connections carried by an instance";
+        reg(r, "connections_opened", help, None, self.opened.clone());
+        let help = "Attempts that failed on an instance (retried elsewhere where one was left)";
+        reg(r, "connections_failed", help, None, self.failed.clone());
+        let help = "Client connections that no instance could carry";
+        reg(r, "connections_dropped", help, None, self.dropped.clone());
+        let help = "Client connections open now";
+        reg(r, "connections_active", help, None, self.active.clone());
+        let help = "How long carried client connections lasted";
+        reg(
+            r,
+            "connection_duration",
+            help,
+            secs.clone(),
+            self.duration.clone(),
+        );
+        let help = "Bytes from clients to an instance";
+        reg(r, "connection_sent", help, bytes.clone(), self.sent.clone());
+        let help = "Bytes from an instance to clients";
+        reg(r, "connection_received", help, bytes, self.received.clone());
+        let help = "From accepting a client connection to the provider's ok";
+        reg(r, "stream_setup_duration", help, secs, self.setup.clone());
+        let help = "Attempts after a failed one";
+        reg(r, "retries", help, None, self.retries.clone());
+        let help = "Attempts also sent to a second instance because the first was slow to answer";
+        reg(r, "hedges", help, None, self.hedges.clone());
+        let help = "Instances taken out of rotation after a failure";
+        reg(r, "ejections", help, None, self.ejections.clone());
+        let help = "Ejected instances taken back into rotation";
+        reg(r, "readmissions", help, None, self.readmissions.clone());
+    }
+}
+
+impl ProviderFamilies {
+    /// Registers the provider side's families in `r`.
+    fn register(&self, r: &mut Registry) {
+        let help = "Streams for announced services, accepted or refused (by outcome)";
+        reg(r, "provider_streams", help, None, self.streams.clone());
+        let help = "Streams for announced services open now";
+        reg(
+            r,
+            "provider_streams_active",
+            help,
+            None,
+            self.active.clone(),
+        );
+        let help = "Bytes from announced services' targets to consumers";
+        reg(
+            r,
+            "provider_sent",
+            help,
+            Some(Unit::Bytes),
+            self.sent.clone(),
+        );
+        let help = "Bytes from consumers to announced services' targets";
+        reg(
+            r,
+            "provider_received",
+            help,
+            Some(Unit::Bytes),
+            self.received.clone(),
+        );
     }
 }
 
@@ -473,96 +536,17 @@ impl Metrics {
         let provider = ProviderFamilies::default();
         let discovery = Family::<DiscoveryLabels, Counter>::default();
         let live = Arc::new(Live::default());
-        let c = &consumer;
-        let r = &mut registry;
-        r.register(
-            "connections_opened",
-            "Client connections carried by an instance",
-            c.opened.clone(),
-        );
-        r.register(
-            "connections_failed",
-            "Attempts that failed on an instance (retried elsewhere where one was left)",
-            c.failed.clone(),
-        );
-        r.register(
-            "connections_dropped",
-            "Client connections that no instance could carry",
-            c.dropped.clone(),
-        );
-        r.register(
-            "connections_active",
-            "Client connections open now",
-            c.active.clone(),
-        );
-        r.register_with_unit(
-            "connection_duration",
-            "How long carried client connections lasted",
-            Unit::Seconds,
-            c.duration.clone(),
-        );
-        r.register_with_unit(
-            "connection_sent",
-            "Bytes from clients to an instance",
-            Unit::Bytes,
-            c.sent.clone(),
-        );
-        r.register_with_unit(
-            "connection_received",
-            "Bytes from an instance to clients",
-            Unit::Bytes,
-            c.received.clone(),
-        );
-        r.register_with_unit(
-            "stream_setup_duration",
-            "From accepting a client connection to the provider's ok",
-            Unit::Seconds,
-            c.setup.clone(),
-        );
-        r.register("retries", "Attempts after a failed one", c.retries.clone());
-        r.register(
-            "hedges",
-            "Attempts also sent to a second instance because the first was slow to answer",
-            c.hedges.clone(),
-        );
-        r.register(
-            "ejections",
-            "Instances taken out of rotation after a failure",
-            c.ejections.clone(),
-        );
-        r.register(
-            "readmissions",
-            "Ejected instances taken back into rotation",
-            c.readmissions.clone(),
-        );
-        r.register(
-            "provider_streams",
-            "Streams for announced services, accepted or refused (by outcome)",
-            provider.streams.clone(),
-        );
-        r.register(
-            "provider_streams_active",
-            "Streams for announced services open now",
-            provider.active.clone(),
-        );
-        r.register_with_unit(
-            "provider_sent",
-            "Bytes from announced services' targets to consumers",
-            Unit::Bytes,
-            provider.sent.clone(),
-        );
-        r.register_with_unit(
-            "provider_received",
-            "Bytes from consumers to announced services' targets",
-            Unit::Bytes,
-            provider.received.clone(),
-        );
-        r.register(
+        consumer.register(&mut registry);
+        provider.register(&mut registry);
+        let help = "Instances added, removed or updated, by source";
+        reg(
+            &mut registry,
             "discovery_events",
-            "Instances added, removed or updated, by source",
+            help,
+            None,
             discovery.clone(),
         );
-        r.register_collector(Box::new(live.clone()));
+        registry.register_collector(Box::new(live.clone()));
         Self {
             registry,
             live,

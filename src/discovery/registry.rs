@@ -142,6 +142,32 @@ fn keep_alternates(old: &Instance, new: &mut Instance) {
     new.alternates = alternates;
 }
 
+/// What a new word of the verified nodes changes in the records that stay: confirmed now,
+/// unconfirmed (the node's connection is gone), or draining.
+fn word_changes(
+    hints: &BTreeMap<String, Instance>,
+    previous: &HashMap<NodeKey, Confirmed>,
+    confirmed: &HashMap<NodeKey, Confirmed>,
+) -> Vec<(String, Change)> {
+    let mut changes = Vec::new();
+    for i in hints.values() {
+        let node = i.node_key();
+        let (was, now) = (previous.get(&node), confirmed.get(&node));
+        let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
+        let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
+        if !serves(was) && serves(now) {
+            changes.push((i.key(), Change::Confirmed));
+        }
+        if serves(was) && now.is_none() {
+            changes.push((i.key(), Change::Unconfirmed));
+        }
+        if !draining(was) && draining(now) {
+            changes.push((i.key(), Change::Draining));
+        }
+    }
+    changes
+}
+
 /// The instance as its node confirms it, or `None` when the node says it does not serve it.
 fn merged(hint: &Instance, confirmed: Option<&Confirmed>) -> Option<Instance> {
     let Some(c) = confirmed else {
@@ -287,22 +313,7 @@ impl Registry {
                 .filter(|k| !confirmed.contains_key(*k))
                 .cloned(),
         );
-        let mut removed = Vec::new();
-        for i in hints.values() {
-            let node = i.node_key();
-            let (was, now) = (previous.get(&node), confirmed.get(&node));
-            let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
-            let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
-            if !serves(was) && serves(now) {
-                removed.push((i.key(), Change::Confirmed));
-            }
-            if serves(was) && now.is_none() {
-                removed.push((i.key(), Change::Unconfirmed));
-            }
-            if !draining(was) && draining(now) {
-                removed.push((i.key(), Change::Draining));
-            }
-        }
+        let mut removed = word_changes(hints, previous, &confirmed);
         let verified_names: HashSet<String> = hints
             .values()
             .filter(|i| confirmed.contains_key(&i.node_key()))

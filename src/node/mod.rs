@@ -121,14 +121,7 @@ impl Node {
             None => DenyList::empty(),
         };
         let listeners = consume::bind_known_listeners(&cfg).await?;
-        let admin = match cfg.admin {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Failure::usage(format!(
-                    "cannot listen on {addr} for the admin endpoint (--admin): {e}; pick another address"
-                ))
-            })?),
-            None => None,
-        };
+        let admin = bind_admin(&cfg).await?;
         let serve = !cfg.announce.is_empty();
         let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport)
             .map_err(|e| match e {
@@ -145,7 +138,6 @@ impl Node {
         let (fatal, fatal_rx) = mpsc::channel(1);
         info!(node = %identity.node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %identity_source(&cfg), "node up");
         let metrics = Arc::new(Metrics::new());
-        let not_after = identity.not_after_unix().unwrap_or(0);
         let mut node = Self {
             node: identity.node.clone(),
             mesh_id: identity.mesh_id.clone(),
@@ -168,10 +160,9 @@ impl Node {
             consumers: Vec::new(),
             metrics,
             started: SystemTime::now(),
-            not_after: Arc::new(AtomicI64::new(not_after)),
+            not_after: Arc::new(AtomicI64::new(identity.not_after_unix().unwrap_or(0))),
             admin,
         };
-        node.watch_expiry();
         if serve {
             node.start_provider().await;
             node.announce()?;
@@ -278,6 +269,19 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         info!("stopped");
     }
+}
+
+/// Binds the admin endpoint's listener, when one is configured (a port in use is a usage
+/// error, found before anything is announced).
+async fn bind_admin(cfg: &NodeConfig) -> Result<Option<tokio::net::TcpListener>, Failure> {
+    let Some(addr) = cfg.admin else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        Failure::usage(format!(
+            "cannot listen on {addr} for the admin endpoint (--admin): {e}; pick another address"
+        ))
+    })
 }
 
 /// Where the identity came from, for the start-up line.

@@ -203,6 +203,7 @@ impl Node {
     /// Serves status snapshots on this node's status socket, and on the admin endpoint when
     /// one is configured, until the node stops.
     pub(super) fn serve_status(&mut self) {
+        self.watch_expiry();
         let take = self.status_snapshot();
         self.metrics.set_snapshot(take.clone());
         let (node, cancel) = (self.node.to_string(), self.cancel.clone());
@@ -221,7 +222,7 @@ impl Node {
 
     /// Logs once when this node's certificate comes within a week of its expiry, and once
     /// when it has expired (checked hourly, and after a reload changes it).
-    pub(super) fn watch_expiry(&self) {
+    fn watch_expiry(&self) {
         let (not_after, cancel) = (self.not_after.clone(), self.cancel.clone());
         self.tracker.spawn(async move {
             let mut said = (0i64, 0u8);
