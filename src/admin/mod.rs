@@ -103,6 +103,9 @@ pub(crate) async fn serve(listener: TcpListener, admin: Admin, cancel: Cancellat
     let admin = Arc::new(admin);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(admin = %addr, "admin endpoint: /metrics /status /healthz /");
+        if !addr.ip().is_loopback() {
+            warn!(admin = %addr, "the admin endpoint is not on loopback: whoever reaches it reads this node's status and metrics (no secrets, but names and addresses)");
+        }
     }
     loop {
         let tcp = tokio::select! {
