@@ -1,6 +1,6 @@
 //! The SPEC grammar of `announce` and `connect` (DESIGN §2).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::names::ServiceName;
 
@@ -68,7 +68,62 @@ pub struct AnnounceSpec {
     /// The port advertised to consumers (their default listen port).
     pub port: u16,
     /// Where the provider connects for each stream.
-    pub target: SocketAddr,
+    pub target: Target,
+}
+
+/// Where a provider connects: an address, or a host name resolved at each connection, so a
+/// target that moves (a Docker container recreated with a new address) is followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A socket address.
+    Addr(SocketAddr),
+    /// A host name and port (e.g. Docker's DNS name of a container).
+    Name {
+        /// The host name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl Target {
+    /// The target's port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Addr(a) => a.port(),
+            Self::Name { port, .. } => *port,
+        }
+    }
+
+    /// Connects it, resolving a name now; each address is tried in turn.
+    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let (host, port) = match self {
+            Self::Addr(a) => return tokio::net::TcpStream::connect(a).await,
+            Self::Name { host, port } => (host.as_str(), *port),
+        };
+        let mut last = None;
+        for addr in tokio::net::lookup_host((host, port)).await? {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            )
+        }))
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => a.fmt(f),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// One service to reach.
@@ -90,26 +145,41 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+/// A target: `IP:PORT`, or `HOST:PORT` with a host name, checked for its form only (it is
+/// resolved at each connection: it may not exist yet, as a container started later).
+fn parse_target(text: &str) -> Result<Target, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err("port 0 is not allowed".into());
         }
-        return Ok(addr);
+        return Ok(Target::Addr(addr));
     }
-    // HOST:PORT with a host name: resolve now (configuration is checked before anything runs).
     let (host, port) = text
         .rsplit_once(':')
         .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
     let port = parse_port(port)?;
-    if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
+    if !is_host_name(host) {
+        return Err(format!("{host:?} is not a host name or IP address"));
     }
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host:?} has no address"))
+    Ok(Target::Name {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Whether `host` is a DNS host name: dot-separated labels of letters, digits, `-` and `_`
+/// (Docker allows it in container names), none empty or longer than 63, 253 in all.
+fn is_host_name(host: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty() && host.len() <= 253 && host.split('.').all(label)
 }
 
 /// A bare IP (`10.1.2.3`, `::1` or `[::1]`), as a target or listen address whose port is the
@@ -127,7 +197,7 @@ impl AnnounceSpec {
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
         let (service, port, target) = ANNOUNCE.split(spec)?;
         let target = match (target.and_then(bare_ip), port) {
-            (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
+            (Some(ip), Some(port)) => Some(Target::Addr(SocketAddr::new(ip, port))),
             (Some(_), None) => {
                 return Err(ANNOUNCE.error(
                     spec,
@@ -135,13 +205,16 @@ impl AnnounceSpec {
                 ));
             }
             (None, _) => target
-                .map(parse_addr)
+                .map(parse_target)
                 .transpose()
                 .map_err(|e| ANNOUNCE.error(spec, e))?,
         };
         let (port, target) = match (port, target) {
             (Some(port), Some(target)) => (port, target),
-            (Some(port), None) => (port, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)),
+            (Some(port), None) => (
+                port,
+                Target::Addr(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)),
+            ),
             (None, Some(target)) => (target.port(), target),
             (None, None) => return Err(ANNOUNCE.error(spec, "give a port or a target".into())),
         };
@@ -183,25 +256,35 @@ impl ConnectSpec {
 mod tests {
     use super::*;
 
+    fn addr(text: &str) -> Target {
+        Target::Addr(text.parse().unwrap())
+    }
+
     #[test]
     fn announce_specs() {
         let s = AnnounceSpec::parse("redis:6379").unwrap();
         assert_eq!(
             (s.service.as_str(), s.port, s.target),
-            ("redis", 6379, "127.0.0.1:6379".parse().unwrap())
+            ("redis", 6379, addr("127.0.0.1:6379"))
         );
         let s = AnnounceSpec::parse("redis:6379=127.0.0.1:12345").unwrap();
-        assert_eq!(
-            (s.port, s.target),
-            (6379, "127.0.0.1:12345".parse().unwrap())
-        );
+        assert_eq!((s.port, s.target), (6379, addr("127.0.0.1:12345")));
         let s = AnnounceSpec::parse("redis=10.1.2.3:6379").unwrap();
-        assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
+        assert_eq!((s.port, s.target), (6379, addr("10.1.2.3:6379")));
         // A bare IP target takes the SPEC's port.
         let s = AnnounceSpec::parse("redis:6379=10.1.2.3").unwrap();
-        assert_eq!((s.port, s.target), (6379, "10.1.2.3:6379".parse().unwrap()));
+        assert_eq!((s.port, s.target), (6379, addr("10.1.2.3:6379")));
         let s = AnnounceSpec::parse("redis:6379=[::1]").unwrap();
-        assert_eq!(s.target, "[::1]:6379".parse().unwrap());
+        assert_eq!(s.target, addr("[::1]:6379"));
+        // A host name is kept as a name (resolved at each connection), whether it resolves now
+        // or not.
+        let s = AnnounceSpec::parse("redis:6379=redis:6379").unwrap();
+        let name = Target::Name {
+            host: "redis".into(),
+            port: 6379,
+        };
+        assert_eq!((s.port, &s.target), (6379, &name));
+        assert_eq!(s.target.to_string(), "redis:6379");
         for bad in [
             "redis",
             "redis:0",
@@ -209,6 +292,8 @@ mod tests {
             ":6379",
             "re dis:1",
             "redis:6379=nope",
+            "redis:6379=bad host:1",
+            "redis:6379=-x:1",
             "redis=1.2.3.4",
             "redis:6379=1.2.3.4:x",
         ] {

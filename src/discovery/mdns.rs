@@ -30,6 +30,9 @@ pub struct Mdns {
     interfaces: Vec<String>,
 }
 
+/// How often the interfaces are looked at for new or gone addresses, in seconds.
+const IP_CHECK_SECS: u32 = 1;
+
 impl Mdns {
     /// Starts the daemon; with `interfaces` non-empty, only those interfaces are used. With
     /// `quic` an IPv4 address, mDNS runs over IPv4 only: an IPv6 answer (which carries only
@@ -37,6 +40,9 @@ impl Mdns {
     /// its known answer then keeps the IPv4 answer from ever coming.
     pub fn new(interfaces: &[String], quic: Option<SocketAddr>) -> Result<Self, MdnsError> {
         let daemon = ServiceDaemon::new()?;
+        // A network attached while the node runs (`docker network connect`, a link coming
+        // up) is announced on and browsed within about a second (mdns-sd's default: 5 s).
+        daemon.set_ip_check_interval(IP_CHECK_SECS)?;
         if !interfaces.is_empty() {
             daemon.disable_interface(IfKind::All)?;
             for name in interfaces {

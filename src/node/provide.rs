@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -17,8 +16,9 @@ use crate::config::AnnounceConfig;
 use crate::discovery::TxtRecord;
 use crate::discovery::mdns::Mdns;
 use crate::error::Failure;
-use crate::names::{NodeName, TcpAddr};
+use crate::names::NodeName;
 use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
+use crate::spec::Target;
 use crate::transport::control::ServiceSet;
 
 /// One announced service: its record and the health flag the provider reads.
@@ -56,9 +56,9 @@ impl Announced {
 }
 
 /// Whether a target accepts a TCP connection within `bound`.
-async fn target_up(addr: TcpAddr, bound: Duration) -> bool {
+async fn target_up(target: &Target, bound: Duration) -> bool {
     matches!(
-        tokio::time::timeout(bound, TcpStream::connect(addr.0)).await,
+        tokio::time::timeout(bound, target.connect()).await,
         Ok(Ok(_))
     )
 }
@@ -69,7 +69,7 @@ impl Node {
         let mut services = HashMap::new();
         for a in &self.cfg.announce {
             // The first health check runs before the first announcement.
-            let up = target_up(TcpAddr(a.spec.target), Duration::from_secs(1)).await;
+            let up = target_up(&a.spec.target, Duration::from_secs(1)).await;
             let txt = TxtRecord {
                 service: a.spec.service.clone(),
                 port: a.spec.port,
@@ -85,7 +85,7 @@ impl Node {
                 up: Arc::new(AtomicBool::new(up)),
             });
             let target = ServiceTarget {
-                addr: TcpAddr(a.spec.target),
+                target: a.spec.target.clone(),
                 port: a.spec.port,
                 weight: a.weight,
                 up: entry.up.clone(),
@@ -192,7 +192,7 @@ impl HealthCheck {
     /// Checks the target every interval; on a change, marks the record (TXT `h`) and the flag.
     async fn run(self, cancel: CancellationToken) {
         let a = &self.announced;
-        let target = TcpAddr(a.cfg.spec.target);
+        let target = &a.cfg.spec.target;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,

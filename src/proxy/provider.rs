@@ -18,7 +18,8 @@ use super::splice::{Traffic, splice};
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::metrics::{Metrics, ServiceLabels};
-use crate::names::{NodeName, ServiceName, TcpAddr};
+use crate::names::{NodeName, ServiceName};
+use crate::spec::Target;
 use crate::transport::control::{ServiceSet, ServiceState};
 use crate::transport::protocol::{FLAG_CONTROL, FLAG_PROBE, RefusalCode, Reply, Request};
 use crate::transport::{CloseCode, HeldConnections, peer_identity};
@@ -100,8 +101,8 @@ impl ProviderConfig {
 /// An announced service's target and its health.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceTarget {
-    /// Where streams are connected.
-    pub addr: TcpAddr,
+    /// Where streams are connected (a name is resolved at each connection).
+    pub target: Target,
     /// The advertised port.
     pub port: u16,
     /// The balancing weight.
@@ -294,7 +295,7 @@ async fn handle_stream(
     if let Some(auth) = &entry.redis_auth
         && let Err(e) = auth.authenticate(&mut tcp, cfg.connect_timeout).await
     {
-        warn!(target = %entry.addr, error = %e, "credentials injection failed");
+        warn!(target = %entry.target, error = %e, "credentials injection failed");
         cfg.metrics.provider.stream(service, "auth_failed");
         return auth_failed(stream).await;
     }
@@ -383,12 +384,12 @@ async fn connect_target(
     entry: &ServiceTarget,
     bound: Duration,
 ) -> Result<TcpStream, Refused> {
-    let target = entry.addr;
+    let target = &entry.target;
     if !entry.up.load(Ordering::Relaxed) {
         let detail = format!("{service} at {target} fails its health check");
         return Err(Refused(RefusalCode::TargetDown, detail));
     }
-    match tokio::time::timeout(bound, TcpStream::connect(target.0)).await {
+    match tokio::time::timeout(bound, target.connect()).await {
         Ok(Ok(tcp)) => Ok(tcp),
         Ok(Err(e)) => {
             let code = if e.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -457,7 +458,7 @@ mod tests {
         let up = Arc::new(AtomicBool::new(true));
         let service = ServiceName::parse("redis").unwrap();
         let target = ServiceTarget {
-            addr: TcpAddr("127.0.0.1:1".parse().unwrap()),
+            target: Target::Addr("127.0.0.1:1".parse().unwrap()),
             port: 6379,
             weight: 2,
             up: up.clone(),
