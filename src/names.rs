@@ -88,6 +88,53 @@ impl ServiceName {
 
 text_newtype!(ServiceName);
 
+/// What tells apart several instances of one service on one node (a container's short id):
+/// 1 to [`InstanceTag::MAX`] lower-case letters and digits. Records carry it (TXT `ci`), the
+/// control stream too, and a stream's request names it, so the provider knows which of its
+/// targets is meant.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceTag(String);
+
+impl TryFrom<String> for InstanceTag {
+    type Error = NameError;
+
+    fn try_from(tag: String) -> Result<Self, NameError> {
+        Self::parse(&tag)
+    }
+}
+
+impl From<InstanceTag> for String {
+    fn from(tag: InstanceTag) -> String {
+        tag.0
+    }
+}
+
+impl InstanceTag {
+    /// The longest tag.
+    pub const MAX: usize = 32;
+
+    /// Validates and lower-cases a tag.
+    pub fn parse(tag: &str) -> Result<Self, NameError> {
+        let bad = |why: &'static str| NameError {
+            kind: "instance tag",
+            name: tag.to_string(),
+            why,
+        };
+        if tag.is_empty() || tag.len() > Self::MAX {
+            return Err(bad("it must be 1 to 32 characters"));
+        }
+        if !tag.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(bad("it may hold only letters and digits"));
+        }
+        Ok(Self(tag.to_ascii_lowercase()))
+    }
+}
+
+text_newtype!(InstanceTag);
+
 /// A node name such as `node-b`: a DNS label, lower-cased. It is the TLS server name of the
 /// node's certificate, so it must be a valid DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

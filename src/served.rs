@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::ServiceName;
+use crate::names::{InstanceTag, ServiceName};
 
 /// One service as its provider describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,9 @@ pub struct ServiceState {
     pub w: u32,
     /// Whether its target answers the provider's health check.
     pub up: bool,
+    /// Which of the node's instances of the service this is, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<InstanceTag>,
 }
 
 /// Everything a provider serves now.
@@ -29,8 +32,10 @@ pub struct ServiceSet {
 }
 
 impl ServiceSet {
-    /// The state of `service`, if served.
-    pub fn get(&self, service: &ServiceName) -> Option<&ServiceState> {
-        self.services.iter().find(|s| s.svc == *service)
+    /// The state of `service` (its instance `tag`, when it has several), if served.
+    pub fn get(&self, service: &ServiceName, tag: Option<&InstanceTag>) -> Option<&ServiceState> {
+        self.services
+            .iter()
+            .find(|s| s.svc == *service && s.tag.as_ref() == tag)
     }
 }

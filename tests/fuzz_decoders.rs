@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use ambassador::discovery::TxtRecord;
-use ambassador::names::ServiceName;
-use ambassador::transport::protocol::{HeaderError, Reply, Request};
+use ambassador::names::{InstanceTag, ServiceName};
+use ambassador::transport::protocol::{FLAG_TAG, HeaderError, Reply, Request};
 use proptest::prelude::*;
 
 proptest! {
@@ -28,8 +28,11 @@ proptest! {
     }
 
     #[test]
-    fn valid_requests_round_trip(name in "[a-z0-9][a-z0-9_-]{0,61}[a-z0-9]", flags in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let req = Request { service: ServiceName::parse(&name).unwrap(), flags };
+    fn valid_requests_round_trip(name in "[a-z0-9][a-z0-9_-]{0,61}[a-z0-9]", flags in any::<u8>(), tag in proptest::option::of("[a-z0-9]{1,32}"), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let tag = tag.map(|t| InstanceTag::parse(&t).unwrap());
+        // The tag flag says whether a tag follows: encode sets it from the tag.
+        let flags = (flags & !FLAG_TAG) | if tag.is_some() { FLAG_TAG } else { 0 };
+        let req = Request { service: ServiceName::parse(&name).unwrap(), flags, tag };
         let mut bytes = req.encode();
         let len = bytes.len();
         bytes.extend_from_slice(&tail);

@@ -72,7 +72,11 @@ impl Mdns {
         // meshes, so another mesh's `redis@b` never replaces ours in a browser's cache (nor its
         // host name's addresses ours). The suffix has a fixed length, so the names stay unique.
         let tag = txt.mesh.tag();
-        let instance = format!("{}@{}_{tag}", txt.service, node);
+        // Several instances of one service on one node (containers) differ by their tag.
+        let instance = match &txt.tag {
+            None => format!("{}@{}_{tag}", txt.service, node),
+            Some(ci) => format!("{}-{ci}@{}_{tag}", txt.service, node),
+        };
         let host = format!("{node}-{tag}.local.");
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,
@@ -392,6 +396,7 @@ mod tests {
             fingerprint: fingerprint(fp),
             weight: 1,
             up: true,
+            tag: None,
         };
         let fullname = format!("redis@{node}_{}.{SERVICE_TYPE}", &mesh[..8]);
         let instance = Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt);

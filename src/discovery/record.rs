@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::names::{Fingerprint, MeshId, NodeName, ServiceName};
+use crate::names::{Fingerprint, InstanceTag, MeshId, NodeName, ServiceName};
 use crate::weight::{WEIGHT_DEFAULT, check_weight};
 
 /// The DNS-SD service type of every ambassador record.
@@ -47,12 +47,15 @@ pub struct TxtRecord {
     pub weight: u32,
     /// Whether the provider's health check finds the target up (`h`: `up` or `down`).
     pub up: bool,
+    /// Which of the node's instances of the service this is (`ci`), when it has several (one
+    /// per container).
+    pub tag: Option<InstanceTag>,
 }
 
 impl TxtRecord {
     /// The key/value pairs to publish.
     pub fn to_properties(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut props = HashMap::from([
             ("v".to_string(), RECORD_VERSION.to_string()),
             ("svc".to_string(), self.service.to_string()),
             ("port".to_string(), self.port.to_string()),
@@ -64,7 +67,11 @@ impl TxtRecord {
                 "h".to_string(),
                 if self.up { "up" } else { "down" }.to_string(),
             ),
-        ])
+        ]);
+        if let Some(tag) = &self.tag {
+            props.insert("ci".to_string(), tag.to_string());
+        }
+        props
     }
 
     /// Parses TXT properties given as a lookup function. Strict: every key must be present and
@@ -99,6 +106,9 @@ impl TxtRecord {
             Some("down") => false,
             Some(_) => return Err(RecordError::Malformed("h")),
         };
+        let tag = get("ci")
+            .map(|t| InstanceTag::parse(&t).map_err(|_| RecordError::Malformed("ci")))
+            .transpose()?;
         Ok(Self {
             service,
             port,
@@ -107,6 +117,7 @@ impl TxtRecord {
             fingerprint,
             weight,
             up,
+            tag,
         })
     }
 }
@@ -134,6 +145,9 @@ pub struct Instance {
     pub weight: u32,
     /// Whether the provider reports its target up.
     pub up: bool,
+    /// Which of its node's instances of the service it is, when the node has several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<InstanceTag>,
     /// Whether its node confirmed it over a verified connection (its control stream), rather
     /// than a record alone claiming it.
     #[serde(skip)]
@@ -175,6 +189,7 @@ impl Instance {
             addrs,
             weight: txt.weight,
             up: txt.up,
+            tag: txt.tag,
             confirmed: false,
             alternates: Vec::new(),
         })
@@ -229,6 +244,7 @@ pub(crate) fn sample_txt(weight: u32) -> TxtRecord {
         fingerprint: Fingerprint::parse(&"ab".repeat(32)).unwrap(),
         weight,
         up: true,
+        tag: None,
     }
 }
 

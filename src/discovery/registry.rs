@@ -153,7 +153,9 @@ fn word_changes(
     for i in hints.values() {
         let node = i.node_key();
         let (was, now) = (previous.get(&node), confirmed.get(&node));
-        let serves = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.get(&i.service).is_some());
+        let serves = |c: Option<&Confirmed>| {
+            c.is_some_and(|c| c.set.get(&i.service, i.tag.as_ref()).is_some())
+        };
         let draining = |c: Option<&Confirmed>| c.is_some_and(|c| c.set.draining);
         if !serves(was) && serves(now) {
             changes.push((i.key(), Change::Confirmed));
@@ -173,7 +175,7 @@ fn merged(hint: &Instance, confirmed: Option<&Confirmed>) -> Option<Instance> {
     let Some(c) = confirmed else {
         return Some(hint.clone());
     };
-    let served = c.set.get(&hint.service)?;
+    let served = c.set.get(&hint.service, hint.tag.as_ref())?;
     let mut inst = hint.clone();
     inst.up = served.up && !c.set.draining;
     inst.weight = served.w;
@@ -257,7 +259,7 @@ impl Registry {
             let node = i.node_key();
             if confirmed
                 .get(&node)
-                .is_some_and(|c| !c.set.draining && c.set.get(&i.service).is_some())
+                .is_some_and(|c| !c.set.draining && c.set.get(&i.service, i.tag.as_ref()).is_some())
             {
                 kept.push(node);
                 true
@@ -322,7 +324,9 @@ impl Registry {
         hints.retain(|key, i| {
             let node = i.node_key();
             let why = match confirmed.get(&node) {
-                Some(c) if c.set.get(&i.service).is_none() => Some(Change::WithdrawnByNode),
+                Some(c) if c.set.get(&i.service, i.tag.as_ref()).is_none() => {
+                    Some(Change::WithdrawnByNode)
+                }
                 Some(_) => None,
                 None if lost.contains(&node) && verified_names.contains(&i.fullname) => {
                     Some(Change::Superseded)
@@ -416,6 +420,7 @@ mod tests {
             fingerprint: Fingerprint::parse(&fp.to_string().repeat(64)).unwrap(),
             weight: 1,
             up,
+            tag: None,
         };
         let ip: IpAddr = "10.77.0.2".parse().unwrap();
         Instance::new("redis@b_01234567._ambassador._udp.local.", port, [ip], txt).unwrap()
@@ -429,6 +434,7 @@ mod tests {
                 port: 6379,
                 w: 5,
                 up,
+                tag: None,
             }],
         };
         let remote = SocketAddr::new(i.addrs[0], 4433);

@@ -34,7 +34,7 @@ use crate::proxy::provider::ProviderConfig;
 use crate::transport::{self, CloseCode, EndpointError, Pool};
 
 use consume::ConsumerEntry;
-use provide::Announced;
+use provide::Announcements;
 
 /// How long a stop waits for tasks to wind down.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -84,8 +84,8 @@ pub struct Node {
     fatal_rx: mpsc::Receiver<Failure>,
     /// What the provider serves, when the node announces anything.
     provider: Option<Arc<ProviderConfig>>,
-    /// The announced services.
-    announced: Vec<Arc<Announced>>,
+    /// The announced services (static ones, and containers as they come and go).
+    announced: Announcements,
     /// The consumers, one per reached service.
     consumers: Vec<ConsumerEntry>,
     /// What the node counts (the admin endpoint's `/metrics`, and `status`).
@@ -156,7 +156,7 @@ impl Node {
             fatal,
             fatal_rx,
             provider: None,
-            announced: Vec::new(),
+            announced: Announcements::default(),
             consumers: Vec::new(),
             metrics,
             started: SystemTime::now(),
@@ -164,8 +164,8 @@ impl Node {
             admin,
         };
         if serve {
-            node.start_provider().await;
-            node.announce()?;
+            node.start_provider();
+            node.announce().await?;
         }
         node.start_consumers(listeners)?;
         if serve || node.cfg.connect.iter().any(|c| c.source == Source::Mesh) {

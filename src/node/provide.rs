@@ -1,9 +1,8 @@
 //! Serving announced services: the provider's stream handler, each service's record and the
 //! health check of its target.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,24 +15,39 @@ use crate::config::AnnounceConfig;
 use crate::discovery::TxtRecord;
 use crate::discovery::mdns::Mdns;
 use crate::error::Failure;
-use crate::names::NodeName;
-use crate::proxy::provider::{self, ProviderConfig, ServiceTarget};
+use crate::names::{InstanceTag, NodeName};
+use crate::proxy::provider::{self, ProviderConfig, Route, ServiceTarget};
 use crate::spec::Target;
 use crate::transport::control::ServiceSet;
+
+/// The announced services now (static ones, and containers that come and go), shared with
+/// the status snapshot.
+pub(super) type Announcements = Arc<RwLock<Vec<Arc<Announced>>>>;
 
 /// One announced service: its record and the health flag the provider reads.
 pub(super) struct Announced {
     /// What is announced.
     pub(super) cfg: AnnounceConfig,
+    /// Which of this node's instances of the service it is (a container's), if it has several.
+    pub(super) tag: Option<InstanceTag>,
     /// The record as last published.
     txt: Mutex<TxtRecord>,
     /// Whether the target answers its health check.
     pub(super) up: Arc<AtomicBool>,
+    /// Its DNS-SD full name, once announced.
+    fullname: Mutex<Option<String>>,
+    /// Stops its health check when it is withdrawn.
+    stop: CancellationToken,
 }
 
 impl Announced {
     fn record(&self) -> TxtRecord {
         self.txt.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The provider's route of this announcement.
+    pub(super) fn route(&self) -> Route {
+        (self.cfg.spec.service.clone(), self.tag.clone())
     }
 
     /// Changes the record with `edit` and publishes it again.
@@ -64,39 +78,10 @@ async fn target_up(target: &Target, bound: Duration) -> bool {
 }
 
 impl Node {
-    /// Checks each target once, then serves tunnel streams for the announced services.
-    pub(super) async fn start_provider(&mut self) {
-        let mut services = HashMap::new();
-        for a in &self.cfg.announce {
-            // The first health check runs before the first announcement.
-            let up = target_up(&a.spec.target, Duration::from_secs(1)).await;
-            let txt = TxtRecord {
-                service: a.spec.service.clone(),
-                port: a.spec.port,
-                node: self.node.clone(),
-                mesh: self.mesh_id.clone(),
-                fingerprint: self.fingerprint(),
-                weight: a.weight,
-                up,
-            };
-            let entry = Arc::new(Announced {
-                cfg: a.clone(),
-                txt: Mutex::new(txt),
-                up: Arc::new(AtomicBool::new(up)),
-            });
-            let target = ServiceTarget {
-                target: a.spec.target.clone(),
-                port: a.spec.port,
-                weight: a.weight,
-                up: entry.up.clone(),
-                allow: a.allow.clone(),
-                redis_auth: a.redis_auth.clone(),
-            };
-            services.insert(a.spec.service.clone(), target);
-            self.announced.push(entry);
-        }
+    /// Serves tunnel streams (for the announced services, added as they are announced).
+    pub(super) fn start_provider(&mut self) {
         let pcfg = Arc::new(ProviderConfig {
-            services,
+            services: RwLock::default(),
             header_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             draining: AtomicBool::new(false),
@@ -118,34 +103,113 @@ impl Node {
         self.tracker.spawn(serving);
     }
 
-    /// Publishes every announced service over mDNS and starts its health check.
-    pub(super) fn announce(&self) -> Result<(), Failure> {
-        let quic_port = self.quic_addr.port();
-        for a in &self.announced {
-            let spec = &a.cfg.spec;
-            let fullname = self
-                .mdns
-                .announce(&self.node, quic_port, &a.record())
-                .context("announcing over mDNS")?;
-            let up = a.up.load(Ordering::Relaxed);
-            info!(service = %spec.service, port = spec.port, target = %spec.target, instance = %fullname, target_up = up, "announcing");
-            if !up {
-                warn!(service = %spec.service, target = %spec.target, "target is down: announced as down until it answers");
-            }
-            let check = HealthCheck {
-                announced: a.clone(),
-                provider: self.provider.clone(),
-                mdns: self.mdns.clone(),
-                node: self.node.clone(),
-                quic_port,
-                interval: self.cfg.health_interval,
-            };
-            let span = info_span!("health", service = %spec.service);
-            self.tracker
-                .spawn(check.run(self.cancel.clone()).instrument(span));
+    /// The announcements now.
+    pub(super) fn announced(&self) -> Vec<Arc<Announced>> {
+        self.announced
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Announces every service of the configuration, each after a first health check.
+    pub(super) async fn announce(&self) -> Result<(), Failure> {
+        for a in &self.cfg.announce {
+            self.announce_one(a.clone(), None).await?;
         }
         self.spawn_conflict_announcer();
         Ok(())
+    }
+
+    /// Serves and announces one service (instance `tag` of it, for a container): checks its
+    /// target once, adds its route to the provider, publishes its record over mDNS and starts
+    /// its health check. An announcement of the same route is replaced.
+    pub(super) async fn announce_one(
+        &self,
+        a: AnnounceConfig,
+        tag: Option<InstanceTag>,
+    ) -> Result<(), Failure> {
+        let Some(provider) = self.provider.clone() else {
+            return Ok(());
+        };
+        let up = target_up(&a.spec.target, Duration::from_secs(1)).await;
+        let txt = TxtRecord {
+            service: a.spec.service.clone(),
+            port: a.spec.port,
+            node: self.node.clone(),
+            mesh: self.mesh_id.clone(),
+            fingerprint: self.fingerprint(),
+            weight: a.weight,
+            up,
+            tag: tag.clone(),
+        };
+        let entry = Arc::new(Announced {
+            cfg: a,
+            tag,
+            txt: Mutex::new(txt),
+            up: Arc::new(AtomicBool::new(up)),
+            fullname: Mutex::new(None),
+            stop: self.cancel.child_token(),
+        });
+        self.withdraw_one(&entry.route()).await;
+        provider.insert(entry.route(), service_target(&entry));
+        self.publish(&entry)?;
+        self.announced
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry.clone());
+        self.spawn_health_check(entry, provider);
+        Ok(())
+    }
+
+    /// Publishes an announcement's record over mDNS and logs it.
+    fn publish(&self, a: &Announced) -> Result<(), Failure> {
+        let spec = &a.cfg.spec;
+        let fullname = self
+            .mdns
+            .announce(&self.node, self.quic_addr.port(), &a.record())
+            .context("announcing over mDNS")?;
+        let up = a.up.load(Ordering::Relaxed);
+        info!(service = %spec.service, port = spec.port, target = %spec.target, instance = %fullname, target_up = up, "announcing");
+        if !up {
+            warn!(service = %spec.service, target = %spec.target, "target is down: announced as down until it answers");
+        }
+        *a.fullname.lock().unwrap_or_else(|e| e.into_inner()) = Some(fullname);
+        Ok(())
+    }
+
+    /// Withdraws one announcement, if it is there: its record (an mDNS goodbye), its route
+    /// (new streams are refused; open ones go on) and its health check.
+    pub(super) async fn withdraw_one(&self, route: &Route) {
+        let gone = {
+            let mut list = self.announced.write().unwrap_or_else(|e| e.into_inner());
+            let at = list.iter().position(|a| a.route() == *route);
+            at.map(|i| list.remove(i))
+        };
+        let Some(a) = gone else { return };
+        a.stop.cancel();
+        if let Some(p) = &self.provider {
+            p.remove(route);
+        }
+        let fullname: Option<String> = a.fullname.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(fullname) = fullname {
+            info!(service = %route.0, instance = %fullname, "withdrawn");
+            self.mdns.withdraw(&fullname).await;
+        }
+    }
+
+    /// Starts the health check of one announcement.
+    fn spawn_health_check(&self, a: Arc<Announced>, provider: Arc<ProviderConfig>) {
+        let span = info_span!("health", service = %a.cfg.spec.service);
+        let stop = a.stop.clone();
+        let check = HealthCheck {
+            announced: a,
+            provider: Some(provider),
+            mdns: self.mdns.clone(),
+            node: self.node.clone(),
+            quic_port: self.quic_addr.port(),
+            interval: self.cfg.health_interval,
+        };
+        self.tracker.spawn(check.run(stop).instrument(span));
     }
 
     /// While another node announces under this node's name, browsers that start later may
@@ -168,12 +232,25 @@ impl Node {
                     .unwrap_or_else(|e| e.into_inner())
                     .is_empty();
                 if shared {
-                    for a in &announced {
+                    let now = announced.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    for a in &now {
                         a.republish(&mdns, &node, port, |_| {});
                     }
                 }
             }
         });
+    }
+}
+
+/// What the provider serves for an announcement.
+fn service_target(a: &Announced) -> ServiceTarget {
+    ServiceTarget {
+        target: a.cfg.spec.target.clone(),
+        port: a.cfg.spec.port,
+        weight: a.cfg.weight,
+        up: a.up.clone(),
+        allow: a.cfg.allow.clone(),
+        redis_auth: a.cfg.redis_auth.clone(),
     }
 }
 

@@ -51,7 +51,7 @@ impl Node {
             self.not_after
                 .store(t, std::sync::atomic::Ordering::Relaxed);
         }
-        for a in &self.announced {
+        for a in &self.announced() {
             a.republish(&self.mdns, &self.node, self.quic_addr.port(), |txt| {
                 txt.fingerprint = identity.fingerprint.clone();
             });

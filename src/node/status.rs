@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::Node;
 use super::consume::{ConsumerEntry, ListenAddr};
-use super::provide::Announced;
+use super::provide::{Announced, Announcements};
 use crate::control::{
     self, AnnounceStatus, CertificateStatus, ConnectStatus, EXPIRY_WARNING_SECONDS, InstanceStatus,
     NodeStatus, PeerDirection, PeerStatus,
@@ -37,7 +37,7 @@ struct Snapshot {
     started: SystemTime,
     fingerprint: Arc<std::sync::RwLock<crate::names::Fingerprint>>,
     not_after: Arc<AtomicI64>,
-    announced: Vec<Arc<Announced>>,
+    announced: Announcements,
     consumers: Vec<ConsumerRow>,
     conflicts: Conflicts,
     provider: Option<Arc<ProviderConfig>>,
@@ -75,7 +75,7 @@ impl Snapshot {
                 not_after_unix: not_after,
                 expires_in_seconds: not_after.saturating_sub(unix(now) as i64),
             },
-            announce: self.announced.iter().map(|a| self.announce(a)).collect(),
+            announce: self.announce_all(),
             connect: self.consumers.iter().map(connect_status).collect(),
             peers: self.peers(),
             name_conflicts: self
@@ -86,6 +86,11 @@ impl Snapshot {
                 .cloned()
                 .collect(),
         }
+    }
+
+    fn announce_all(&self) -> Vec<AnnounceStatus> {
+        let list = self.announced.read().unwrap_or_else(|e| e.into_inner());
+        list.iter().map(|a| self.announce(a)).collect()
     }
 
     fn announce(&self, a: &Announced) -> AnnounceStatus {

@@ -2,8 +2,8 @@
 //! request header, connects to the service's target and splices.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -18,7 +18,7 @@ use super::splice::{Traffic, splice};
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
 use crate::metrics::{Metrics, ServiceLabels};
-use crate::names::{NodeName, ServiceName};
+use crate::names::{InstanceTag, NodeName, ServiceName};
 use crate::spec::Target;
 use crate::transport::control::{ServiceSet, ServiceState};
 use crate::transport::protocol::{FLAG_CONTROL, FLAG_PROBE, RefusalCode, Reply, Request};
@@ -33,11 +33,15 @@ const MAX_AWAITING_HEADER: usize = 1024;
 /// incoming connections are refused. One per consumer node is the normal case.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// What a stream asks the provider for: a service, and which of its instances when the node
+/// has several (one per container).
+pub(crate) type Route = (ServiceName, Option<InstanceTag>);
+
 /// What the provider serves.
 #[derive(Debug)]
 pub(crate) struct ProviderConfig {
-    /// Target of each announced service.
-    pub services: HashMap<ServiceName, ServiceTarget>,
+    /// Target of each announced service (instances come and go: Docker containers).
+    pub services: RwLock<HashMap<Route, ServiceTarget>>,
     /// Bound on reading a stream's request header.
     pub header_timeout: Duration,
     /// Bound on connecting to a target.
@@ -63,20 +67,43 @@ impl ProviderConfig {
     /// What this node serves now: every service with its health, and whether it drains.
     fn service_set(&self) -> ServiceSet {
         let mut services: Vec<ServiceState> = self
-            .services
+            .routes()
             .iter()
-            .map(|(name, t)| ServiceState {
+            .map(|((name, tag), t)| ServiceState {
                 svc: name.clone(),
                 port: t.port,
                 w: t.weight,
                 up: t.up.load(Ordering::Relaxed),
+                tag: tag.clone(),
             })
             .collect();
-        services.sort_by(|a, b| a.svc.cmp(&b.svc));
+        services.sort_by(|a, b| (&a.svc, &a.tag).cmp(&(&b.svc, &b.tag)));
         ServiceSet {
             draining: self.draining.load(Ordering::Relaxed),
             services,
         }
+    }
+
+    fn routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Route, ServiceTarget>> {
+        // A poisoned lock means a panic elsewhere; the map itself is always consistent.
+        self.services.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves `route` from now on (replacing what it served), and tells the control streams.
+    pub(crate) fn insert(&self, route: Route, target: ServiceTarget) {
+        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(route, target);
+        drop(map);
+        self.publish();
+    }
+
+    /// Serves `route` no more: new streams for it are refused (open ones go on), and the
+    /// control streams are told at once.
+    pub(crate) fn remove(&self, route: &Route) {
+        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(route);
+        drop(map);
+        self.publish();
     }
 
     /// Begins the drain: new streams are refused ("draining"), and every consumer's control
@@ -288,7 +315,7 @@ async fn handle_stream(
     if req.flags & FLAG_PROBE != 0 {
         return stream.answer_probe(entry.up.load(Ordering::Relaxed)).await;
     }
-    let mut tcp = match connect_target(&req.service, entry, cfg.connect_timeout).await {
+    let mut tcp = match connect_target(&req.service, &entry, cfg.connect_timeout).await {
         Ok(tcp) => tcp,
         Err(refused) => return stream.refuse(&cfg, service, refused).await,
     };
@@ -342,18 +369,25 @@ async fn read_request(
 
 /// Whether this node serves `req` for `peer` now: not draining, the service announced here,
 /// the peer neither revoked since its handshake nor left out of the service's allow list.
-fn admit<'a>(
-    cfg: &'a ProviderConfig,
+fn admit(
+    cfg: &ProviderConfig,
     peer: &PeerIdentity,
     req: &Request,
-) -> Result<&'a ServiceTarget, Refused> {
+) -> Result<ServiceTarget, Refused> {
     not_revoked(cfg, peer)?;
     if cfg.draining.load(Ordering::Relaxed) {
         let detail = "this node is stopping; use another instance".to_string();
         return Err(Refused(RefusalCode::Draining, detail));
     }
-    let Some(entry) = cfg.services.get(&req.service) else {
-        let detail = format!("{} is not announced here", req.service);
+    let route = (req.service.clone(), req.tag.clone());
+    let Some(entry) = cfg.routes().get(&route).cloned() else {
+        let detail = match &req.tag {
+            None => format!("{} is not announced here", req.service),
+            Some(tag) => format!(
+                "{} instance {tag} is not announced here (any more)",
+                req.service
+            ),
+        };
         return Err(Refused(RefusalCode::UnknownService, detail));
     };
     if let Some(allow) = &entry.allow
@@ -466,7 +500,7 @@ mod tests {
             redis_auth: None,
         };
         let cfg = Arc::new(ProviderConfig {
-            services: HashMap::from([(service.clone(), target)]),
+            services: RwLock::new(HashMap::from([((service.clone(), None), target)])),
             header_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             draining: AtomicBool::new(false),
@@ -494,12 +528,12 @@ mod tests {
         };
         pool.get(&peer).await.unwrap();
         let set = wait_view(&pool, |s| !s.services.is_empty()).await;
-        let s = set.get(&service).unwrap();
+        let s = set.get(&service, None).unwrap();
         assert!(s.up && s.w == 2 && s.port == 6379 && !set.draining);
 
         up.store(false, Ordering::Relaxed);
         cfg.publish();
-        wait_view(&pool, |s| s.get(&service).is_some_and(|s| !s.up)).await;
+        wait_view(&pool, |s| s.get(&service, None).is_some_and(|s| !s.up)).await;
 
         cfg.start_drain();
         wait_view(&pool, |s| s.draining).await;

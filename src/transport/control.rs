@@ -83,6 +83,7 @@ mod tests {
                 port: 6379,
                 w: 3,
                 up: true,
+                tag: None,
             }],
         };
         let bytes = set.encode();

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! request: "AM" | version u8 | flags u8 | name_len u8 | service name (1..=63 bytes)
+//!          [ tag_len u8 | instance tag (1..=32 bytes) ]   (with FLAG_TAG)
 //! reply:   "AM" | version u8 | code u8  | detail_len u8 | detail (UTF-8, 0..=255 bytes)
 //! ```
 //! Decoding is check-then-parse over a buffer, with a typed result for "incomplete".
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::names::ServiceName;
+use crate::names::{InstanceTag, ServiceName};
 
 /// Protocol version spoken by this build.
 pub const VERSION: u8 = 1;
@@ -24,6 +25,10 @@ pub const FLAG_PROBE: u8 = 0x01;
 /// provider answers `Ok` and then sends what it serves, now and on every change. The service
 /// name is not used.
 pub const FLAG_CONTROL: u8 = 0x02;
+/// Request flag: an instance tag follows the service name: which of the provider's instances
+/// of the service is meant (it has several, one per container). Sent only to instances whose
+/// record carries a tag, so a provider that does not know the flag never receives it.
+pub const FLAG_TAG: u8 = 0x04;
 /// Longest service name on the wire.
 pub const MAX_NAME: usize = 63;
 
@@ -32,8 +37,11 @@ pub const MAX_NAME: usize = 63;
 pub struct Request {
     /// The service to reach.
     pub service: ServiceName,
-    /// Flags ([`FLAG_PROBE`]; unknown bits are ignored).
+    /// Flags ([`FLAG_PROBE`]; unknown bits are ignored). [`FLAG_TAG`] is set by
+    /// [`Request::encode`] when `tag` is given, and read by [`Request::decode`].
     pub flags: u8,
+    /// Which of the provider's instances of the service is meant.
+    pub tag: Option<InstanceTag>,
 }
 
 /// Why a request header was refused.
@@ -69,13 +77,19 @@ impl Request {
     /// Encodes the request header.
     pub fn encode(&self) -> Vec<u8> {
         let name = self.service.as_str().as_bytes();
-        let mut out = Vec::with_capacity(FIXED_LEN + name.len());
+        let mut out = Vec::with_capacity(FIXED_LEN + name.len() + 33);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
-        out.push(self.flags);
+        let tag_flag = if self.tag.is_some() { FLAG_TAG } else { 0 };
+        out.push((self.flags & !FLAG_TAG) | tag_flag);
         // Service names are at most 63 bytes (validated by ServiceName): fits in a u8.
         out.push(name.len() as u8);
         out.extend_from_slice(name);
+        if let Some(tag) = &self.tag {
+            // At most 32 bytes (validated by InstanceTag).
+            out.push(tag.as_str().len() as u8);
+            out.extend_from_slice(tag.as_str().as_bytes());
+        }
         out
     }
 
@@ -90,7 +104,37 @@ impl Request {
         let name = buf.get(FIXED_LEN..end).ok_or(HeaderError::Incomplete)?;
         let name = std::str::from_utf8(name).map_err(|_| HeaderError::BadName)?;
         let service = ServiceName::parse(name).map_err(|_| HeaderError::BadName)?;
-        Ok((Self { service, flags }, end))
+        if flags & FLAG_TAG == 0 {
+            let tag = None;
+            return Ok((
+                Self {
+                    service,
+                    flags,
+                    tag,
+                },
+                end,
+            ));
+        }
+        let len = *buf.get(end).ok_or(HeaderError::Incomplete)? as usize;
+        if len > InstanceTag::MAX {
+            return Err(HeaderError::TooLong(len));
+        }
+        let tag = buf
+            .get(end + 1..end + 1 + len)
+            .ok_or(HeaderError::Incomplete)?;
+        let tag = std::str::from_utf8(tag)
+            .ok()
+            .and_then(|t| InstanceTag::parse(t).ok())
+            .ok_or(HeaderError::BadName)?;
+        let tag = Some(tag);
+        Ok((
+            Self {
+                service,
+                flags,
+                tag,
+            },
+            end + 1 + len,
+        ))
     }
 
     /// Reads one request from a stream, within `timeout`.
@@ -307,9 +351,22 @@ mod tests {
         let req = Request {
             service: ServiceName::parse("redis").unwrap(),
             flags: 0,
+            tag: None,
         };
         let bytes = req.encode();
         assert_eq!(Request::decode(&bytes).unwrap(), (req.clone(), bytes.len()));
+        // With an instance tag: the flag is set and the tag follows the name.
+        let tagged = Request {
+            flags: FLAG_TAG,
+            tag: Some(InstanceTag::parse("c0ffee12").unwrap()),
+            ..req.clone()
+        };
+        let b = tagged.encode();
+        assert_eq!(b[3] & FLAG_TAG, FLAG_TAG);
+        assert_eq!(Request::decode(&b).unwrap(), (tagged.clone(), b.len()));
+        for cut in 0..b.len() {
+            assert_eq!(Request::decode(&b[..cut]), Err(HeaderError::Incomplete));
+        }
         for cut in 0..bytes.len() {
             assert_eq!(
                 Request::decode(&bytes[..cut]).unwrap_err(),
@@ -365,6 +422,7 @@ mod tests {
         let req = Request {
             service: ServiceName::parse("redis").unwrap(),
             flags: 0,
+            tag: None,
         };
         let mut data = req.encode();
         data.extend_from_slice(b"PING\r\n");

@@ -88,6 +88,7 @@ impl PeerViews {
             // Not used on a control stream; any valid name.
             service: ServiceName::parse("control")?,
             flags: FLAG_CONTROL,
+            tag: None,
         };
         send.write_all(&req.encode()).await?;
         match Reply::read_from(&mut recv, FIRST_FRAME).await? {

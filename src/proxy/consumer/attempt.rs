@@ -16,7 +16,7 @@ use super::direct::{DirectError, splice_tcp};
 use super::{Candidate, Consumer, Rejection, Target, Tried};
 use crate::inject::AUTH_FAILED_REPLY;
 use crate::metrics::ServiceLabels;
-use crate::names::{Fingerprint, ServiceName};
+use crate::names::{Fingerprint, InstanceTag, ServiceName};
 use crate::proxy::splice::{Traffic, splice};
 use crate::transport::protocol::{HeaderError, Refusal, RefusalCode, Reply, Request};
 use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
@@ -120,7 +120,7 @@ impl Consumer {
         let _waiting = self.balancer.opened(&cand.key);
         match &cand.target {
             Target::Direct(addr) => self.open_direct(*addr).await.map(Opened::Direct),
-            Target::Peer(peer) => self.open_stream(peer).await,
+            Target::Peer(peer) => self.open_stream(peer, cand.tag.as_ref()).await,
         }
     }
 
@@ -158,18 +158,24 @@ impl Consumer {
     }
 
     /// Opens a tunnel stream to `peer` and waits for the provider's reply.
-    async fn open_stream(&self, peer: &PeerTarget) -> Result<Opened, AttemptError> {
+    async fn open_stream(
+        &self,
+        peer: &PeerTarget,
+        tag: Option<&InstanceTag>,
+    ) -> Result<Opened, AttemptError> {
         let conn = self.pool.get(peer).await?;
         self.check_announcer(&conn)?;
-        let (send, recv) = self.ask(&conn, 0, self.reply_timeout).await?;
+        let (send, recv) = self.ask(&conn, tag, 0, self.reply_timeout).await?;
         Ok(Opened::Stream(send, recv))
     }
 
-    /// Opens a stream on `conn` for this service with `flags`, sends its header, and waits up
-    /// to `bound` for the provider's answer: the stream when it says ok.
+    /// Opens a stream on `conn` for this service (its instance `tag`, if any) with `flags`,
+    /// sends its header, and waits up to `bound` for the provider's answer: the stream when it
+    /// says ok.
     pub(super) async fn ask(
         &self,
         conn: &quinn::Connection,
+        tag: Option<&InstanceTag>,
         flags: u8,
         bound: Duration,
     ) -> Result<(SendStream, RecvStream), AttemptError> {
@@ -183,6 +189,7 @@ impl Consumer {
         let req = Request {
             service: self.service.clone(),
             flags,
+            tag: tag.cloned(),
         };
         // An attempt given up (another instance answered first) resets its stream, so the
         // provider connects nothing for it; dropped as is, the stream would only be finished.

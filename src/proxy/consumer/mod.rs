@@ -30,7 +30,7 @@ use crate::balance::{Backoff, BalanceMeters, Balancer, Choice, InstanceStats, Po
 use crate::discovery::{BackendAddr, Endpoint, EndpointSet, Instance, Registry};
 use crate::inject::RedisAuth;
 use crate::metrics::{InstanceLabels, Metrics};
-use crate::names::{Fingerprint, QuicAddr, ServiceName, TcpAddr};
+use crate::names::{Fingerprint, InstanceTag, QuicAddr, ServiceName, TcpAddr};
 use crate::transport::{ClaimedIdentity, PeerKey, PeerTarget, Pool};
 
 /// Where a candidate's connection goes.
@@ -51,6 +51,8 @@ pub(crate) struct Candidate {
     pub(crate) target: Target,
     /// Balancing weight.
     pub(crate) weight: u32,
+    /// Which of its node's instances of the service it is, when the node has several.
+    pub(crate) tag: Option<InstanceTag>,
 }
 
 impl Candidate {
@@ -59,6 +61,7 @@ impl Candidate {
             key: inst.key(),
             target: Target::Peer(peer_target(inst, local)),
             weight: inst.weight,
+            tag: inst.tag.clone(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Candidate {
             key: ep.addr.to_string(),
             target,
             weight: ep.weight,
+            tag: None,
         }
     }
 

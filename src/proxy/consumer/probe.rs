@@ -8,6 +8,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::attempt::AttemptError;
 use super::{Candidate, Consumer};
+use crate::names::InstanceTag;
 use crate::transport::protocol::FLAG_PROBE;
 use crate::transport::{PeerFailure, PeerKey, PeerTarget};
 
@@ -48,9 +49,14 @@ impl Consumer {
 
     /// One liveness check: a probe stream must get an answer (the handshake alone proves
     /// little: with TLS 1.3 a peer that refuses our certificate says so only afterwards).
-    pub(super) async fn probe_once(&self, target: &PeerTarget) -> Result<(), AttemptError> {
+    pub(super) async fn probe_once(
+        &self,
+        target: &PeerTarget,
+        tag: Option<&InstanceTag>,
+    ) -> Result<(), AttemptError> {
         let conn = self.pool.get(target).await?;
-        self.ask(&conn, FLAG_PROBE, PROBE_REPLY_TIMEOUT).await?;
+        self.ask(&conn, tag, FLAG_PROBE, PROBE_REPLY_TIMEOUT)
+            .await?;
         Ok(())
     }
 
@@ -66,11 +72,13 @@ impl Consumer {
             }
             pause = (pause * 2).min(PROBE_MAX);
             let mine = self.candidates_of(&key);
-            let Some(super::Target::Peer(target)) = mine.first().map(|c| &c.target) else {
+            let Some((super::Target::Peer(target), tag)) =
+                mine.first().map(|c| (&c.target, c.tag.as_ref()))
+            else {
                 debug!("peer forgotten by discovery; probe ends");
                 break;
             };
-            match self.probe_once(target).await {
+            match self.probe_once(target, tag).await {
                 Ok(()) => {
                     info!("peer reachable again: its instances are re-admitted");
                     for c in &mine {

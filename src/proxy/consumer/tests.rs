@@ -22,6 +22,7 @@ fn instance(i: u32) -> Instance {
         fingerprint: Fingerprint::parse(&format!("{i:064x}")).unwrap(),
         weight: 1,
         up: true,
+        tag: None,
     };
     // Loopback addresses where nothing listens: background verifications dial only here.
     let ip = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + 0x0100 + i));

@@ -122,7 +122,7 @@ impl Consumer {
             .pool
             .rtt(target)
             .map_or(ALIVE_MIN, |rtt| (rtt * 4 + ALIVE_MIN / 3).max(ALIVE_MIN));
-        match tokio::time::timeout(bound, self.probe_once(target)).await {
+        match tokio::time::timeout(bound, self.probe_once(target, None)).await {
             // A draining node is alive, and its open streams must go on.
             Ok(Err(AttemptError::Refused(r))) if r.code == RefusalCode::Draining => {
                 info!(peer = %key, "the old process of a restarted node is draining: its open streams finish, new ones go to the new one");
