@@ -144,9 +144,19 @@ pub enum Command {
 /// `announce` options.
 #[derive(Debug, Args)]
 pub struct AnnounceArgs {
-    /// NAME[:PORT][=TARGET], e.g. redis:6379 or redis:6379=127.0.0.1:12345
-    #[arg(required = true, value_name = "SPEC")]
+    /// NAME[:PORT][=TARGET], e.g. redis:6379, redis:6379=127.0.0.1:12345 or
+    /// redis:6379=redis:6379 (a host name is resolved at each connection)
+    #[arg(required_unless_present = "docker", value_name = "SPEC")]
     pub specs: Vec<String>,
+    /// Also announce every running container that asks for it (label
+    /// ambassador.service=NAME[:PORT], or SERVICE_PORT=PORT in its environment), each its own
+    /// instance, withdrawn when it stops
+    #[arg(long)]
+    pub docker: bool,
+    /// The Docker engine's socket, unix:///PATH [default: $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock]
+    #[arg(long, value_name = "URL", requires = "docker")]
+    pub docker_host: Option<String>,
     /// Balancing weight published with each service (1-10000)
     #[arg(long, default_value_t = WEIGHT_DEFAULT, value_parser = clap::value_parser!(u32).range(i64::from(WEIGHT_MIN)..=i64::from(WEIGHT_MAX)))]
     pub weight: u32,

@@ -260,6 +260,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub log_format: LogFormat,
     /// The admin endpoint's address, if it is on.
     pub admin: Option<SocketAddr>,
+    /// The Docker engine's socket, when running containers are announced (`--docker`).
+    pub docker: Option<String>,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -312,6 +314,11 @@ pub struct FileConfig {
     pub health_interval: Option<Duration>,
     /// The `[admin]` table: the admin endpoint.
     pub admin: Option<FileAdmin>,
+    /// Announce the running containers that ask for it, as `announce --docker`.
+    pub docker: bool,
+    /// The Docker engine's socket (`unix:///PATH`; default `$DOCKER_HOST`, else
+    /// `unix:///var/run/docker.sock`).
+    pub docker_host: Option<String>,
     /// `[announce.NAME]` sections.
     pub announce: BTreeMap<String, FileAnnounce>,
     /// `[connect.NAME]` sections.
@@ -580,6 +587,7 @@ impl CheckedConfig {
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             admin: flag_addr(addr::ADMIN, "--admin", common.admin.as_deref())?
                 .or(file.admin.as_ref().map(|a| a.listen)),
+            docker: None,
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -609,6 +617,9 @@ impl CheckedConfig {
             })
             .collect();
         cfg.health_interval = check_interval(args.health_interval)?;
+        cfg.docker = args
+            .docker
+            .then(|| crate::docker::socket_path(args.docker_host.as_deref()));
         Ok(cfg)
     }
 
@@ -677,7 +688,9 @@ impl CheckedConfig {
         // Section names differ in case, service names do not.
         check_unique(cfg.announce.iter().map(|a| &a.spec.service))?;
         check_unique(cfg.connect.iter().map(|c| &c.spec.service))?;
-        if cfg.announce.is_empty() && cfg.connect.is_empty() {
+        cfg.docker = (file.docker || file.docker_host.is_some())
+            .then(|| crate::docker::socket_path(file.docker_host.as_deref()));
+        if cfg.announce.is_empty() && cfg.connect.is_empty() && cfg.docker.is_none() {
             return Err(Failure::usage(
                 "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
             ));
@@ -721,6 +734,7 @@ impl<I> NodeConfig<I> {
             drain_timeout: self.drain_timeout,
             log_format: self.log_format,
             admin: self.admin,
+            docker: self.docker,
             config_file: self.config_file,
             flags: self.flags,
         })

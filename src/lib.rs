@@ -39,6 +39,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod docker;
 pub mod error;
 pub(crate) mod human;
 pub mod identity;

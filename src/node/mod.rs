@@ -7,6 +7,7 @@
 //! SIGHUP (`reload`), drain and stop.
 
 mod consume;
+mod containers;
 mod provide;
 mod reload;
 mod status;
@@ -96,6 +97,8 @@ pub struct Node {
     not_after: Arc<AtomicI64>,
     /// The admin endpoint's listener, bound at start, until it is served.
     admin: Option<tokio::net::TcpListener>,
+    /// What the running containers ask to be announced (`--docker`).
+    containers: Option<mpsc::Receiver<Vec<crate::docker::Wanted>>>,
 }
 
 /// Runs a node until `controls` says stop (or a fatal error), then drains, withdraws its
@@ -122,7 +125,7 @@ impl Node {
         };
         let listeners = consume::bind_known_listeners(&cfg).await?;
         let admin = bind_admin(&cfg).await?;
-        let serve = !cfg.announce.is_empty();
+        let serve = !cfg.announce.is_empty() || cfg.docker.is_some();
         let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport)
             .map_err(|e| match e {
                 EndpointError::Bind { .. } => Failure::usage(e),
@@ -162,10 +165,14 @@ impl Node {
             started: SystemTime::now(),
             not_after: Arc::new(AtomicI64::new(identity.not_after_unix().unwrap_or(0))),
             admin,
+            containers: None,
         };
         if serve {
             node.start_provider();
             node.announce().await?;
+            if let Some(socket) = node.cfg.docker.clone() {
+                node.containers = Some(node.watch_docker(&socket)?);
+            }
         }
         node.start_consumers(listeners)?;
         if serve || node.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
@@ -178,8 +185,15 @@ impl Node {
     /// Serves until a stop signal (`Ok`) or a fatal error; reloads on SIGHUP.
     async fn serve(&mut self, controls: &mut mpsc::Receiver<Control>) -> Result<(), Failure> {
         loop {
+            let containers = async {
+                match self.containers.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(f) = self.fatal_rx.recv() => return Err(f),
+                Some(wanted) = containers => self.apply_containers(wanted).await,
                 ctl = controls.recv() => match ctl {
                     Some(Control::Reload) => self.reload(),
                     Some(Control::Stop) | None => return Ok(()),

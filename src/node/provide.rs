@@ -38,11 +38,23 @@ pub(super) struct Announced {
     fullname: Mutex<Option<String>>,
     /// Stops its health check when it is withdrawn.
     stop: CancellationToken,
+    /// Held down whatever the target answers (its container's healthcheck says unhealthy).
+    held_down: AtomicBool,
+    /// Wakes its health check at once (the hold changed).
+    recheck: tokio::sync::Notify,
 }
 
 impl Announced {
     fn record(&self) -> TxtRecord {
         self.txt.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Holds it down (or lets it up) whatever its target answers; the health check looks
+    /// again at once.
+    pub(super) fn hold_down(&self, down: bool) {
+        if self.held_down.swap(down, Ordering::Relaxed) != down {
+            self.recheck.notify_one();
+        }
     }
 
     /// The provider's route of this announcement.
@@ -114,7 +126,7 @@ impl Node {
     /// Announces every service of the configuration, each after a first health check.
     pub(super) async fn announce(&self) -> Result<(), Failure> {
         for a in &self.cfg.announce {
-            self.announce_one(a.clone(), None).await?;
+            self.announce_one(a.clone(), None, true).await?;
         }
         self.spawn_conflict_announcer();
         Ok(())
@@ -122,16 +134,18 @@ impl Node {
 
     /// Serves and announces one service (instance `tag` of it, for a container): checks its
     /// target once, adds its route to the provider, publishes its record over mDNS and starts
-    /// its health check. An announcement of the same route is replaced.
+    /// its health check. An announcement of the same route is replaced. Not `healthy`: held
+    /// down (a container's healthcheck says so).
     pub(super) async fn announce_one(
         &self,
         a: AnnounceConfig,
         tag: Option<InstanceTag>,
+        healthy: bool,
     ) -> Result<(), Failure> {
         let Some(provider) = self.provider.clone() else {
             return Ok(());
         };
-        let up = target_up(&a.spec.target, Duration::from_secs(1)).await;
+        let up = healthy && target_up(&a.spec.target, Duration::from_secs(1)).await;
         let txt = TxtRecord {
             service: a.spec.service.clone(),
             port: a.spec.port,
@@ -149,6 +163,8 @@ impl Node {
             up: Arc::new(AtomicBool::new(up)),
             fullname: Mutex::new(None),
             stop: self.cancel.child_token(),
+            held_down: AtomicBool::new(!healthy),
+            recheck: tokio::sync::Notify::new(),
         });
         self.withdraw_one(&entry.route()).await;
         provider.insert(entry.route(), service_target(&entry));
@@ -274,8 +290,10 @@ impl HealthCheck {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(self.interval) => {}
+                () = a.recheck.notified() => {}
             }
-            let up = target_up(target, self.interval.min(Duration::from_secs(2))).await;
+            let up = !a.held_down.load(Ordering::Relaxed)
+                && target_up(target, self.interval.min(Duration::from_secs(2))).await;
             if up == a.up.load(Ordering::Relaxed) {
                 continue;
             }
