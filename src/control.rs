@@ -152,6 +152,10 @@ pub struct AnnounceStatus {
     /// Bytes from consumers to the target.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Which of this node's instances of the service it is (a container's short id), when
+    /// it has several; the stream and byte counts are the service's, all instances together.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// One reached service.
@@ -201,6 +205,9 @@ pub struct InstanceStatus {
     /// Round-trip time of the QUIC connection to its node, when one is open.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// Which of its node's instances of the service it is, when the node has several.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// Which side opened a QUIC connection.

@@ -32,6 +32,7 @@ fn status() -> NodeStatus {
             refused_streams: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            tag: Some("t".into()),
         }],
         connect: vec![ConnectStatus {
             service: "s".into(),
@@ -50,6 +51,7 @@ fn status() -> NodeStatus {
                 last_failure: Some("e".into()),
                 last_failure_unix: Some(1),
                 rtt_ms: Some(1.0),
+                tag: Some("t".into()),
             }],
         }],
         peers: vec![PeerStatus {

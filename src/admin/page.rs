@@ -443,6 +443,7 @@ mod tests {
             last_failure: None,
             last_failure_unix: None,
             rtt_ms: Some(0.42),
+            tag: None,
         }
     }
 
@@ -478,6 +479,7 @@ mod tests {
                 refused_streams: 3,
                 bytes_sent: 6_012_954_214,
                 bytes_received: 1234,
+                tag: None,
             }],
             connect: vec![ConnectStatus {
                 service: "redis".to_string(),

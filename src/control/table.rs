@@ -222,7 +222,10 @@ fn announced(lines: &mut Vec<String>, all: &[AnnounceStatus]) {
 
 fn announce_row(a: &AnnounceStatus) -> Vec<String> {
     vec![
-        format!("{}:{}", a.service, a.port),
+        match &a.tag {
+            Some(tag) => format!("{}:{}/{}", a.service, a.port, &tag[..tag.len().min(8)]),
+            None => format!("{}:{}", a.service, a.port),
+        },
         a.target.clone(),
         if a.target_up { "up" } else { "DOWN" }.to_string(),
         a.open_streams.to_string(),
@@ -273,7 +276,11 @@ fn consumed(lines: &mut Vec<String>, c: &ConnectStatus, now: u64) {
 
 fn instance_row(i: &InstanceStatus, now: u64) -> Vec<String> {
     vec![
-        i.node.clone().unwrap_or_else(|| i.instance.clone()),
+        match (&i.node, &i.tag) {
+            (Some(node), Some(tag)) => format!("{node}/{}", &tag[..tag.len().min(8)]),
+            (Some(node), None) => node.clone(),
+            (None, _) => i.instance.clone(),
+        },
         i.address.clone().unwrap_or_else(|| "-".to_string()),
         i.health.clone(),
         format!("{}/{}", i.open, i.total),
@@ -346,6 +353,7 @@ mod tests {
             last_failure: None,
             last_failure_unix: None,
             rtt_ms: Some(0.42),
+            tag: None,
         }
     }
 
@@ -387,6 +395,7 @@ mod tests {
                 refused_streams: 89,
                 bytes_sent: 6_012_954_214,
                 bytes_received: 1234,
+                tag: None,
             }],
             connect: vec![ConnectStatus {
                 service: "a-service-with-a-really-long-name".to_string(),

@@ -109,6 +109,7 @@ impl Snapshot {
             refused_streams: refused,
             bytes_sent: sent,
             bytes_received: received,
+            tag: a.tag.as_ref().map(|t| t.to_string()),
         }
     }
 
@@ -174,6 +175,7 @@ fn instance_status(r: InstanceReport) -> InstanceStatus {
         last_failure: s.last_failure,
         last_failure_unix: s.last_failure_at.map(unix),
         rtt_ms: r.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        tag: r.tag.map(|t| t.to_string()),
     }
 }
 

@@ -142,7 +142,7 @@ impl Request {
         r: &mut R,
         timeout: Duration,
     ) -> Result<Self, HeaderError> {
-        read_framed(r, timeout, Self::decode).await
+        read_framed(r, timeout, Self::decode, request_len).await
     }
 }
 
@@ -166,31 +166,55 @@ async fn read_framed<R, T>(
     r: &mut R,
     timeout: Duration,
     decode: impl Fn(&[u8]) -> Result<(T, usize), HeaderError>,
+    header_len: fn(&[u8]) -> usize,
 ) -> Result<T, HeaderError>
 where
     R: AsyncRead + Unpin,
 {
     let work = async {
-        // Read exactly the fixed part, then exactly the variable part: no byte after the
-        // header is consumed, so the payload that follows stays in the stream.
+        // Read exactly what the header says it holds, part by part (the fixed part, the name,
+        // then a tag's length and the tag): no byte after the header is consumed, so the
+        // payload that follows stays in the stream.
         let mut buf = vec![0u8; FIXED_LEN];
         r.read_exact(&mut buf)
             .await
             .map_err(|e| HeaderError::Io(e.to_string()))?;
-        match decode(&buf) {
-            Err(HeaderError::Incomplete) => {}
-            other => return other.map(|(v, _)| v),
+        loop {
+            match decode(&buf) {
+                Err(HeaderError::Incomplete) => {}
+                other => return other.map(|(v, _)| v),
+            }
+            let have = buf.len();
+            let want = header_len(&buf).max(have + 1);
+            buf.resize(want, 0);
+            r.read_exact(&mut buf[have..])
+                .await
+                .map_err(|e| HeaderError::Io(e.to_string()))?;
         }
-        let len = buf[4] as usize;
-        buf.resize(FIXED_LEN + len, 0);
-        r.read_exact(&mut buf[FIXED_LEN..])
-            .await
-            .map_err(|e| HeaderError::Io(e.to_string()))?;
-        decode(&buf).map(|(v, _)| v)
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| HeaderError::Timeout(timeout))?
+}
+
+/// How long a reply is, as far as its first bytes tell: the fixed part and the detail.
+fn reply_len(buf: &[u8]) -> usize {
+    FIXED_LEN + buf.get(4).map_or(0, |&l| l as usize)
+}
+
+/// How long a request is, as far as its first bytes tell: the fixed part and the name, then,
+/// with [`FLAG_TAG`], the tag's length byte and the tag.
+fn request_len(buf: &[u8]) -> usize {
+    let Some(&len) = buf.get(4) else {
+        return FIXED_LEN;
+    };
+    let end = FIXED_LEN + len as usize;
+    let tagged = buf.get(3).is_some_and(|f| f & FLAG_TAG != 0);
+    match (tagged, buf.get(end)) {
+        (true, Some(&tag_len)) => end + 1 + tag_len as usize,
+        (true, None) => end + 1,
+        (false, _) => end,
+    }
 }
 
 /// The provider's answer to a request.
@@ -338,7 +362,7 @@ impl Reply {
         r: &mut R,
         timeout: Duration,
     ) -> Result<Self, HeaderError> {
-        read_framed(r, timeout, Self::decode).await
+        read_framed(r, timeout, Self::decode, reply_len).await
     }
 }
 
@@ -434,5 +458,24 @@ mod tests {
             req
         );
         assert_eq!(r, b"PING\r\n");
+        // A tagged request too: exactly its bytes are read.
+        let tagged = Request {
+            flags: FLAG_TAG,
+            tag: Some(InstanceTag::parse("0123456789ab").unwrap()),
+            ..req
+        };
+        let mut data = tagged.encode();
+        data.extend_from_slice(b"PING\r\n");
+        let mut r = &data[..];
+        let got = Request::read_from(&mut r, Duration::from_secs(1)).await;
+        assert_eq!(got.unwrap(), tagged);
+        assert_eq!(r, b"PING\r\n");
+        // A refusal whose code has the tag flag's bit (target unreachable, 4) is no request.
+        let reply = Reply::refuse(RefusalCode::TargetUnreachable, "x").encode();
+        let mut r = &reply[..];
+        assert!(matches!(
+            Reply::read_from(&mut r, Duration::from_secs(1)).await,
+            Ok(Reply::Refused(_))
+        ));
     }
 }

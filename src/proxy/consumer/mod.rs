@@ -122,6 +122,8 @@ pub(crate) struct InstanceReport {
     pub rtt: Option<Duration>,
     /// Bytes carried to it and from it.
     pub bytes: (u64, u64),
+    /// Which of its node's instances of the service it is.
+    pub tag: Option<InstanceTag>,
 }
 
 /// A candidate a client connection tried: its instance key and its target.
@@ -409,6 +411,7 @@ impl Consumer {
                     address,
                     rtt,
                     bytes,
+                    tag: cand.and_then(|c| c.tag.clone()),
                 }
             })
             .collect()

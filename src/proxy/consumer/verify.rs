@@ -37,7 +37,12 @@ impl Consumer {
         for i in all.iter().filter(|i| i.confirmed) {
             by_node.entry(&i.node).or_default().push(i);
         }
-        for list in by_node.values().filter(|l| l.len() > 1) {
+        // One name with several certificates (several instances of one node are one).
+        let several = |l: &&Vec<&Instance>| {
+            let first = &l[0].fingerprint;
+            l.iter().any(|i| i.fingerprint != *first)
+        };
+        for list in by_node.values().filter(several) {
             self.spawn_alive_check(list);
         }
     }
