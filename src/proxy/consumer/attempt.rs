@@ -373,7 +373,6 @@ async fn carry(
 ) {
     consumer.balancer.succeeded(&pick.key);
     let _open = consumer.balancer.opened(&pick.key);
-    tracing::Span::current().record("peer", tracing::field::display(pick.peer_label()));
     let families = &consumer.metrics.consumer;
     let labels = consumer.labels(&pick.key);
     families
