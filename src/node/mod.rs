@@ -168,11 +168,7 @@ impl Node {
             containers: None,
         };
         if serve {
-            node.start_provider();
-            node.announce().await?;
-            if let Some(socket) = node.cfg.docker.clone() {
-                node.containers = Some(node.watch_docker(&socket)?);
-            }
+            node.start_serving().await?;
         }
         node.start_consumers(listeners)?;
         if serve || node.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
@@ -180,6 +176,17 @@ impl Node {
         }
         node.serve_status();
         Ok(node)
+    }
+
+    /// Serves tunnel streams, announces the configured services and, with `--docker`, starts
+    /// watching the containers.
+    async fn start_serving(&mut self) -> Result<(), Failure> {
+        self.start_provider();
+        self.announce().await?;
+        if let Some(socket) = self.cfg.docker.clone() {
+            self.containers = Some(self.watch_docker(&socket)?);
+        }
+        Ok(())
     }
 
     /// Serves until a stop signal (`Ok`) or a fatal error; reloads on SIGHUP.
