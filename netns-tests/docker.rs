@@ -5,11 +5,13 @@
 //! trust key and client configuration all live in one temporary directory, and it takes none of
 //! the host's networking (no iptables rules, no forwarding, no masquerading, no default bridge,
 //! no userland proxy). Its networks are user-defined bridges with explicit subnets in
-//! 10.213.0.0/16 and bridge names `adk<pid>n<k>`, so a leak is easy to see and to sweep.
+//! 10.213.0.0/16 and bridge names `adk<pid>x<daemon>y<k>`, so a leak is easy to see and to sweep.
 //! [`Docker::stop`] removes every container and network, stops the daemon, unmounts and deletes
-//! what it left, and returns how the host looks then ([`HostState`]) and what had to be swept
-//! ([`Docker::stop`]'s leftovers), so a test asserts that the host is as it found it; `Drop`
-//! does the same cleanup when a test fails, after printing the logs of every container.
+//! what it left, and returns how the host looks then ([`HostState`]) with the list of what it had
+//! to sweep after the daemon (processes, mounts, bridges: empty when the daemon cleaned up after
+//! itself), so a test asserts that the host is as it found it; `Drop` does the same cleanup when
+//! a test fails, after printing the logs of every container. One daemon per test (about 0.1 s to
+//! start), so tests stay independent; the subnets differ, so they may run at once.
 //!
 //! Images: no registry is reachable, so [`Rootfs`] assembles a root filesystem from
 //! busybox-static and host binaries with the libraries `ldd` names, and [`Docker::import`]
@@ -247,7 +249,9 @@ fn sweep(dir: &Path, bridge_prefix: &str) -> Vec<String> {
     let procs = processes_mentioning(&needle);
     for &pid in &procs {
         swept.push(format!("process {pid} ({})", crate::harness::cmdline(pid)));
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     wait_until(5 * SEC, 10 * MS, || procs.iter().all(|&p| !alive(p)));
     for m in mounts_under(dir) {
@@ -305,7 +309,9 @@ fn docker_usable() -> bool {
         None
     };
     if let Some(why) = why {
-        report(&format!("SKIPPED: docker tests need root and dockerd — {why}"));
+        report(&format!(
+            "SKIPPED: docker tests need root and dockerd — {why}"
+        ));
         return false;
     }
     have_tools(
@@ -426,7 +432,10 @@ impl Docker {
         let t0 = Instant::now();
         let mut exited = None;
         let up = wait_until(30 * SEC, 20 * MS, || {
-            exited = docker.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            exited = docker
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             exited.is_some()
                 || docker
                     .cli(&["version", "--format", "{{.Server.Version}}"], 5 * SEC)
@@ -532,7 +541,11 @@ impl Docker {
             "--subnet",
             &format!("10.213.{x}.0/24"),
             "-o",
-            &format!("com.docker.network.bridge.name={}{}", self.bridge_prefix, b36(k)),
+            &format!(
+                "com.docker.network.bridge.name={}{}",
+                self.bridge_prefix,
+                b36(k)
+            ),
             name,
         ]);
         net
@@ -661,7 +674,10 @@ impl Docker {
         eprintln!("===== docker {}: logs =====", self.id);
         if self.daemon.is_some() {
             let names = self
-                .cli(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"], 30 * SEC)
+                .cli(
+                    &["ps", "-a", "--format", "{{.Names}} {{.Status}}"],
+                    30 * SEC,
+                )
                 .stdout;
             for line in names.lines() {
                 let name = line.split_whitespace().next().unwrap_or_default();
@@ -885,7 +901,8 @@ impl Rootfs {
             return;
         }
         fs::create_dir_all(dest.parent().unwrap()).expect("mkdir in rootfs");
-        fs::copy(path, &dest).unwrap_or_else(|e| panic!("copy {} into rootfs: {e}", path.display()));
+        fs::copy(path, &dest)
+            .unwrap_or_else(|e| panic!("copy {} into rootfs: {e}", path.display()));
     }
 }
 
@@ -970,12 +987,20 @@ impl Images {
             assert!(
                 out.ok(),
                 "docker build ({}) of the Dockerfile from the release binary failed: {out:?}",
-                if buildkit { "BuildKit" } else { "legacy builder" }
+                if buildkit {
+                    "BuildKit"
+                } else {
+                    "legacy builder"
+                }
             );
             check_image(d, tag);
             report(&format!(
                 "docker: built {tag} ({}) in {:?}",
-                if buildkit { "BuildKit" } else { "legacy builder" },
+                if buildkit {
+                    "BuildKit"
+                } else {
+                    "legacy builder"
+                },
                 t.elapsed()
             ));
             if ambassador.is_empty() {
@@ -1100,7 +1125,10 @@ impl TwoHosts {
             .on_as(&app, "redis")
             .args(&["connect", "redis=0.0.0.0:6379"])
             .start();
-        d.container("client", &img.redis).on(&app).args(IDLE).start();
+        d.container("client", &img.redis)
+            .on(&app)
+            .args(IDLE)
+            .start();
         TwoHosts { lan, back, app }
     }
 }
@@ -1130,7 +1158,13 @@ fn two_hosts_redis(d: &Docker, img: &Images, key: &Path) -> TwoHosts {
         found.contains(&provider_lan),
         "the provider's record does not carry its `lan` address {provider_lan}: {found}"
     );
-    set_get(d, "client", "redis", "greeting", &format!("hello from {}", d.id));
+    set_get(
+        d,
+        "client",
+        "redis",
+        "greeting",
+        &format!("hello from {}", d.id),
+    );
     let bench = d.exec(
         "client",
         &[
@@ -1145,8 +1179,10 @@ fn two_hosts_redis(d: &Docker, img: &Images, key: &Path) -> TwoHosts {
         ],
     );
     assert!(bench.ok(), "redis-benchmark failed: {bench:?}");
-    let results =
-        crate::nodes::assert_benchmark(&format!("{}{}", bench.stdout, bench.stderr), &["SET", "GET"]);
+    let results = crate::nodes::assert_benchmark(
+        &format!("{}{}", bench.stdout, bench.stderr),
+        &["SET", "GET"],
+    );
     report(&format!(
         "FIGURE docker redis-benchmark through the containers: {}",
         results.join("; ")
@@ -1171,15 +1207,17 @@ fn env_form(d: &Docker, img: &Images, key: &Path, t: &TwoHosts) {
         .opts(&["--link", "envcon:redis"])
         .args(IDLE)
         .start();
-    wait_pong(d, "client2", 15 * SEC)
-        .expect("no PONG through the --from-env consumer within 15 s");
+    wait_pong(d, "client2", 15 * SEC).expect("no PONG through the --from-env consumer within 15 s");
     set_get(d, "client2", "redis", "env-form", "linked");
 }
 
 /// Point 5: `examples/compose.yaml` with Debian's docker-compose (v1) against this daemon and
 /// the images made here: the client's benchmark runs clean, and `run client redis-cli` answers.
 fn compose_demo(d: &Docker, img: &Images, key: &Path) {
-    if !have_tools(&["docker-compose"], "the compose demo (examples/compose.yaml)") {
+    if !have_tools(
+        &["docker-compose"],
+        "the compose demo (examples/compose.yaml)",
+    ) {
         return;
     }
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/compose.yaml");
@@ -1208,7 +1246,10 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
         "0",
         "the compose client exited {code:?}: {logs}"
     );
-    assert!(logs.contains("PONG"), "the compose client saw no PONG: {logs}");
+    assert!(
+        logs.contains("PONG"),
+        "the compose client saw no PONG: {logs}"
+    );
     let results = crate::nodes::assert_benchmark(&logs, &["SET", "GET"]);
     report(&format!(
         "FIGURE docker-compose demo: up to a clean benchmark in {:?}: {}",
@@ -1216,7 +1257,16 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
         results.join("; ")
     ));
     let ping = compose(
-        &["run", "--rm", "-T", "client", "redis-cli", "-h", "redis", "ping"],
+        &[
+            "run",
+            "--rm",
+            "-T",
+            "client",
+            "redis-cli",
+            "-h",
+            "redis",
+            "ping",
+        ],
         60 * SEC,
     );
     assert_eq!(ping.stdout.trim(), "PONG", "compose run client: {ping:?}");
@@ -1228,7 +1278,10 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
         "--filter",
         &format!("label=com.docker.compose.project={project}"),
     ]);
-    assert!(left.is_empty(), "docker-compose down left containers: {left}");
+    assert!(
+        left.is_empty(),
+        "docker-compose down left containers: {left}"
+    );
 }
 
 /// Point 4: after the daemon is gone, two namespaces on the netns harness's bridge still
@@ -1236,10 +1289,7 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
 fn netns_bridge_still_carries_traffic() {
     let (lan, [a, b]) = lan!("a", "b");
     let rx = lan.spawn(&b, "udp-rx", &["socat", "-u", "UDP4-RECV:7001", "STDOUT"]);
-    assert!(
-        lan.wait_udp_listen(&b, 7001, 5 * SEC),
-        "socat did not bind"
-    );
+    assert!(lan.wait_udp_listen(&b, 7001, 5 * SEC), "socat did not bind");
     let msg = format!("after docker {}", lan.id);
     let send = format!("echo '{msg}' | socat -u STDIN UDP4-SENDTO:{}:7001", b.ip);
     // A datagram may be lost: send again until one arrives.
@@ -1302,7 +1352,10 @@ fn docker_recreated_redis_is_followed() {
         .args(REDIS_SERVER)
         .start();
     let new_ip = d.ip("redis", &t.back);
-    assert_ne!(old_ip, new_ip, "the new Redis container has the old address");
+    assert_ne!(
+        old_ip, new_ip,
+        "the new Redis container has the old address"
+    );
     let took = wait_pong(&d, "client", 15 * SEC).unwrap_or_else(|| {
         panic!("the provider did not follow Redis from {old_ip} to {new_ip} within 15 s")
     });

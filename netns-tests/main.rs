@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use harness::{Lan, SEC, report, udp_between, wait_until};
 use nodes::{
-    assert_benchmark, assert_pong, connections_received, get_calls, get_n, ls_service, redis, redis_remote, set_get,
+    assert_benchmark, assert_pong, connections_received, get_calls, get_n, ls_service, redis,
+    redis_remote, set_get,
 };
 use sha2::{Digest, Sha256};
 
