@@ -20,6 +20,12 @@
 //!
 //! The scenarios (the `#[test]`s at the end) need root and dockerd; without them they print
 //! `SKIPPED: docker tests need root and dockerd` and return.
+//!
+//! Found by trying dockerd 20.10 here: the pool flag is `--default-address-pool` (singular); the
+//! trust key goes to `/etc/docker/key.json` unless `deprecated-key-path` (a daemon.json key, not
+//! a flag) says otherwise; `/run/docker/plugins` and containerd's `/run/containerd/s` are made
+//! whatever the roots; `--bridge=none` needs `docker build --network none`; the embedded DNS
+//! (127.0.0.11) and multicast inside one network work with `--iptables=false`.
 
 #![allow(dead_code)] // not every test uses every helper
 
@@ -241,12 +247,60 @@ fn links_named(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sweeps what a daemon rooted at `dir` left: its processes (by pid), mounts, bridges named
-/// `bridge_prefix*`, then the directory. Returns one line per thing swept.
+/// The children of `pid` (from each process's `stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// `docker ARGS...` against the daemon at `host`, with the client configuration in `config`.
+fn docker_cli(host: &str, config: &Path, args: &[&str], timeout: Duration) -> Out {
+    let mut cmd = Command::new(DOCKER);
+    cmd.env("DOCKER_HOST", host)
+        .env("DOCKER_CONFIG", config)
+        .args(args);
+    run_cmd(cmd, timeout)
+}
+
+/// Removes every container (with its volumes) and every network through the daemon at `host`;
+/// the daemon deletes their veths, bridges and mounts itself.
+fn remove_all(host: &str, config: &Path) {
+    let ids = docker_cli(host, config, &["ps", "-aq"], 30 * SEC).stdout;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut all = vec!["rm", "-f", "-v"];
+        all.extend(&ids);
+        docker_cli(host, config, &all, 60 * SEC);
+    }
+    docker_cli(host, config, &["network", "prune", "-f"], 60 * SEC);
+}
+
+/// Sweeps what a daemon rooted at `dir` left once it is gone: its processes (the shims, and the
+/// containers they ran, by pid), mounts, bridges named `bridge_prefix*`. Returns one line per
+/// thing swept.
 fn sweep(dir: &Path, bridge_prefix: &str) -> Vec<String> {
     let mut swept = Vec::new();
     let needle = dir.to_string_lossy().to_string();
-    let procs = processes_mentioning(&needle);
+    let mut procs = Vec::new();
+    for pid in processes_mentioning(&needle) {
+        // A shim's children are the containers' first processes: they go first, taking their
+        // pid namespaces along.
+        procs.extend(children_of(pid));
+        procs.push(pid);
+    }
     for &pid in &procs {
         swept.push(format!("process {pid} ({})", crate::harness::cmdline(pid)));
         let _ = Command::new("kill")
@@ -267,7 +321,8 @@ fn sweep(dir: &Path, bridge_prefix: &str) -> Vec<String> {
     swept
 }
 
-/// Sweeps the daemons of earlier test processes that died without cleaning up (SIGKILL).
+/// Stops the daemons of earlier test processes that died without cleaning up (SIGKILL): through
+/// their sockets when they still run, then [`sweep`] and their directories.
 fn sweep_stale() {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -281,14 +336,29 @@ fn sweep_stale() {
         else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let swept = sweep(&e.path(), &format!("{BRIDGE_PREFIX}{}x", b36(pid)));
-            let _ = fs::remove_dir_all(e.path());
-            report(&format!(
-                "docker harness: swept the daemon of dead test process {pid}: {} item(s)",
-                swept.len()
-            ));
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
         }
+        let dir = e.path();
+        let daemon = fs::read_to_string(dir.join("docker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|&d| alive(d) && crate::harness::cmdline(d).contains(&*dir.to_string_lossy()));
+        if let Some(daemon) = daemon {
+            let host = format!("unix://{}/docker.sock", dir.display());
+            remove_all(&host, &dir.join("client"));
+            let _ = Command::new("kill")
+                .args(["-TERM", &daemon.to_string()])
+                .status();
+            wait_until(20 * SEC, 20 * MS, || !alive(daemon));
+        }
+        let swept = sweep(&dir, &format!("{BRIDGE_PREFIX}{}x", b36(pid)));
+        let _ = fs::remove_dir_all(&dir);
+        report(&format!(
+            "docker harness: stopped the daemon of dead test process {pid} (running: {}), then swept {} item(s)",
+            daemon.is_some(),
+            swept.len()
+        ));
     }
 }
 
@@ -372,6 +442,15 @@ impl Docker {
             return None;
         }
         sweep_stale();
+        let mut docker = Docker::prepare();
+        docker.daemon = Some(docker.spawn_daemon());
+        // From here on, Drop undoes whatever was made, even if a step below panics.
+        docker.wait_ready();
+        Some(docker)
+    }
+
+    /// The host's state and the daemon's directory, with its configuration file.
+    fn prepare() -> Docker {
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{pid}-{n}");
@@ -392,21 +471,24 @@ impl Docker {
         let config = serde_json::json!({ "deprecated-key-path": root.join("key.json") });
         fs::write(root.join("daemon.json"), config.to_string()).expect("write daemon.json");
         fs::create_dir(root.join("client")).expect("client config dir");
-        let host = format!("unix://{}/docker.sock", root.display());
-        let mut docker = Docker {
+        Docker {
             id,
             dir: Some(dir),
-            root: root.clone(),
-            host,
+            host: format!("unix://{}/docker.sock", root.display()),
+            root,
             daemon: None,
             before,
             absent,
             bridge_prefix: format!("{BRIDGE_PREFIX}{}x{}y", b36(pid), b36(n)),
             stopped: false,
-        };
-        let p = |name: &str| root.join(name).display().to_string();
-        let log = fs::File::create(root.join("dockerd.log")).expect("dockerd log");
-        let child = Command::new(DOCKERD)
+        }
+    }
+
+    /// Spawns dockerd: everything under its directory, none of the host's networking.
+    fn spawn_daemon(&self) -> Child {
+        let p = |name: &str| self.path(name).display().to_string();
+        let log = fs::File::create(self.path("dockerd.log")).expect("dockerd log");
+        Command::new(DOCKERD)
             .args([
                 "--iptables=false",
                 "--ip6tables=false",
@@ -419,40 +501,41 @@ impl Docker {
             .args(["--exec-root", &p("exec")])
             .args(["--pidfile", &p("docker.pid")])
             .args(["--config-file", &p("daemon.json")])
-            .args(["-H", &docker.host])
+            .args(["-H", &self.host])
             .args(["--default-address-pool", &format!("base={POOL},size=24")])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .process_group(0)
             .spawn()
-            .expect("spawn dockerd");
-        docker.daemon = Some(child);
-        // From here on, Drop undoes whatever was made, even if a step below panics.
+            .expect("spawn dockerd")
+    }
+
+    /// Waits until the daemon answers; fails the test if it exits or stays silent for 30 s.
+    fn wait_ready(&mut self) {
         let t0 = Instant::now();
         let mut exited = None;
         let up = wait_until(30 * SEC, 20 * MS, || {
-            exited = docker
+            exited = self
                 .daemon
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             exited.is_some()
-                || docker
+                || self
                     .cli(&["version", "--format", "{{.Server.Version}}"], 5 * SEC)
                     .ok()
         });
         if let Some(status) = exited {
-            docker.daemon = None;
+            self.daemon = None;
             panic!("dockerd exited at start ({status}): see its log below");
         }
         assert!(up, "dockerd did not answer within 30 s");
         report(&format!(
             "docker harness: dockerd {} up in {:?} ({})",
-            docker.id,
+            self.id,
             t0.elapsed(),
-            root.display()
+            self.root.display()
         ));
-        Some(docker)
     }
 
     /// The daemon's directory.
@@ -485,9 +568,7 @@ impl Docker {
 
     /// `docker ARGS...`, killed after `timeout`.
     pub fn cli(&self, args: &[&str], timeout: Duration) -> Out {
-        let mut cmd = self.command(DOCKER);
-        cmd.args(args);
-        run_cmd(cmd, timeout)
+        docker_cli(&self.host, &self.path("client"), args, timeout)
     }
 
     /// `docker ARGS...`, which must succeed within 60 s; its stdout, trimmed.
@@ -632,14 +713,7 @@ impl Docker {
         let mut swept = Vec::new();
         // 1. Containers and networks, through the daemon (it removes their veths and bridges).
         if self.daemon.is_some() {
-            let ids = self.cli(&["ps", "-aq"], 30 * SEC).stdout;
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut all = vec!["rm", "-f", "-v"];
-                all.extend(&ids);
-                self.cli(&all, 60 * SEC);
-            }
-            self.cli(&["network", "prune", "-f"], 60 * SEC);
+            remove_all(&self.host, &self.path("client"));
         }
         // 2. The daemon: SIGTERM (it stops its containerd), SIGKILL after a grace.
         if let Some(mut child) = self.daemon.take() {
@@ -870,15 +944,21 @@ impl Rootfs {
         Rootfs { root }
     }
 
-    /// Adds the host binary `path` (same path inside) and every library `ldd` names for it.
-    pub fn with(self, path: &str) -> Self {
-        let path = if path.starts_with('/') {
-            PathBuf::from(path)
+    /// Adds the host program `program` (a path, or a name on `PATH`; at the same path inside)
+    /// and every library `ldd` names for it.
+    pub fn with(self, program: &str) -> Self {
+        let path = if program.starts_with('/') {
+            PathBuf::from(program)
         } else {
-            which(path)
+            which(program)
         };
         self.copy_in(&path);
-        let ldd = Command::new("ldd").arg(&path).output().expect("ldd");
+        self.libraries_of(&path)
+    }
+
+    /// Adds every library `ldd` names for the host binary `path` (not the binary).
+    pub fn libraries_of(self, path: &Path) -> Self {
+        let ldd = Command::new("ldd").arg(path).output().expect("ldd");
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
             // `/lib64/ld-linux-x86-64.so.2 (0x...)`; vdso has no path.
@@ -956,9 +1036,8 @@ impl Images {
         let rootfs = Rootfs::new(d.path("rootfs-base"))
             .with("useradd")
             .file("/etc/login.defs")
-            .with(AMBASSADOR);
-        // The binary comes with the Dockerfile, not with its base.
-        fs::remove_file(rootfs.root.join(AMBASSADOR.trim_start_matches('/'))).expect("rm");
+            // The binary itself comes with the Dockerfile.
+            .libraries_of(Path::new(AMBASSADOR));
         d.import(&rootfs, &base);
         let redis = "amb-redis:test".to_string();
         let rootfs = Rootfs::new(d.path("rootfs-redis"))
@@ -1228,7 +1307,7 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
             .env("REDIS_IMAGE", &img.redis)
             .env("MESH_KEY", key)
             .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
-            .arg("--no-ansi")
+            .args(["--ansi", "never"])
             .args(["-f", file.to_str().unwrap(), "-p", &project])
             .args(args);
         run_cmd(cmd, timeout)
@@ -1256,11 +1335,15 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
         t0.elapsed(),
         results.join("; ")
     ));
-    let ping = compose(
+    // `run` detached, then `docker wait` and `logs`: compose v1's attached `run` may miss the
+    // output of a container that exits at once.
+    let name = format!("{project}_ping");
+    let run = compose(
         &[
             "run",
-            "--rm",
-            "-T",
+            "-d",
+            "--name",
+            &name,
             "client",
             "redis-cli",
             "-h",
@@ -1269,7 +1352,15 @@ fn compose_demo(d: &Docker, img: &Images, key: &Path) {
         ],
         60 * SEC,
     );
-    assert_eq!(ping.stdout.trim(), "PONG", "compose run client: {ping:?}");
+    assert!(run.ok(), "docker-compose run client: {run:?}");
+    let code = d.cli(&["wait", &name], 60 * SEC);
+    let ping = d.logs(&name);
+    assert_eq!(
+        (code.stdout.trim(), ping.trim()),
+        ("0", "PONG"),
+        "docker-compose run client redis-cli -h redis ping"
+    );
+    d.remove(&name);
     let down = compose(&["down", "-v", "--timeout", "5"], 120 * SEC);
     assert!(down.ok(), "docker-compose down: {down:?}");
     let left = d.must(&[
