@@ -1,19 +1,36 @@
 # Multi-stage build: compile in the Rust image, run from a slim Debian as a non-root user.
-FROM rust:1-slim-bookworm AS build
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY tests ./tests
-COPY netns-tests ./netns-tests
-COPY examples ./examples
-RUN cargo build --release --locked --bin ambassador
+#
+#   docker build -t ambassador .
+#
+# Offline (no registry), from base images of your own and a binary built beforehand: BUILD_BASE
+# then needs only a shell, RUNTIME_BASE a shell and `useradd`, and PREBUILT names the binary in
+# the build context (outside target/, which .dockerignore leaves out):
+#
+#   cargo build --release && mkdir -p dist && cp target/release/ambassador dist/
+#   docker build --build-arg BUILD_BASE=mybase --build-arg RUNTIME_BASE=mybase \
+#     --build-arg PREBUILT=dist/ambassador -t ambassador .
+#
+# Both BuildKit and the legacy builder (which builds every stage) take this file as it is.
+ARG BUILD_BASE=rust:1-slim-bookworm
+ARG RUNTIME_BASE=debian:bookworm-slim
 
-FROM debian:bookworm-slim
+FROM ${BUILD_BASE} AS build
+# A binary in the build context to use instead of compiling; empty: compile.
+ARG PREBUILT=
+WORKDIR /src
+COPY . .
+RUN if [ -n "$PREBUILT" ]; then \
+      mkdir -p target/release && cp "$PREBUILT" target/release/ambassador; \
+    else \
+      cargo build --release --locked --bin ambassador; \
+    fi
+
+FROM ${RUNTIME_BASE}
 RUN useradd --system --create-home --home-dir /home/ambassador --uid 10001 ambassador
 COPY --from=build /src/target/release/ambassador /usr/local/bin/ambassador
 USER ambassador
 ENV XDG_CONFIG_HOME=/home/ambassador/.config
-# mDNS is link-local multicast: run with `--network host` so announcements reach the LAN
-# (a bridged container network would keep them inside the Docker bridge).
+# mDNS is link-local multicast: on a LAN run with `--network host` so announcements reach it; between
+# containers, put the ambassadors on one user-defined network (see the README's Docker section).
 ENTRYPOINT ["/usr/local/bin/ambassador"]
 CMD ["--help"]

@@ -8,11 +8,12 @@
 //! `lan.connect`, their `status --json` and `ls --json`, CA identities, Redis servers, held
 //! client sessions, client loops' results); `discovery.rs`, `failover.rs`, `migration.rs`,
 //! `multihomed.rs`, `security.rs` and `trust.rs` hold the scenarios of their issues, this file
-//! the basic ones.
+//! the basic ones; `docker.rs` runs a private dockerd and the container layouts (issue 13).
 
 #[macro_use]
 mod harness;
 mod discovery;
+mod docker;
 mod failover;
 mod migration;
 mod multihomed;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use harness::{Lan, SEC, report, udp_between, wait_until};
 use nodes::{
-    assert_pong, connections_received, get_calls, get_n, ls_service, redis, redis_remote, set_get,
+    assert_benchmark, assert_pong, connections_received, get_calls, get_n, ls_service, redis,
+    redis_remote, set_get,
 };
 use sha2::{Digest, Sha256};
 
@@ -83,26 +85,7 @@ fn redis_over_the_mesh() {
         bench.stdout.split('\r').next_back().unwrap_or("").trim()
     );
     assert!(bench.ok(), "redis-benchmark failed: {bench:?}");
-    let lines: Vec<&str> = text
-        .split(['\r', '\n'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    for l in &lines {
-        let lower = l.to_lowercase();
-        assert!(
-            !lower.contains("error") && !lower.contains("could not") && !lower.contains("closed"),
-            "redis-benchmark reported: {l}"
-        );
-    }
-    for t in ["SET:", "GET:"] {
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with(t) && l.contains("requests per second")),
-            "no {t} result in {text:?}"
-        );
-    }
+    assert_benchmark(&text, &["SET", "GET"]);
 
     // A cannot reach B's Redis directly: B answers (refused), so only the mesh carried the bytes.
     let direct = redis_remote(&lan, &a, &b.ip.to_string(), 6379, &["PING"]);

@@ -566,6 +566,35 @@ pub fn assert_pong(lan: &Lan, host: &Host, port: u16, what: &str) -> Duration {
         .unwrap_or_else(|| panic!("no PONG through {what} on {}:{port} within 15 s", host.name))
 }
 
+/// Asserts that the output of `redis-benchmark -q` (stdout and stderr together) reports no
+/// error and a result for each of `tests` (e.g. `["SET", "GET"]`); returns the result lines.
+pub fn assert_benchmark(text: &str, tests: &[&str]) -> Vec<String> {
+    let lines: Vec<&str> = text
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for l in &lines {
+        let lower = l.to_lowercase();
+        assert!(
+            !lower.contains("error") && !lower.contains("could not") && !lower.contains("closed"),
+            "redis-benchmark reported: {l}"
+        );
+    }
+    let results: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("requests per second"))
+        .map(|l| l.to_string())
+        .collect();
+    for t in tests {
+        assert!(
+            results.iter().any(|l| l.starts_with(&format!("{t}:"))),
+            "no {t} result in {text:?}"
+        );
+    }
+    results
+}
+
 /// `SET key value` through `port` on `host`, which must answer OK.
 pub fn set(lan: &Lan, host: &Host, port: u16, key: &str, value: &str) {
     let out = redis(lan, host, port, &["SET", key, value]);

@@ -15,6 +15,7 @@ PKGS=(
   procps psmisc ca-certificates
   python3 dbus faketime             # test clients, private buses for avahi, expired-clock peers
   chromium curl                     # headless browser for the admin page test; scraping /metrics
+  docker.io docker-compose busybox-static  # Docker tests: a private dockerd, images from host binaries
 )
 
 missing=()
@@ -27,6 +28,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The distribution's redis-server service is not used: tests start their own servers.
 $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+# Nor its Docker service, which would set the FORWARD policy to DROP and load br_netfilter (the
+# netns tests' bridges then drop traffic): the Docker tests start a private dockerd that leaves
+# the firewall alone. Only when this script installed docker.io: an existing Docker is yours.
+# (If the package's service already ran, `iptables -P FORWARD ACCEPT` undoes its policy.)
+if [[ " ${missing[*]} " == *" docker.io "* ]]; then
+  $SUDO systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust 1.85 or newer (https://rustup.rs), then run this again" >&2
