@@ -692,6 +692,11 @@ impl Docker {
         )
     }
 
+    /// The daemon's socket.
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(self.host.trim_start_matches("unix://"))
+    }
+
     /// `docker rm -f NAME`.
     pub fn remove(&self, name: &str) {
         self.must(&["rm", "-f", name]);
@@ -1423,9 +1428,7 @@ fn docker_seed_layouts_leave_the_host_as_found() {
 /// Point 3's first product change: a target given by name is resolved at each connection, so
 /// a Redis container recreated with a new address (same name, same network) is followed
 /// without restarting the provider.
-// Enable when issue 13 point 3's product change lands.
 #[test]
-#[ignore = "enable when issue 13 point 3's product change lands (target resolved per connection)"]
 fn docker_recreated_redis_is_followed() {
     let Some(d) = Docker::start() else {
         return;
@@ -1468,9 +1471,7 @@ fn docker_recreated_redis_is_followed() {
 /// Point 3's second product change: a network attached to a running consumer container
 /// (`docker network connect`) is used for mDNS within a second: a provider that only that
 /// network reaches is discovered within 1.5 s.
-// Enable when issue 13 point 3's product change lands.
 #[test]
-#[ignore = "enable when issue 13 point 3's product change lands (new interfaces used at once)"]
 fn docker_network_connected_later_is_used_for_mdns() {
     let Some(d) = Docker::start() else {
         return;
@@ -1513,4 +1514,221 @@ fn docker_network_connected_later_is_used_for_mdns() {
     let (after, swept) = d.stop();
     assert!(swept.is_empty(), "the Docker daemon left behind: {swept:?}");
     assert_eq!(after, before, "the Docker daemon changed the host");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Point 4: automatic registration (`announce --docker`).
+
+/// A client loop on the host against `addr` (a container network's address): one connection
+/// per PING, each recorded as `{"start", "end", "ok"}`, until the file `stop` appears.
+const PING_LOOP: &str = r#"
+import json, os, socket, sys, time
+host, port, out, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+with open(out, "w") as f:
+    while not os.path.exists(stop):
+        t0, ok = time.time(), False
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(b"PING\r\n")
+            ok = s.recv(64) == b"+PONG\r\n"
+            s.close()
+        except Exception:
+            pass
+        f.write(json.dumps({"start": t0, "end": time.time(), "ok": ok}) + "\n")
+        f.flush()
+        time.sleep(0.002)
+"#;
+
+/// The loop's records: (start, ok).
+fn loop_results(path: &Path) -> Vec<(f64, bool)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["start"].as_f64().unwrap_or(0.0), v["ok"] == true))
+        .collect()
+}
+
+/// The tags of `service`'s instances that `ambassador ls` (run in container `from`) sees.
+fn ls_tags(d: &Docker, from: &str, service: &str) -> Vec<String> {
+    let out = d.exec(from, &["ambassador", "ls", "--json", "--timeout", "400ms"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let mut tags: Vec<String> = all
+        .iter()
+        .filter(|i| i["service"] == service)
+        .filter_map(|i| i["tag"].as_str().map(str::to_string))
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// A container's short id: the tag of its instance.
+fn short_id(d: &Docker, name: &str) -> String {
+    d.inspect(name, "{{.Id}}")[..12].to_string()
+}
+
+/// Stops (or kills) `name` while the loop runs: it leaves `ls` within 2 s, and no command
+/// started after the engine said it stopped fails.
+fn stop_is_seamless(d: &Docker, name: &str, how: &[&str], results: &Path, left: usize) {
+    let tag = short_id(d, name);
+    let mut args = how.to_vec();
+    args.push(name);
+    d.must(&args);
+    let stopped = now_epoch();
+    let gone = wait_until(2 * SEC, 20 * MS, || {
+        let tags = ls_tags(d, "consumer", "redis");
+        !tags.contains(&tag) && tags.len() == left
+    });
+    let took = now_epoch() - stopped;
+    assert!(
+        gone,
+        "`docker {}` of {name}: still in `ls` after 2 s",
+        how[0]
+    );
+    report(&format!(
+        "FIGURE docker {} {name}: gone from `ls` {took:.2} s after the engine returned",
+        how[0]
+    ));
+    // Let the loop run on a little past the change.
+    std::thread::sleep(300 * MS);
+    let after: Vec<(f64, bool)> = loop_results(results)
+        .into_iter()
+        .filter(|(t, _)| *t > stopped)
+        .collect();
+    let failed = after.iter().filter(|(_, ok)| !ok).count();
+    assert!(after.len() > 20, "the client loop barely ran: {after:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} commands started after `docker {}` {name} failed",
+        after.len(),
+        how[0]
+    );
+}
+
+/// Point 4: `announce --docker` announces the three labelled Redis containers (each its own
+/// instance) and the one that follows the seed's `SERVICE_PORT` convention, never the
+/// unlabelled one; a consumer on another "host" spreads 300 connections over all three; a
+/// stopped and a killed container leave `ls` within 2 s with no failed command.
+#[test]
+fn docker_containers_are_announced_and_withdrawn() {
+    let Some(d) = Docker::start() else {
+        return;
+    };
+    let img = Images::make(&d);
+    let key = mesh_key(&d);
+    let (lan, back, app) = (d.network("lan"), d.network("back"), d.network("app"));
+    for n in 1..=3 {
+        d.container(&format!("cache{n}"), &img.redis)
+            .on(&back)
+            .opts(&["--label", "ambassador.service=redis:6379"])
+            .args(REDIS_SERVER)
+            .start();
+    }
+    d.container("legacy", &img.redis)
+        .on(&back)
+        .env("SERVICE_PORT", "6379")
+        .args(REDIS_SERVER)
+        .start();
+    d.container("plain", &img.redis)
+        .on(&back)
+        .args(REDIS_SERVER)
+        .start();
+    let socket = format!("{}:/var/run/docker.sock", d.socket().display());
+    img.ambassador(&d, "registrar", &key)
+        .on(&lan)
+        .on(&back)
+        .opts(&["--user", "0", "-v", &socket])
+        .args(&["announce", "--docker"])
+        .start();
+    img.ambassador(&d, "consumer", &key)
+        .on(&lan)
+        .on_as(&app, "redis")
+        .args(&["connect", "redis=0.0.0.0:6379", "legacy=0.0.0.0:6380"])
+        .start();
+    let caches: Vec<String> = (1..=3)
+        .map(|n| short_id(&d, &format!("cache{n}")))
+        .collect();
+    let mut want = caches.clone();
+    want.sort();
+    let all_seen = wait_until(20 * SEC, 100 * MS, || {
+        ls_tags(&d, "consumer", "redis") == want
+    });
+    assert!(
+        all_seen,
+        "ls does not show the three labelled containers: {:?}; registrar log:\n{}",
+        ls_tags(&d, "consumer", "redis"),
+        d.logs("registrar")
+    );
+    assert_eq!(
+        ls_tags(&d, "consumer", "legacy"),
+        vec![short_id(&d, "legacy")],
+        "SERVICE_PORT=6379 announces the container under its name"
+    );
+    let plain = short_id(&d, "plain");
+    let announced = d.exec(
+        "consumer",
+        &["ambassador", "ls", "--json", "--timeout", "400ms"],
+    );
+    assert!(
+        !announced.stdout.contains(&plain),
+        "the unlabelled container is announced: {}",
+        announced.stdout
+    );
+    d.container("consumer-client", &img.redis)
+        .on(&app)
+        .args(IDLE)
+        .start();
+    spread_over_three(&d);
+    // A client loop through the consumer while containers stop and die.
+    let consumer_ip = d.ip("consumer", &app);
+    let (results, stop) = (d.path("loop.jsonl"), d.path("loop.stop"));
+    let mut client = Command::new("python3")
+        .args(["-c", PING_LOOP, &consumer_ip, "6379"])
+        .arg(&results)
+        .arg(&stop)
+        .spawn()
+        .expect("python3");
+    let warm = wait_until(5 * SEC, 20 * MS, || {
+        loop_results(&results).iter().any(|r| r.1)
+    });
+    assert!(warm, "the client loop gets no PONG");
+    stop_is_seamless(&d, "cache2", &["stop", "-t", "1"], &results, 2);
+    stop_is_seamless(&d, "cache3", &["kill"], &results, 1);
+    fs::write(&stop, b"").expect("stop the loop");
+    let _ = client.wait();
+    let before = d.before.clone();
+    let (after, swept) = d.stop();
+    assert!(swept.is_empty(), "the Docker daemon left behind: {swept:?}");
+    assert_eq!(after, before, "the Docker daemon changed the host");
+}
+
+/// 300 connections through the consumer (from a client container on `app`) reach every one of
+/// the three containers.
+fn spread_over_three(d: &Docker) {
+    let count = |name: &str| -> u64 {
+        let info = d.exec(name, &["redis-cli", "INFO", "stats"]).stdout;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = (1..=3).map(|n| count(&format!("cache{n}"))).collect();
+    let script = "n=0; for i in $(seq 300); do redis-cli -h redis PING | grep -q PONG && n=$((n+1)); done; echo $n";
+    let out = d.exec("consumer-client", &["sh", "-c", script]);
+    assert_eq!(
+        out.stdout.trim(),
+        "300",
+        "300 PINGs through the consumer: {out:?}"
+    );
+    let spread: Vec<u64> = (1..=3)
+        .map(|n| count(&format!("cache{n}")) - before[n - 1])
+        .collect();
+    report(&format!(
+        "FIGURE docker 300 connections over three containers: {spread:?}"
+    ));
+    assert!(
+        spread.iter().all(|c| *c >= 30),
+        "300 connections are not spread over the three containers: {spread:?}"
+    );
 }
