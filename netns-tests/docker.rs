@@ -1634,6 +1634,16 @@ fn docker_containers_are_announced_and_withdrawn() {
         .on(&back)
         .args(REDIS_SERVER)
         .start();
+    // Containers with a healthcheck: one passes it, one never does.
+    for (name, check) in [("checked-ok", "redis-cli ping"), ("checked-bad", "false")] {
+        d.container(name, &img.redis)
+            .on(&back)
+            .opts(&["--label", "ambassador.service=checked:6379"])
+            .opts(&["--health-cmd", check, "--health-interval", "300ms"])
+            .opts(&["--health-retries", "1"])
+            .args(REDIS_SERVER)
+            .start();
+    }
     let socket = format!("{}:/var/run/docker.sock", d.socket().display());
     img.ambassador(&d, "registrar", &key)
         .on(&lan)
@@ -1679,6 +1689,7 @@ fn docker_containers_are_announced_and_withdrawn() {
         .on(&app)
         .args(IDLE)
         .start();
+    healthchecks_are_the_records_health(&d);
     spread_over_three(&d);
     // A client loop through the consumer while containers stop and die.
     let consumer_ip = d.ip("consumer", &app);
@@ -1701,6 +1712,30 @@ fn docker_containers_are_announced_and_withdrawn() {
     let (after, swept) = d.stop();
     assert!(swept.is_empty(), "the Docker daemon left behind: {swept:?}");
     assert_eq!(after, before, "the Docker daemon changed the host");
+}
+
+/// A container's healthcheck is its record's health: a healthy one is up, an unhealthy one down.
+fn healthchecks_are_the_records_health(d: &Docker) {
+    let (ok, bad) = (short_id(d, "checked-ok"), short_id(d, "checked-bad"));
+    let health = |tag: &str| -> Option<bool> {
+        let out = d.exec(
+            "consumer",
+            &["ambassador", "ls", "--json", "--timeout", "400ms"],
+        );
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap_or_default();
+        all.iter()
+            .find(|i| i["tag"] == tag)
+            .and_then(|i| i["up"].as_bool())
+    };
+    let settled = wait_until(10 * SEC, 100 * MS, || {
+        health(&ok) == Some(true) && health(&bad) == Some(false)
+    });
+    assert!(
+        settled,
+        "healthchecks not mapped: checked-ok up={:?}, checked-bad up={:?}",
+        health(&ok),
+        health(&bad)
+    );
 }
 
 /// 300 connections through the consumer (from a client container on `app`) reach every one of
