@@ -50,6 +50,14 @@ pub const ADMIN: AddrKind = AddrKind {
     examples: "9180 (127.0.0.1:9180), 127.0.0.1:9180 or 0.0.0.0:9180",
 };
 
+/// `connect --http` / `[http] listen`: a bare port is on loopback, a bare IP gets port 80.
+pub const HTTP: AddrKind = AddrKind {
+    default_port: Some(80),
+    host_names: false,
+    bare_port: true,
+    examples: "8080 (127.0.0.1:8080), 0.0.0.0 (port 80) or 0.0.0.0:8080",
+};
+
 /// An address option's value that is not an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {

@@ -148,6 +148,10 @@ pub struct AnnounceArgs {
     /// redis:6379=redis:6379 (a host name is resolved at each connection)
     #[arg(required_unless_present = "docker", value_name = "SPEC")]
     pub specs: Vec<String>,
+    /// An HTTP application: the host name(s) it answers to (repeat for several); an HTTP
+    /// front (`connect --http`) routes requests for them here
+    #[arg(long = "http-host", value_name = "NAME")]
+    pub http_hosts: Vec<String>,
     /// Also announce every running container that asks for it (label
     /// ambassador.service=NAME[:PORT], or SERVICE_PORT=PORT in its environment), each its own
     /// instance, withdrawn when it stops
@@ -176,7 +180,7 @@ pub struct AnnounceArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// NAME[:PORT][=LISTEN], e.g. redis, redis:16379 or redis=0.0.0.0:6379
-    #[arg(required_unless_present = "from_env", value_name = "SPEC")]
+    #[arg(required_unless_present_any = ["from_env", "http"], value_name = "SPEC")]
     pub specs: Vec<String>,
     /// How long a client connection waits for a first instance to appear
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
@@ -202,6 +206,11 @@ pub struct ConnectArgs {
     /// each new backend connection
     #[arg(long, env = "AMBASSADOR_REDIS_AUTH_FILE", value_name = "FILE")]
     pub redis_auth_file: Option<PathBuf>,
+    /// One HTTP front for every HTTP application of the mesh: requests are routed by their
+    /// host to the application announced for it (`announce --http-host`). PORT, IP or
+    /// IP:PORT; a bare port is on 127.0.0.1, a bare IP takes port 80
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Also listen for every Docker link variable NAME_PORT_<port>_TCP=tcp://HOST:PORT in the
     /// environment, forwarding port <port> directly (plain TCP) to HOST:PORT
     #[arg(long)]

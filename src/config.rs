@@ -18,7 +18,7 @@ use crate::discovery::DEFAULT_WAIT;
 use crate::error::Failure;
 use crate::identity::{MeshKey, MeshKeySource, default_key_path, load_or_create_default};
 use crate::inject::RedisAuth;
-use crate::names::{NodeName, ServiceName};
+use crate::names::{HostName, NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
 use crate::transport::TransportSettings;
 use crate::weight::{WEIGHT_DEFAULT, check_weight};
@@ -194,6 +194,29 @@ pub struct AnnounceConfig {
     pub allow: Option<Vec<NodeName>>,
     /// Credentials the provider injects (Redis AUTH).
     pub redis_auth: Option<RedisAuth>,
+    /// The HTTP host names it answers to, when it is an HTTP application.
+    pub http_hosts: Vec<HostName>,
+}
+
+/// Checks the HTTP host names of one announced service (`what` names the flag or key): valid
+/// names, and all of them within one TXT string.
+pub fn parse_http_hosts(given: &[String], what: &str) -> Result<Vec<HostName>, Failure> {
+    let mut hosts = Vec::new();
+    for h in given {
+        let host = HostName::parse(h).map_err(|e| Failure::usage(format!("{e} ({what})")))?;
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    let txt = crate::discovery::http_hosts_txt(&hosts);
+    if txt.len() > crate::discovery::MAX_HTTP_HOSTS_TXT {
+        return Err(Failure::usage(format!(
+            "{what}: the host names take {} bytes, more than the {} one DNS-SD record holds; announce fewer names",
+            txt.len(),
+            crate::discovery::MAX_HTTP_HOSTS_TXT
+        )));
+    }
+    Ok(hosts)
 }
 
 /// Where this node's identity comes from, ready to use (after [`CheckedConfig::prepare`]).
@@ -262,6 +285,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub admin: Option<SocketAddr>,
     /// The Docker engine's socket, when running containers are announced (`--docker`).
     pub docker: Option<String>,
+    /// Where the HTTP front listens, if there is one (`connect --http`).
+    pub http: Option<SocketAddr>,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -314,6 +339,8 @@ pub struct FileConfig {
     pub health_interval: Option<Duration>,
     /// The `[admin]` table: the admin endpoint.
     pub admin: Option<FileAdmin>,
+    /// The `[http]` table: the HTTP front.
+    pub http: Option<FileHttp>,
     /// Announce the running containers that ask for it, as `announce --docker`.
     pub docker: bool,
     /// The Docker engine's socket (`unix:///PATH`; default `$DOCKER_HOST`, else
@@ -334,6 +361,23 @@ pub struct FileAdmin {
     pub listen: SocketAddr,
 }
 
+/// The `[http]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    /// Where the HTTP front listens: PORT (on 127.0.0.1), IP (port 80) or IP:PORT.
+    #[serde(deserialize_with = "http_addr")]
+    pub listen: SocketAddr,
+}
+
+/// The file's `[http] listen`, parsed as the file is read.
+fn http_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    addr::HTTP
+        .parse("listen", &text)
+        .map_err(serde::de::Error::custom)
+}
+
 /// One `[announce.NAME]` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -349,6 +393,8 @@ pub struct FileAnnounce {
     pub allow: Option<Vec<String>>,
     /// Redis credentials file.
     pub redis_auth_file: Option<PathBuf>,
+    /// HTTP host names the application answers to (routed by an HTTP front).
+    pub http_hosts: Vec<String>,
 }
 
 /// One `[connect.NAME]` section.
@@ -588,6 +634,7 @@ impl CheckedConfig {
             admin: flag_addr(addr::ADMIN, "--admin", common.admin.as_deref())?
                 .or(file.admin.as_ref().map(|a| a.listen)),
             docker: None,
+            http: file.http.as_ref().map(|h| h.listen),
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -606,6 +653,12 @@ impl CheckedConfig {
             args.redis_auth_file.as_deref(),
             common.insecure_key_permissions,
         )?;
+        let http_hosts = parse_http_hosts(&args.http_hosts, "--http-host")?;
+        if !http_hosts.is_empty() && specs.len() != 1 {
+            return Err(Failure::usage(
+                "--http-host applies to exactly one SPEC; use `ambassador run -c FILE` for several applications",
+            ));
+        }
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.announce = specs
             .into_iter()
@@ -614,6 +667,7 @@ impl CheckedConfig {
                 weight: args.weight,
                 allow: allow.clone(),
                 redis_auth: redis_auth.clone(),
+                http_hosts: http_hosts.clone(),
             })
             .collect();
         cfg.health_interval = check_interval(args.health_interval)?;
@@ -667,6 +721,7 @@ impl CheckedConfig {
         check_unique(connect.iter().map(|c| &c.spec.service))?;
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.connect = connect;
+        cfg.http = flag_addr(addr::HTTP, "--http", args.http.as_deref())?;
         Ok(cfg)
     }
 
@@ -690,7 +745,11 @@ impl CheckedConfig {
         check_unique(cfg.connect.iter().map(|c| &c.spec.service))?;
         cfg.docker = (file.docker || file.docker_host.is_some())
             .then(|| crate::docker::socket_path(file.docker_host.as_deref()));
-        if cfg.announce.is_empty() && cfg.connect.is_empty() && cfg.docker.is_none() {
+        if cfg.announce.is_empty()
+            && cfg.connect.is_empty()
+            && cfg.docker.is_none()
+            && cfg.http.is_none()
+        {
             return Err(Failure::usage(
                 "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
             ));
@@ -735,6 +794,7 @@ impl<I> NodeConfig<I> {
             log_format: self.log_format,
             admin: self.admin,
             docker: self.docker,
+            http: self.http,
             config_file: self.config_file,
             flags: self.flags,
         })
@@ -831,11 +891,14 @@ impl FileAnnounce {
             Some(f) => Some(RedisAuth::read_file(f, insecure).map_err(|e| section(&e))?),
             None => env_auth.cloned(),
         };
+        let http_hosts =
+            parse_http_hosts(&self.http_hosts, &format!("[announce.{name}] http_hosts"))?;
         Ok(AnnounceConfig {
             spec,
             weight: self.weight.unwrap_or(WEIGHT_DEFAULT),
             allow,
             redis_auth,
+            http_hosts,
         })
     }
 }

@@ -27,10 +27,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::names::{InstanceTag, ServiceName};
+use crate::names::{HostName, InstanceTag, ServiceName};
 
 /// The label a container asks to be announced with.
 pub const SERVICE_LABEL: &str = "ambassador.service";
+/// The label of the HTTP host names it answers to (comma-separated); the seed's `DOMAIN_NAME`
+/// in its environment does the same.
+pub const HTTP_HOST_LABEL: &str = "ambassador.http-host";
 /// The label of its balancing weight.
 pub const WEIGHT_LABEL: &str = "ambassador.weight";
 /// The API version spoken: Docker 20.10's, which every later engine also speaks.
@@ -60,6 +63,8 @@ pub struct Wanted {
     pub weight: u32,
     /// Whether its healthcheck (if it has one) says healthy.
     pub healthy: bool,
+    /// The HTTP host names it answers to (label `ambassador.http-host`, or `DOMAIN_NAME`).
+    pub http_hosts: Vec<HostName>,
 }
 
 /// Why `--docker` cannot start.
@@ -175,6 +180,29 @@ fn asked(c: &ContainerInspectResponse, name: &str) -> Vec<(String, Option<u16>)>
     out
 }
 
+/// The HTTP host names a container answers to: its label, else `DOMAIN_NAME`.
+fn http_hosts_of(c: &ContainerInspectResponse, name: &str) -> Vec<HostName> {
+    let config = c.config.as_ref();
+    let label = config.and_then(|c| c.labels.as_ref()?.get(HTTP_HOST_LABEL).cloned());
+    let env = config.and_then(|c| {
+        c.env
+            .as_ref()?
+            .iter()
+            .find_map(|kv| kv.strip_prefix("DOMAIN_NAME=").map(str::to_string))
+    });
+    let Some(list) = label.or(env) else {
+        return Vec::new();
+    };
+    let hosts: Vec<String> = list.split(',').map(|h| h.trim().to_string()).collect();
+    match crate::config::parse_http_hosts(&hosts, HTTP_HOST_LABEL) {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            warn!(container = name, error = %e, "HTTP host names ignored");
+            Vec::new()
+        }
+    }
+}
+
 /// What one running container asks to be announced, with its target and health; a request
 /// that cannot be served is logged and skipped (it costs only itself).
 pub fn wanted_of(c: &ContainerInspectResponse, subnets: &[(Ipv4Addr, Ipv4Addr)]) -> Vec<Wanted> {
@@ -196,6 +224,7 @@ pub fn wanted_of(c: &ContainerInspectResponse, subnets: &[(Ipv4Addr, Ipv4Addr)])
         .and_then(|c| c.labels.as_ref()?.get(WEIGHT_LABEL)?.parse().ok())
         .and_then(|w| crate::weight::check_weight(w).ok())
         .unwrap_or(crate::weight::WEIGHT_DEFAULT);
+    let http_hosts = http_hosts_of(c, name);
     let mut out = Vec::new();
     for (service, port) in asked(c, name) {
         let Ok(service) = ServiceName::parse(&service) else {
@@ -221,6 +250,7 @@ pub fn wanted_of(c: &ContainerInspectResponse, subnets: &[(Ipv4Addr, Ipv4Addr)])
             container: name.to_string(),
             weight,
             healthy,
+            http_hosts: http_hosts.clone(),
         });
     }
     out
@@ -367,6 +397,16 @@ mod tests {
         // A label without a port takes the only exposed one.
         let c = container(&[(SERVICE_LABEL, "redis")], &[], "10.9.0.7");
         assert_eq!(wanted_of(&c, &LAN)[0].port, 6379);
+        // DOMAIN_NAME (or the label) makes it an HTTP application.
+        let c = container(
+            &[],
+            &["SERVICE_PORT=80", "DOMAIN_NAME=Blog.Example.com"],
+            "10.9.0.7",
+        );
+        assert_eq!(
+            wanted_of(&c, &LAN)[0].http_hosts[0].as_str(),
+            "blog.example.com"
+        );
         // Nothing asked: nothing announced.
         assert!(wanted_of(&container(&[], &["PATH=/bin"], "10.9.0.7"), &LAN).is_empty());
     }

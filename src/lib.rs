@@ -41,6 +41,7 @@ pub mod control;
 pub mod discovery;
 pub mod docker;
 pub mod error;
+pub(crate) mod http;
 pub(crate) mod human;
 pub mod identity;
 pub(crate) mod inject;

@@ -135,6 +135,61 @@ impl InstanceTag {
 
 text_newtype!(InstanceTag);
 
+/// An HTTP host name an application answers to (`blog.example.com`): lower-cased, without a
+/// trailing dot or a port, as requests are routed by it (their `Host`, or HTTP/2
+/// `:authority`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostName(String);
+
+impl TryFrom<String> for HostName {
+    type Error = NameError;
+
+    fn try_from(name: String) -> Result<Self, NameError> {
+        Self::parse(&name)
+    }
+}
+
+impl From<HostName> for String {
+    fn from(name: HostName) -> String {
+        name.0
+    }
+}
+
+impl HostName {
+    /// Validates a host name: dot-separated DNS labels, 253 characters at most.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let bad = |why: &'static str| NameError {
+            kind: "HTTP host",
+            name: name.to_string(),
+            why,
+        };
+        let trimmed = name.strip_suffix('.').unwrap_or(name);
+        if trimmed.is_empty() || trimmed.len() > 253 {
+            return Err(bad("it must be 1 to 253 characters"));
+        }
+        for label in trimmed.split('.') {
+            check_label("HTTP host", label, &['_'])
+                .map_err(|_| bad("each dot-separated part must be a DNS label"))?;
+        }
+        Ok(Self(trimmed.to_ascii_lowercase()))
+    }
+
+    /// The host a request names: its `Host` (or `:authority`) without the port, lower-cased,
+    /// a trailing dot ignored; `None` when it is no host name.
+    pub fn of_request(authority: &str) -> Option<Self> {
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        Self::parse(host).ok()
+    }
+}
+
+text_newtype!(HostName);
+
 /// A node name such as `node-b`: a DNS label, lower-cased. It is the TLS server name of the
 /// node's certificate, so it must be a valid DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

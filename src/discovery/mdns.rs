@@ -397,6 +397,7 @@ mod tests {
             weight: 1,
             up: true,
             tag: None,
+            http_hosts: Vec::new(),
         };
         let fullname = format!("redis@{node}_{}.{SERVICE_TYPE}", &mesh[..8]);
         let instance = Instance::new(&fullname, 4433, ["10.77.0.2".parse().unwrap()], txt);

@@ -9,7 +9,9 @@ mod record;
 
 mod registry;
 
-pub use record::{Instance, RecordError, SERVICE_TYPE, TxtRecord};
+pub use record::{
+    Instance, MAX_HTTP_HOSTS_TXT, RecordError, SERVICE_TYPE, TxtRecord, http_hosts_txt,
+};
 pub use registry::{Change, Confirmed, GoodbyeOutcome, NodeKey, Registry, Upserted};
 
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::names::{Fingerprint, InstanceTag, MeshId, NodeName, ServiceName};
+use crate::names::{Fingerprint, HostName, InstanceTag, MeshId, NodeName, ServiceName};
 use crate::weight::{WEIGHT_DEFAULT, check_weight};
 
 /// The DNS-SD service type of every ambassador record.
@@ -50,6 +50,20 @@ pub struct TxtRecord {
     /// Which of the node's instances of the service this is (`ci`), when it has several (one
     /// per container).
     pub tag: Option<InstanceTag>,
+    /// The HTTP host names the application answers to (`hh`, comma-separated), if it is one.
+    pub http_hosts: Vec<HostName>,
+}
+
+/// The longest `hh` value: one TXT string holds at most 255 bytes, `hh=` included.
+pub const MAX_HTTP_HOSTS_TXT: usize = 255 - 3;
+
+/// The `hh` value of `hosts`.
+pub fn http_hosts_txt(hosts: &[HostName]) -> String {
+    hosts
+        .iter()
+        .map(HostName::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl TxtRecord {
@@ -70,6 +84,9 @@ impl TxtRecord {
         ]);
         if let Some(tag) = &self.tag {
             props.insert("ci".to_string(), tag.to_string());
+        }
+        if !self.http_hosts.is_empty() {
+            props.insert("hh".to_string(), http_hosts_txt(&self.http_hosts));
         }
         props
     }
@@ -109,6 +126,14 @@ impl TxtRecord {
         let tag = get("ci")
             .map(|t| InstanceTag::parse(&t).map_err(|_| RecordError::Malformed("ci")))
             .transpose()?;
+        let http_hosts = match get("hh") {
+            None => Vec::new(),
+            Some(hh) => hh
+                .split(',')
+                .map(HostName::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| RecordError::Malformed("hh"))?,
+        };
         Ok(Self {
             service,
             port,
@@ -118,6 +143,7 @@ impl TxtRecord {
             weight,
             up,
             tag,
+            http_hosts,
         })
     }
 }
@@ -148,6 +174,9 @@ pub struct Instance {
     /// Which of its node's instances of the service it is, when the node has several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<InstanceTag>,
+    /// The HTTP host names it answers to, when it is an HTTP application.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_hosts: Vec<HostName>,
     /// Whether its node confirmed it over a verified connection (its control stream), rather
     /// than a record alone claiming it.
     #[serde(skip)]
@@ -190,6 +219,7 @@ impl Instance {
             weight: txt.weight,
             up: txt.up,
             tag: txt.tag,
+            http_hosts: txt.http_hosts,
             confirmed: false,
             alternates: Vec::new(),
         })
@@ -245,6 +275,7 @@ pub(crate) fn sample_txt(weight: u32) -> TxtRecord {
         weight,
         up: true,
         tag: None,
+        http_hosts: Vec::new(),
     }
 }
 

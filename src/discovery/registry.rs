@@ -421,6 +421,7 @@ mod tests {
             weight: 1,
             up,
             tag: None,
+            http_hosts: Vec::new(),
         };
         let ip: IpAddr = "10.77.0.2".parse().unwrap();
         Instance::new("redis@b_01234567._ambassador._udp.local.", port, [ip], txt).unwrap()

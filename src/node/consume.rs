@@ -74,6 +74,18 @@ async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListene
     })
 }
 
+/// Binds the HTTP front's listener, when there is one (a port in use is a usage error).
+pub(super) async fn bind_http(cfg: &NodeConfig) -> Result<Option<TcpListener>, Failure> {
+    let Some(addr) = cfg.http else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        Failure::usage(format!(
+            "cannot listen on {addr} for the HTTP front (--http): {e}; pick another address"
+        ))
+    })
+}
+
 /// Endpoints of a static list.
 pub(super) fn static_endpoints(addrs: &[SocketAddr], kind: BackendKind) -> Vec<Endpoint> {
     addrs
@@ -128,6 +140,33 @@ impl Node {
             self.consumers.push(entry);
         }
         Ok(())
+    }
+
+    /// Serves the HTTP front, when there is one: every HTTP application of the mesh, routed
+    /// by host.
+    pub(super) fn start_http(&mut self) {
+        let Some(listener) = self.http.take() else {
+            return;
+        };
+        if self.consumers.is_empty() {
+            // The consumers did not start it: what verified nodes serve reaches the registry.
+            self.follow_views();
+        }
+        let front = Arc::new(crate::http::HttpFront::new(
+            self.registry.clone(),
+            self.pool.clone(),
+            self.quic_addr,
+            self.metrics.clone(),
+            crate::balance::Policy::default(),
+            self.cancel.clone(),
+            self.tracker.clone(),
+        ));
+        if let Ok(addr) = listener.local_addr() {
+            info!(listen = %addr, "HTTP front: routing requests by host to the mesh's HTTP applications");
+        }
+        let stop = self.stop_accepting.clone();
+        self.tracker
+            .spawn(crate::http::serve(listener, front, stop));
     }
 
     /// Feeds the registry from the mesh's mDNS announcements (and notes records of this

@@ -26,6 +26,7 @@ fn announce_config(w: &Wanted) -> AnnounceConfig {
         weight: w.weight,
         allow: None,
         redis_auth: None,
+        http_hosts: w.http_hosts.clone(),
     }
 }
 

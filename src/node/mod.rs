@@ -97,6 +97,8 @@ pub struct Node {
     not_after: Arc<AtomicI64>,
     /// The admin endpoint's listener, bound at start, until it is served.
     admin: Option<tokio::net::TcpListener>,
+    /// The HTTP front's listener, bound at start, until it is served.
+    http: Option<tokio::net::TcpListener>,
     /// What the running containers ask to be announced (`--docker`).
     containers: Option<mpsc::Receiver<Vec<crate::docker::Wanted>>>,
 }
@@ -125,6 +127,7 @@ impl Node {
         };
         let listeners = consume::bind_known_listeners(&cfg).await?;
         let admin = bind_admin(&cfg).await?;
+        let http = consume::bind_http(&cfg).await?;
         let serve = !cfg.announce.is_empty() || cfg.docker.is_some();
         let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport)
             .map_err(|e| match e {
@@ -165,13 +168,16 @@ impl Node {
             started: SystemTime::now(),
             not_after: Arc::new(AtomicI64::new(identity.not_after_unix().unwrap_or(0))),
             admin,
+            http,
             containers: None,
         };
         if serve {
             node.start_serving().await?;
         }
         node.start_consumers(listeners)?;
-        if serve || node.cfg.connect.iter().any(|c| c.source == Source::Mesh) {
+        node.start_http();
+        let mesh_consumer = node.cfg.connect.iter().any(|c| c.source == Source::Mesh);
+        if serve || mesh_consumer || node.cfg.http.is_some() {
             node.browse_mesh()?;
         }
         node.serve_status();

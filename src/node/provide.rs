@@ -155,6 +155,7 @@ impl Node {
             weight: a.weight,
             up,
             tag: tag.clone(),
+            http_hosts: a.http_hosts.clone(),
         };
         let entry = Arc::new(Announced {
             cfg: a,

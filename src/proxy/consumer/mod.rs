@@ -11,6 +11,7 @@
 
 mod attempt;
 mod direct;
+mod http;
 mod listener;
 mod probe;
 mod verify;

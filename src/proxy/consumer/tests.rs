@@ -23,6 +23,7 @@ fn instance(i: u32) -> Instance {
         weight: 1,
         up: true,
         tag: None,
+        http_hosts: Vec::new(),
     };
     // Loopback addresses where nothing listens: background verifications dial only here.
     let ip = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + 0x0100 + i));
