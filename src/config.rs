@@ -393,7 +393,9 @@ pub struct FileAnnounce {
     pub allow: Option<Vec<String>>,
     /// Redis credentials file.
     pub redis_auth_file: Option<PathBuf>,
-    /// HTTP host names the application answers to (routed by an HTTP front).
+    /// HTTP host names the application answers to (routed by an HTTP front), checked as the
+    /// file is read.
+    #[serde(deserialize_with = "host_names")]
     pub http_hosts: Vec<String>,
 }
 
@@ -435,6 +437,15 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 /// The file's `bind`, parsed as the file is read, so an error names its line.
 fn bind_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     file_addr(d, addr::BIND, "bind")
+}
+
+/// The file's `http_hosts`, each checked as the file is read, so an error names its line.
+fn host_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    for n in &names {
+        HostName::parse(n).map_err(serde::de::Error::custom)?;
+    }
+    Ok(names)
 }
 
 /// The file's `[admin] listen`, parsed as the file is read.

@@ -50,6 +50,73 @@ pub struct StreamLabels {
     pub outcome: &'static str,
 }
 
+/// An HTTP request's application, instance and status class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The application (its service name; empty for a host no application answers to).
+    pub app: String,
+    /// The instance that answered (empty when the front answered itself).
+    pub instance: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: &'static str,
+}
+
+/// The HTTP front's families.
+#[derive(Debug, Clone)]
+pub struct HttpFamilies {
+    /// Requests answered.
+    pub requests: Family<HttpLabels, Counter>,
+    /// From a request's arrival to its response head, per application.
+    pub duration: HistogramFamily<ServiceLabels>,
+}
+
+impl Default for HttpFamilies {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(setup_histogram),
+        }
+    }
+}
+
+impl HttpFamilies {
+    /// Counts one answered request.
+    pub fn answered(&self, app: &str, instance: &str, status: u16, took: std::time::Duration) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = HttpLabels {
+            app: app.to_string(),
+            instance: instance.to_string(),
+            class,
+        };
+        self.requests.get_or_create(&labels).inc();
+        let app = ServiceLabels {
+            service: app.to_string(),
+        };
+        self.duration
+            .get_or_create(&app)
+            .observe(took.as_secs_f64());
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let help = "HTTP requests answered by the front, by application, instance and status class";
+        reg(r, "http_requests", help, None, self.requests.clone());
+        let help = "From an HTTP request's arrival to its response head, by application";
+        let unit = Some(Unit::Seconds);
+        reg(
+            r,
+            "http_request_duration",
+            help,
+            unit,
+            self.duration.clone(),
+        );
+    }
+}
+
 /// A discovery event from one source.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscoveryLabels {
@@ -520,6 +587,8 @@ pub struct Metrics {
     pub provider: ProviderFamilies,
     /// Discovery events.
     pub discovery: Family<DiscoveryLabels, Counter>,
+    /// The HTTP front.
+    pub http: HttpFamilies,
 }
 
 impl Default for Metrics {
@@ -536,8 +605,10 @@ impl Metrics {
         let provider = ProviderFamilies::default();
         let discovery = Family::<DiscoveryLabels, Counter>::default();
         let live = Arc::new(Live::default());
+        let http = HttpFamilies::default();
         consumer.register(&mut registry);
         provider.register(&mut registry);
+        http.register(&mut registry);
         let help = "Instances added, removed or updated, by source";
         reg(
             &mut registry,
@@ -553,6 +624,7 @@ impl Metrics {
             consumer,
             provider,
             discovery,
+            http,
         }
     }
 

@@ -145,36 +145,51 @@ impl HttpFront {
         consumer
     }
 
-    /// Answers one request from `client`.
-    async fn handle(
+    /// Answers one request from `client`, and counts it.
+    async fn handle(self: Arc<Self>, client: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        let t0 = std::time::Instant::now();
+        let (resp, app, instance) = self.clone().route(client, req).await;
+        let took = t0.elapsed();
+        let status = resp.status().as_u16();
+        self.metrics.http.answered(&app, &instance, status, took);
+        resp
+    }
+
+    /// Routes one request: the response, the application and the instance that answered
+    /// (empty when the front answered itself).
+    async fn route(
         self: Arc<Self>,
         client: SocketAddr,
         mut req: Request<Incoming>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, String, String) {
+        let none = String::new;
         let Some(host) = headers::request_host(&req) else {
-            return answer(StatusCode::BAD_REQUEST, "no host in the request".into());
+            let r = answer(StatusCode::BAD_REQUEST, "no host in the request".into());
+            return (r, none(), none());
         };
         let Some(service) = self.service_for(&host) else {
-            info!(%host, "no application for this host");
-            return answer(
+            info!(%host, "no application for this host: 404");
+            let r = answer(
                 StatusCode::NOT_FOUND,
                 format!("no application is announced for {host}"),
             );
+            return (r, none(), none());
         };
         let consumer = self.consumer(&service);
         let version = req.version();
         let upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         headers::prepare(&mut req, client, &host, upgrade.is_some());
+        let app = service.to_string();
         match self.forward(&consumer, req).await {
-            Ok((mut resp, upstream_side)) => {
+            Ok((mut resp, upstream_side, instance)) => {
                 headers::prepare_response(&mut resp, version);
                 if let (Some(client_side), Some(upstream_side)) = (upgrade, upstream_side) {
                     let splice = upstream::splice_upgrade(client_side, upstream_side);
                     self.tracker.spawn(splice.in_current_span());
                 }
-                resp.map(Either::Left)
+                (resp.map(Either::Left), app, instance)
             }
-            Err(own) => own,
+            Err(own) => (own, app, none()),
         }
     }
 
@@ -185,7 +200,7 @@ impl HttpFront {
         &self,
         consumer: &Arc<Consumer>,
         mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<upstream::Upgrade>), Response<Body>> {
+    ) -> Result<(Response<Incoming>, Option<upstream::Upgrade>, String), Response<Body>> {
         let mut tried = HashSet::new();
         let repeatable = idempotent(req.method());
         let service = consumer.service.clone();
@@ -200,10 +215,10 @@ impl HttpFront {
                 .send(consumer, &cand, req, RESPONSE_TIMEOUT)
                 .await
             {
-                Ok(done) => {
+                Ok((resp, upgrade)) => {
                     consumer.http_succeeded(&cand);
-                    debug!(instance = %cand.key, status = %done.0.status(), "proxied");
-                    return Ok(done);
+                    debug!(instance = %cand.key, status = %resp.status(), "proxied");
+                    return Ok((resp, upgrade, cand.key.clone()));
                 }
                 Err(upstream::Failed { error, request }) => {
                     warn!(instance = %cand.key, error = %error, "request failed");
@@ -220,6 +235,7 @@ impl HttpFront {
         } else {
             StatusCode::BAD_GATEWAY
         };
+        warn!(%service, tried = tried.len(), %status, "no instance of the application answered");
         let mut r = answer(status, format!("no healthy instance of {service} answered"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(
