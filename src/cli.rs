@@ -152,6 +152,10 @@ pub struct AnnounceArgs {
     /// front (`connect --http`) routes requests for them here
     #[arg(long = "http-host", value_name = "NAME")]
     pub http_hosts: Vec<String>,
+    /// With --http-host: a file of `Name: value` lines (mode 0600) the provider adds to every
+    /// request of the application, e.g. `Authorization: Bearer ...`; clients never see them
+    #[arg(long, value_name = "FILE", requires = "http_hosts")]
+    pub http_header_file: Option<PathBuf>,
     /// Also announce every running container that asks for it (label
     /// ambassador.service=NAME[:PORT], or SERVICE_PORT=PORT in its environment), each its own
     /// instance, withdrawn when it stops

@@ -196,6 +196,29 @@ pub struct AnnounceConfig {
     pub redis_auth: Option<RedisAuth>,
     /// The HTTP host names it answers to, when it is an HTTP application.
     pub http_hosts: Vec<HostName>,
+    /// Headers the provider adds to every request of the HTTP application (credentials).
+    pub http_headers: Option<std::sync::Arc<crate::inject::http::HttpHeaders>>,
+}
+
+/// The headers of `--http-header-file` / `http_header_file`, read and checked (an HTTP
+/// application only).
+fn http_headers(
+    file: Option<&Path>,
+    hosts: &[HostName],
+    what: &str,
+    insecure: bool,
+) -> Result<Option<std::sync::Arc<crate::inject::http::HttpHeaders>>, Failure> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    if hosts.is_empty() {
+        return Err(Failure::usage(format!(
+            "{what} applies to an HTTP application: give it its host names too (--http-host / http_hosts)"
+        )));
+    }
+    let headers =
+        crate::inject::http::HttpHeaders::read_file(file, insecure).map_err(Failure::usage)?;
+    Ok(Some(std::sync::Arc::new(headers)))
 }
 
 /// Checks the HTTP host names of one announced service (`what` names the flag or key): valid
@@ -397,6 +420,8 @@ pub struct FileAnnounce {
     /// file is read.
     #[serde(deserialize_with = "host_names")]
     pub http_hosts: Vec<String>,
+    /// A file of `Name: value` headers the provider adds to the application's requests.
+    pub http_header_file: Option<PathBuf>,
 }
 
 /// One `[connect.NAME]` section.
@@ -670,6 +695,12 @@ impl CheckedConfig {
                 "--http-host applies to exactly one SPEC; use `ambassador run -c FILE` for several applications",
             ));
         }
+        let injected = http_headers(
+            args.http_header_file.as_deref(),
+            &http_hosts,
+            "--http-header-file",
+            common.insecure_key_permissions,
+        )?;
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.announce = specs
             .into_iter()
@@ -679,6 +710,7 @@ impl CheckedConfig {
                 allow: allow.clone(),
                 redis_auth: redis_auth.clone(),
                 http_hosts: http_hosts.clone(),
+                http_headers: injected.clone(),
             })
             .collect();
         cfg.health_interval = check_interval(args.health_interval)?;
@@ -904,12 +936,20 @@ impl FileAnnounce {
         };
         let http_hosts =
             parse_http_hosts(&self.http_hosts, &format!("[announce.{name}] http_hosts"))?;
+        let what = format!("[announce.{name}] http_header_file");
+        let injected = http_headers(
+            self.http_header_file.as_deref(),
+            &http_hosts,
+            &what,
+            insecure,
+        )?;
         Ok(AnnounceConfig {
             spec,
             weight: self.weight.unwrap_or(WEIGHT_DEFAULT),
             allow,
             redis_auth,
             http_hosts,
+            http_headers: injected,
         })
     }
 }

@@ -36,7 +36,7 @@ use crate::names::{HostName, ServiceName};
 use crate::proxy::consumer::{Backends, Consumer, ConsumerSettings, upkeep};
 use crate::transport::Pool;
 
-pub(crate) use upstream::Upstreams;
+pub(crate) use upstream::{Upstreams, splice_upgrade};
 
 /// A response body: the application's, or one of the front's own.
 pub(crate) type Body = Either<Incoming, Full<Bytes>>;

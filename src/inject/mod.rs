@@ -1,5 +1,8 @@
 //! Credentials injection: the provider's ambassador authenticates to the target on each new
-//! connection, so the application holds no secret. Redis `AUTH` (password or ACL user).
+//! connection, so the application holds no secret. Redis `AUTH` (password or ACL user), and
+//! HTTP headers (`http`).
+
+pub(crate) mod http;
 
 use std::path::Path;
 use std::time::Duration;

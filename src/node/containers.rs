@@ -27,6 +27,7 @@ fn announce_config(w: &Wanted) -> AnnounceConfig {
         allow: None,
         redis_auth: None,
         http_hosts: w.http_hosts.clone(),
+        http_headers: None,
     }
 }
 

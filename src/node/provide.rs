@@ -268,6 +268,7 @@ fn service_target(a: &Announced) -> ServiceTarget {
         up: a.up.clone(),
         allow: a.cfg.allow.clone(),
         redis_auth: a.cfg.redis_auth.clone(),
+        http_headers: a.cfg.http_headers.clone(),
     }
 }
 

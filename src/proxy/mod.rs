@@ -4,6 +4,7 @@
 pub(crate) mod consumer;
 pub(crate) mod provider;
 pub(crate) mod splice;
+pub(crate) mod stream_io;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -140,6 +140,9 @@ pub(crate) struct ServiceTarget {
     pub allow: Option<Vec<NodeName>>,
     /// Credentials sent to the target before any client byte.
     pub redis_auth: Option<RedisAuth>,
+    /// Headers added to every request of an HTTP application (its stream is then spoken
+    /// HTTP instead of spliced).
+    pub http_headers: Option<Arc<crate::inject::http::HttpHeaders>>,
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
@@ -344,7 +347,10 @@ async fn handle_stream(
     };
     let _active = cfg.activity.enter();
     active.inc();
-    splice(tcp, send, recv, &meters).await.log_end(&req.service);
+    match &entry.http_headers {
+        Some(headers) => crate::inject::http::serve(tcp, send, recv, headers.clone()).await,
+        None => splice(tcp, send, recv, &meters).await.log_end(&req.service),
+    }
     active.dec();
 }
 
@@ -498,6 +504,7 @@ mod tests {
             up: up.clone(),
             allow: None,
             redis_auth: None,
+            http_headers: None,
         };
         let cfg = Arc::new(ProviderConfig {
             services: RwLock::new(HashMap::from([((service.clone(), None), target)])),
