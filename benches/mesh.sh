@@ -29,7 +29,8 @@
 # target/release/ambassador).
 #
 # Exit status: 0 when every measurement produced a figure (targets met or not), 1 when one failed,
-# 2 on bad usage, 77 when tools are missing and cannot be installed (not root): "SKIPPED: ...".
+# 2 on bad usage, 77 when tools are missing and cannot be installed (not root), or the LAN mode
+# runs without root or cannot make namespaces: "SKIPPED: ...".
 #
 # What each path is (client -> ... -> target; all on 127.0.0.1, ports picked free at run time):
 #   direct      client -> target
@@ -253,12 +254,6 @@ if [ "$LAN" = 1 ]; then
   # a process in each host namespace, whose /proc/PID/net shows that namespace's sockets
   spawn /dev/null "${IN_A[@]}" sleep infinity; NET_A=/proc/$LAST_PID/net
   spawn /dev/null "${IN_B[@]}" sleep infinity; NET_B=/proc/$LAST_PID/net
-  ok=0
-  for i in $(seq 1 50); do
-    ip netns exec "$NS_A" ping -c 1 -W 1 "$LINK_B" >/dev/null 2>&1 && { ok=1; break; }
-    sleep 0.1
-  done
-  [ "$ok" = 1 ] || { echo "mesh.sh: host A cannot reach host B over the bridge" >&2; exit 1; }
 fi
 LOSS_TABLE=ambbench_loss
 loss_on() { # B drops LOSS % of what enters it from the link; A's veth sends 1500-byte packets
@@ -398,6 +393,7 @@ wait_listening "$IPERF_PORT" 10 b 127.0.0.1 || { cat "$WORK/iperf3.log" >&2; ech
 if [ "$LAN" = 1 ]; then
   spawn "$WORK/iperf3-link.log" "${IN_B[@]}" iperf3 -s -B "$LINK_B" -p "$IPERF_PORT"
   wait_listening "$IPERF_PORT" 10 b "$LINK_B" || { cat "$WORK/iperf3-link.log" >&2; echo "mesh.sh: iperf3 -s on B's link address did not start" >&2; exit 1; }
+  redis_ready "$REDIS_PORT" 10 "$LINK_B" a || { echo "mesh.sh: host A cannot reach redis-server on host B over the bridge" >&2; exit 1; }
 fi
 
 # ------------------------------------------------------------------ proxy pairs
@@ -732,7 +728,7 @@ phase_hold() {
   sleep "$SETTLE"
   local r0=() r1=() r2=()
   for i in 0 1; do r0[$i]=$(status_kib "${PAIR_PIDS[$i]}" VmRSS); done
-  rm -f "$WORK/hold.in"; mkfifo "$WORK/hold.in"
+  rm -f "$WORK/hold.in"; mkfifo "$WORK/hold.in"; : >"$WORK/hold.out"
   exec 5<>"$WORK/hold.in"
   "${IN_A[@]}" "$PY" "$HERE/hold.py" "$port" "$HOLD" --host "$PAIR_HOST" --hold-max 300 <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
   local hp=$!; PIDS+=("$hp")
