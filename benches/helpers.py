@@ -7,7 +7,8 @@
   helpers.py iperf JSONFILE      "bits_per_second bytes" of an iperf3 -J result (receiver side)
   helpers.py rbench CSVFILE      "TEST rps p50 p99" lines of a redis-benchmark --csv result
   helpers.py median V...         median of the numbers given
-  helpers.py report RESULTS META mode      the markdown report (stdout)
+  helpers.py report RESULTS META MODE [lan]  the markdown report (stdout); lan: the LAN mode's
+  helpers.py targets RESULTS META  the LAN mode's targets (issue 16), one PASS/FAIL line each
   helpers.py perfstat CSV BYTES  syscalls and context switches per MB from `perf stat -x,` output
   helpers.py perfcat             group `perf report --sort dso,sym --stdio` (stdin) into categories
 """
@@ -187,7 +188,7 @@ def cmd_perfcat():
 
 # ---------------------------------------------------------------- report
 
-PATHS = ["direct", "socat", "stunnel", "ambassador"]
+PATHS = ["direct", "socat", "stunnel", "haproxy", "ambassador"]
 
 # (key, label, format, better: "hi" or "lo")
 ROWS = [
@@ -217,6 +218,22 @@ ROWS = [
     ("rss_redis", "peak RSS MiB, redis 1+50 clients (larger)", "mib", "lo"),
     ("rss_bulk", "peak RSS MiB, bulk runs (larger)", "mib", "lo"),
 ]
+
+# LAN mode only, after the CPU row: the lossy runs ({loss} is the loss percentage)
+LOSS_ROWS = [
+    ("bulk_loss_up1", "bulk 1 stream, client→target, {loss} % loss on B's input (Gbit/s)", "gbit", "hi"),
+    ("bulk_loss_down1", "bulk 1 stream, target→client, {loss} % loss on B's input (Gbit/s)", "gbit", "hi"),
+    ("loss_pct", "packets dropped by the loss rule in those runs (%)", "f2", "-"),
+    ("loss_pkt_bytes", "mean size of the packets entering B in those runs (bytes)", "int", "-"),
+]
+
+
+def rows_for(lan, loss):
+    if not lan:
+        return ROWS
+    i = [k for k, *_ in ROWS].index("cpu_gb") + 1
+    lossy = [(k, label.format(loss=loss), kind, b) for k, label, kind, b in LOSS_ROWS]
+    return ROWS[:i] + lossy + ROWS[i:]
 
 
 def fmt(v, kind):
@@ -265,14 +282,57 @@ def load(path):
     return d
 
 
-def cmd_report(results, meta, mode):
-    r = load(results)
+def load_meta(meta):
     m = {}
     with open(meta) as f:
         for line in f:
             if "\t" in line:
                 k, v = line.rstrip("\n").split("\t", 1)
                 m[k] = v
+    return m
+
+
+def lan_targets(r):
+    """Issue 16, point 2: (name, PASS/FAIL/n/a, detail) against the haproxy-TLS pair of the run."""
+    def val(path, key):
+        v = r.get((path, key))
+        return v if isinstance(v, float) else None
+
+    out = []
+    for key, name, op, want in (
+            ("bulk_up1", "bulk 1 stream client→target ≥ 1.2× haproxy", ">=", 1.2),
+            ("bulk_down1", "bulk 1 stream target→client ≥ 1.2× haproxy", ">=", 1.2),
+            ("cpu_gb", "CPU s per GB, both proxies ≤ 0.8× haproxy", "<=", 0.8),
+            ("get_rps_50", "GET rps at 50 clients ≥ 1.5× haproxy", ">=", 1.5),
+            ("get_p50_1", "GET p50 at 1 client ≤ 0.9× haproxy", "<=", 0.9),
+            ("conn_rate", "new connections/s ≥ 5× haproxy", ">=", 5.0),
+            ("bulk_loss_up1", "lossy bulk 1 stream client→target ≥ 1.3× haproxy", ">=", 1.3),
+            ("bulk_loss_down1", "lossy bulk 1 stream target→client ≥ 1.3× haproxy", ">=", 1.3)):
+        a, h = val("ambassador", key), val("haproxy", key)
+        if a is None or not h:
+            out.append((name, "n/a", "not measured in this run"))
+            continue
+        x = a / h
+        ok = x >= want if op == ">=" else x <= want
+        out.append((name, "PASS" if ok else "FAIL", "%.2f× haproxy (%s against %s; want %s %.1f×)" % (
+            x, fmt_plain(a), fmt_plain(h), op, want)))
+    return out
+
+
+def fmt_plain(v):
+    return "%.3g" % v if v < 1000 else "{:,.0f}".format(v)
+
+
+def cmd_targets(results, meta):
+    for name, res, detail in lan_targets(load(results)):
+        print("target %s: %s: %s" % (res, name, detail))
+
+
+def cmd_report(results, meta, mode, setup="loopback"):
+    r = load(results)
+    m = load_meta(meta)
+    lan = setup == "lan"
+    rows = rows_for(lan, m.get("loss_pct", "?"))
 
     def val(path, key):
         v = r.get((path, key))
@@ -280,34 +340,57 @@ def cmd_report(results, meta, mode):
 
     out = []
     w = out.append
-    w("## Results (%s run)" % mode)
+    w("## Results (%s run%s)" % (mode, ", LAN mode" if lan else ""))
     w("")
     w("| | |")
     w("|---|---|")
-    for k in ("date", "kernel", "nproc", "cpu", "load", "ambassador", "discovery", "tools", "settings"):
+    for k in ("date", "kernel", "nproc", "cpu", "load", "ambassador", "discovery", "network", "loss",
+              "tools", "settings"):
         if k in m:
             w("| %s | %s |" % (k, m[k]))
     w("")
     present = [p for p in PATHS if any(isinstance(k, tuple) and k[0] == p for k in r)]
     others = [p for p in present if p != "ambassador"]
+    # ratio columns: the ambassador against every other path; in LAN mode also haproxy ÷ direct
+    ratios = [("ambassador", o) for o in others] if "ambassador" in present else []
+    if lan and "haproxy" in present and "direct" in present:
+        ratios.append(("haproxy", "direct"))
+    short = {"ambassador": "amb"}
     head = "| measure | " + " | ".join(present)
-    if "ambassador" in present:
-        head += " | " + " | ".join("amb/%s" % o for o in others)
+    if ratios:
+        head += " | " + " | ".join("%s/%s" % (short.get(a, a), b) for a, b in ratios)
     w(head + " |")
-    w("|---" * (1 + len(present) + (len(others) if "ambassador" in present else 0)) + "|")
-    for key, label, kind, _ in ROWS:
+    w("|---" * (1 + len(present) + len(ratios)) + "|")
+    for key, label, kind, better in rows:
         cells = [fmt(val(p, key), kind) for p in present]
-        if "ambassador" in present:
-            a = val("ambassador", key)
-            for o in others:
-                b = val(o, key)
-                cells.append("%.2f×" % (a / b) if a is not None and b else "–")
+        for num, den in ratios:
+            a, b = val(num, key), val(den, key)
+            cells.append("%.2f×" % (a / b) if a is not None and b and better != "-" else "–")
         w("| %s | %s |" % (label, " | ".join(cells)))
     w("")
-    w("Ratios are ambassador ÷ other path: above 1 is better for rates and throughput, "
-      "below 1 is better for latency, CPU and memory.")
+    if lan:
+        w("Ratios are the first path ÷ the second (amb = ambassador): above 1 is better for rates "
+          "and throughput, below 1 is better for latency, CPU and memory.")
+    else:
+        w("Ratios are ambassador ÷ other path: above 1 is better for rates and throughput, "
+          "below 1 is better for latency, CPU and memory.")
     w("")
 
+    if lan:
+        w("### Targets (issue 16, point 2: against the haproxy-TLS pair of this run)")
+        w("")
+        w("| target | | measured |")
+        w("|---|---|---|")
+        for name, res, detail in lan_targets(r):
+            w("| %s | **%s** | %s |" % (name, res, detail))
+        w("")
+    else:
+        loopback_targets(w, val)
+    per_process(w, r, val, present, rows)
+    print("\n".join(out))
+
+
+def loopback_targets(w, val):
     # targets
     A = lambda k: val("ambassador", k)  # noqa: E731
     S = lambda k: val("stunnel", k)  # noqa: E731
@@ -359,6 +442,8 @@ def cmd_report(results, meta, mode):
         w("| %s | **%s** | %s |" % (name, res, detail))
     w("")
 
+
+def per_process(w, r, val, present, rows):
     # per-process detail
     w("### Per process")
     w("")
@@ -398,7 +483,7 @@ def cmd_report(results, meta, mode):
         w("")
         w("| measure | " + " | ".join(present) + " |")
         w("|---" * (1 + len(present)) + "|")
-        for key, label, kind, _ in ROWS:
+        for key, label, kind, _ in rows:
             cells = [", ".join(fmt(x, kind) for x in raw.get((p, key), [])) or "–" for p in present]
             if any(c != "–" for c in cells):
                 w("| %s | %s |" % (label, " | ".join(cells)))
@@ -412,7 +497,6 @@ def cmd_report(results, meta, mode):
         for p, v in errs:
             w("- %s: %s" % (p, v))
         w("")
-    print("\n".join(out))
 
 
 def main():
@@ -435,7 +519,9 @@ def main():
     elif c == "perfcat":
         cmd_perfcat()
     elif c == "report":
-        cmd_report(a[1], a[2], a[3])
+        cmd_report(*a[1:5])
+    elif c == "targets":
+        cmd_targets(a[1], a[2])
     else:
         sys.exit(__doc__)
 

@@ -11,6 +11,7 @@ PKGS=(
   iproute2 nftables tcpdump         # network namespaces, loss injection, captures
   redis-server redis-tools          # real Redis peers (redis-cli, redis-benchmark)
   socat stunnel4 iperf3             # classic proxies and load tools (tests, benchmarks)
+  haproxy ethtool                   # the LAN benchmark's TLS pair; offloads off for its lossy runs
   avahi-daemon avahi-utils dnsmasq-base
   procps psmisc ca-certificates
   python3 dbus faketime             # test clients, private buses for avahi, expired-clock peers
@@ -26,8 +27,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The distribution's redis-server service is not used: tests start their own servers.
+# The distribution's redis-server and haproxy services are not used: tests and benchmarks start
+# their own servers.
 $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+$SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
 # Nor its Docker service, which would set the FORWARD policy to DROP and load br_netfilter (the
 # netns tests' bridges then drop traffic): the Docker tests start a private dockerd that leaves
 # the firewall alone. Only when this script installed docker.io: an existing Docker is yours.
