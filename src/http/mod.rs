@@ -59,6 +59,8 @@ pub(crate) struct HttpFront {
     apps: Mutex<HashMap<ServiceName, Arc<Consumer>>>,
     /// Idle HTTP/1.1 connections (over tunnel streams) per instance.
     upstreams: Upstreams,
+    /// Requests in flight, for the drain.
+    pub(crate) activity: crate::proxy::Activity,
 }
 
 /// A response of the front's own: `status`, a short plain-text body.
@@ -107,6 +109,7 @@ impl HttpFront {
             tracker,
             apps: Mutex::default(),
             upstreams: Upstreams::default(),
+            activity: crate::proxy::Activity::default(),
         }
     }
 
@@ -147,6 +150,7 @@ impl HttpFront {
 
     /// Answers one request from `client`, and counts it.
     async fn handle(self: Arc<Self>, client: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        let _in_flight = self.activity.enter();
         let t0 = std::time::Instant::now();
         let (resp, app, instance) = self.clone().route(client, req).await;
         let took = t0.elapsed();

@@ -165,6 +165,7 @@ impl Node {
             info!(listen = %addr, "HTTP front: routing requests by host to the mesh's HTTP applications");
         }
         let stop = self.stop_accepting.clone();
+        self.http_requests = Some(front.activity.clone());
         self.tracker
             .spawn(crate::http::serve(listener, front, stop));
     }

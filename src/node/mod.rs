@@ -99,6 +99,8 @@ pub struct Node {
     admin: Option<tokio::net::TcpListener>,
     /// The HTTP front's listener, bound at start, until it is served.
     http: Option<tokio::net::TcpListener>,
+    /// The HTTP front's requests in flight (a drain waits for them).
+    http_requests: Option<crate::proxy::Activity>,
     /// What the running containers ask to be announced (`--docker`).
     containers: Option<mpsc::Receiver<Vec<crate::docker::Wanted>>>,
 }
@@ -169,6 +171,7 @@ impl Node {
             not_after: Arc::new(AtomicI64::new(identity.not_after_unix().unwrap_or(0))),
             admin,
             http,
+            http_requests: None,
             containers: None,
         };
         if serve {
@@ -218,6 +221,7 @@ impl Node {
     /// Connections open now, provider streams and consumer connections together.
     fn active(&self) -> usize {
         self.provider.as_ref().map_or(0, |p| p.activity.count())
+            + self.http_requests.as_ref().map_or(0, |a| a.count())
             + self
                 .consumers
                 .iter()
