@@ -8,13 +8,12 @@
 //! claim is that no connection made after the fault fails, and how long the worst one waits.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Host, Lan, Proc, SEC, now_epoch, report, wait_until};
 use crate::nodes::{
-    Conn, assert_no_failure, client_script, consumer_view, count_who, ls_rows, read_conns, spread,
+    ClientLoop, Conn, assert_no_failure, consumer_view, count_who, ls_rows, spread,
     wait_all_answer, wait_health, wait_target_up, worst,
 };
 
@@ -171,15 +170,12 @@ fn round_robin_and_weights_spread_connections() {
 }
 
 /// A client running inside the consumer host: `threads` loops of short connections (connect,
-/// SET, GET, GET who, close), each connection one JSON line in the results file; the loops pause
-/// at the gate while `<gate>/hold` exists (each shows it with `<gate>/held-N`) and stop when
-/// `<gate>/stop` exists.
+/// SET, GET, GET who, close), each connection one JSON line in the results file, gated (see
+/// [`ClientLoop`]).
 const CLIENT: &str = r#"
 import json, os, socket, sys, threading, time
 
-out, gate, nthreads, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-results = open(out, "a", buffering=1)
-lock = threading.Lock()
+port = int(sys.argv[4])
 
 def line(r):
     l = r.readline()
@@ -218,112 +214,12 @@ def one(tid, i):
     finally:
         s.close()
 
-def worker(tid):
-    i = 0
-    held = os.path.join(gate, "held-%d" % tid)
-    while not os.path.exists(os.path.join(gate, "stop")):
-        if os.path.exists(os.path.join(gate, "hold")):
-            open(held, "w").close()
-            while os.path.exists(os.path.join(gate, "hold")):
-                time.sleep(0.001)
-            os.remove(held)
-            continue
-        i += 1
-        t0, who, err = time.time(), None, None
-        try:
-            who = one(tid, i)
-        except Exception as e:
-            err = repr(e)
-        t1 = time.time()
-        with lock:
-            results.write(json.dumps({"tid": tid, "start": t0, "end": t1, "who": who, "err": err}) + "\n")
-
-{RUN_WORKERS}
+{GATED_LOOPS}
 "#;
 
-/// The client loops of [`CLIENT`], running on a host.
-struct Client {
-    proc: Proc,
-    results: PathBuf,
-    gate: PathBuf,
-    threads: usize,
-}
-
-impl Client {
-    fn start(lan: &Lan, host: &Host, port: u16, threads: usize) -> Client {
-        let script = lan.path("client.py");
-        fs::write(&script, client_script(CLIENT)).expect("write client script");
-        let gate = lan.path("gate");
-        fs::create_dir_all(&gate).expect("gate dir");
-        let results = lan.path("client.jsonl");
-        let proc = lan.spawn(
-            host,
-            "client",
-            &[
-                "python3",
-                script.to_str().unwrap(),
-                results.to_str().unwrap(),
-                gate.to_str().unwrap(),
-                &threads.to_string(),
-                &port.to_string(),
-            ],
-        );
-        Client {
-            proc,
-            results,
-            gate,
-            threads,
-        }
-    }
-
-    /// Every connection finished so far.
-    fn conns(&self) -> Vec<Conn> {
-        read_conns(&self.results)
-    }
-
-    /// Waits until `n` connections have finished.
-    fn wait_conns(&self, lan: &Lan, n: usize, timeout: Duration) {
-        let ok = wait_until(timeout, Duration::from_millis(20), || {
-            self.conns().len() >= n
-        });
-        assert!(
-            ok,
-            "the client finished only {} connections within {timeout:?}; its log: {}",
-            self.conns().len(),
-            lan.log(&self.proc)
-        );
-    }
-
-    /// Runs `fault` while every loop waits between two connections; returns the epoch time
-    /// right after it.
-    fn between_connections(&self, lan: &Lan, fault: impl FnOnce()) -> f64 {
-        let hold = self.gate.join("hold");
-        fs::write(&hold, "").expect("create the hold file");
-        let held = wait_until(10 * SEC, Duration::from_millis(1), || {
-            (0..self.threads).all(|t| self.gate.join(format!("held-{t}")).exists())
-        });
-        assert!(
-            held,
-            "the client loops did not pause within 10 s; its log: {}",
-            lan.log(&self.proc)
-        );
-        fault();
-        let t = now_epoch();
-        fs::remove_file(&hold).expect("remove the hold file");
-        t
-    }
-
-    /// Stops the loops and returns every connection.
-    fn stop(&self, lan: &Lan) -> Vec<Conn> {
-        fs::write(self.gate.join("stop"), "").expect("create the stop file");
-        let status = lan.wait_exit(&self.proc, 40 * SEC);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "the client did not stop cleanly ({status:?}); its log: {}",
-            lan.log(&self.proc)
-        );
-        self.conns()
-    }
+/// Starts the client loops of [`CLIENT`] on `host`, through the consumer's listener on `port`.
+fn client(lan: &Lan, host: &Host, port: u16, threads: usize) -> ClientLoop {
+    ClientLoop::start(lan, host, "client", CLIENT, threads, &[&port.to_string()])
 }
 
 /// What a fail-over must give the clients after `what`: no connection failed, the consumer
@@ -363,7 +259,7 @@ fn sigkilled_provider_is_failed_over_without_errors() {
         ..
     } = Pair::start(&lan, [&a, &b, &c], &[]);
 
-    let client = Client::start(&lan, &a, 6379, 4);
+    let client = client(&lan, &a, 6379, 4);
     client.wait_conns(&lan, 200, 20 * SEC);
     let lost_before = lost_peers(&lan, &connect);
     let t_kill = client.between_connections(&lan, || {
@@ -442,7 +338,7 @@ fn dead_target_is_marked_down_and_comes_back() {
         "ls on A before the kill: {seen:?}"
     );
 
-    let client = Client::start(&lan, &a, 6379, 2);
+    let client = client(&lan, &a, 6379, 2);
     client.wait_conns(&lan, 100, 20 * SEC);
     let t_kill = client.between_connections(&lan, || {
         lan.signal(&redis_b, "KILL");
@@ -539,7 +435,7 @@ fn cut_link_moves_traffic_away_and_back() {
     let (lan, [a, b, c]) = lan!("a", "b", "c");
     let Pair { connect, .. } = Pair::start(&lan, [&a, &b, &c], &[]);
 
-    let client = Client::start(&lan, &a, 6379, 2);
+    let client = client(&lan, &a, 6379, 2);
     client.wait_conns(&lan, 100, 20 * SEC);
     let lost_before = lost_peers(&lan, &connect);
     let link = |state: &str| {

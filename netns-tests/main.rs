@@ -8,13 +8,15 @@
 //! `lan.connect`, their `status --json` and `ls --json`, CA identities, Redis servers, held
 //! client sessions, client loops' results); `discovery.rs`, `failover.rs`, `migration.rs`,
 //! `multihomed.rs`, `security.rs` and `trust.rs` hold the scenarios of their issues, this file
-//! the basic ones; `docker.rs` runs a private dockerd and the container layouts (issue 13).
+//! the basic ones; `docker.rs` runs a private dockerd and the container layouts (issue 13);
+//! `http.rs` the HTTP front with nginx, Python servers and curl (issue 14).
 
 #[macro_use]
 mod harness;
 mod discovery;
 mod docker;
 mod failover;
+mod http;
 mod migration;
 mod multihomed;
 mod nodes;

@@ -171,6 +171,16 @@ impl<'a> Node<'a> {
         self.args(&["--policy", policy])
     }
 
+    /// `--http-host NAME` (announce): the one spec is an HTTP application answering to `name`.
+    pub fn http_host(self, name: &str) -> Self {
+        self.args(&["--http-host", name])
+    }
+
+    /// `--http ADDR` (connect): the HTTP front's listen address.
+    pub fn http(self, addr: &str) -> Self {
+        self.args(&["--http", addr])
+    }
+
     /// `--wait DURATION` (how long a client connection may wait for an instance).
     pub fn wait(self, bound: &str) -> Self {
         self.args(&["--wait", bound])
@@ -989,11 +999,143 @@ for t in threads:
     t.join()
 "#;
 
+/// The end of a gated client-loop script (see [`ClientLoop`]): `nthreads` loops of
+/// `one(tid, i)` (defined by the script, returning who answered), each call one JSON line
+/// (`tid`, `start`, `end`, `who`, `err`), pausing at the gate and stopping at its stop file. A
+/// `{GATED_LOOPS}` line holds it; the script's own arguments start at `sys.argv[4]`.
+const PY_GATED_LOOPS: &str = r#"out, gate, nthreads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+results = open(out, "a", buffering=1)
+lock = threading.Lock()
+
+def worker(tid):
+    i = 0
+    held = os.path.join(gate, "held-%d" % tid)
+    while not os.path.exists(os.path.join(gate, "stop")):
+        if os.path.exists(os.path.join(gate, "hold")):
+            open(held, "w").close()
+            while os.path.exists(os.path.join(gate, "hold")):
+                time.sleep(0.001)
+            os.remove(held)
+            continue
+        i += 1
+        t0, who, err = time.time(), None, None
+        try:
+            who = one(tid, i)
+        except Exception as e:
+            err = repr(e)
+        t1 = time.time()
+        with lock:
+            results.write(json.dumps({"tid": tid, "start": t0, "end": t1, "who": who, "err": err}) + "\n")
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
 /// A client-loop script with the shared pieces (`{GET_WHO}`, `{RECORD_ONE}`,
-/// `{RUN_WORKERS}` lines) put in their places.
+/// `{RUN_WORKERS}`, `{GATED_LOOPS}` lines) put in their places.
 pub fn client_script(template: &str) -> String {
     template
         .replace("{GET_WHO}\n", PY_GET_WHO)
         .replace("{RECORD_ONE}\n", PY_RECORD_ONE)
         .replace("{RUN_WORKERS}\n", PY_RUN_WORKERS)
+        .replace("{GATED_LOOPS}\n", PY_GATED_LOOPS)
+}
+
+/// Client loops running on a host, with a gate: a script ending in `{GATED_LOOPS}`, started as
+/// `python3 SCRIPT RESULTS GATE THREADS ARGS...`. The loops pause between two calls while
+/// `GATE/hold` exists (each shows it with `GATE/held-N`) and stop when `GATE/stop` exists, so
+/// a fault can be injected while no call is in flight.
+pub struct ClientLoop {
+    /// The Python process.
+    pub proc: Proc,
+    results: PathBuf,
+    gate: PathBuf,
+    threads: usize,
+}
+
+impl ClientLoop {
+    /// Starts `threads` loops of `template` (pieces put in) on `host`, with `args` after the
+    /// gate's; the script, its results and its gate are named after `label`.
+    pub fn start(
+        lan: &Lan,
+        host: &Host,
+        label: &str,
+        template: &str,
+        threads: usize,
+        args: &[&str],
+    ) -> ClientLoop {
+        let script = lan.path(&format!("{label}.py"));
+        fs::write(&script, client_script(template)).expect("write the client script");
+        let gate = lan.path(&format!("{label}-gate"));
+        fs::create_dir_all(&gate).expect("gate dir");
+        let results = lan.path(&format!("{label}.jsonl"));
+        let threads_arg = threads.to_string();
+        let mut argv = vec![
+            "python3",
+            script.to_str().unwrap(),
+            results.to_str().unwrap(),
+            gate.to_str().unwrap(),
+            &threads_arg,
+        ];
+        argv.extend_from_slice(args);
+        let proc = lan.spawn(host, label, &argv);
+        ClientLoop {
+            proc,
+            results,
+            gate,
+            threads,
+        }
+    }
+
+    /// Every call finished so far.
+    pub fn conns(&self) -> Vec<Conn> {
+        read_conns(&self.results)
+    }
+
+    /// Waits until `n` calls have finished.
+    pub fn wait_conns(&self, lan: &Lan, n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, Duration::from_millis(20), || {
+            self.conns().len() >= n
+        });
+        assert!(
+            ok,
+            "the client finished only {} connections within {timeout:?}; its log: {}",
+            self.conns().len(),
+            lan.log(&self.proc)
+        );
+    }
+
+    /// Runs `fault` while every loop waits between two calls; returns the epoch time right
+    /// after it.
+    pub fn between_connections(&self, lan: &Lan, fault: impl FnOnce()) -> f64 {
+        let hold = self.gate.join("hold");
+        fs::write(&hold, "").expect("create the hold file");
+        let held = wait_until(10 * SEC, Duration::from_millis(1), || {
+            (0..self.threads).all(|t| self.gate.join(format!("held-{t}")).exists())
+        });
+        assert!(
+            held,
+            "the client loops did not pause within 10 s; its log: {}",
+            lan.log(&self.proc)
+        );
+        fault();
+        let t = crate::harness::now_epoch();
+        fs::remove_file(&hold).expect("remove the hold file");
+        t
+    }
+
+    /// Stops the loops and returns every call.
+    pub fn stop(&self, lan: &Lan) -> Vec<Conn> {
+        fs::write(self.gate.join("stop"), "").expect("create the stop file");
+        let status = lan.wait_exit(&self.proc, 40 * SEC);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the client did not stop cleanly ({status:?}); its log: {}",
+            lan.log(&self.proc)
+        );
+        self.conns()
+    }
 }

@@ -16,6 +16,7 @@ PKGS=(
   procps psmisc ca-certificates
   python3 dbus faketime             # test clients, private buses for avahi, expired-clock peers
   chromium curl                     # headless browser for the admin page test; scraping /metrics
+  nginx                             # a real HTTP application behind the HTTP front (tests, benchmarks)
   docker.io docker-compose busybox-static  # Docker tests: a private dockerd, images from host binaries
 )
 
@@ -31,6 +32,10 @@ fi
 # their own servers.
 $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
+# Nor nginx's: the HTTP tests run their own nginx, with a config of their own, in a namespace.
+if [[ " ${missing[*]} " == *" nginx "* ]]; then
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
 # Nor its Docker service, which would set the FORWARD policy to DROP and load br_netfilter (the
 # netns tests' bridges then drop traffic): the Docker tests start a private dockerd that leaves
 # the firewall alone. Only when this script installed docker.io: an existing Docker is yours.
