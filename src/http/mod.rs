@@ -203,10 +203,16 @@ impl HttpFront {
     async fn forward(
         &self,
         consumer: &Arc<Consumer>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Option<upstream::Upgrade>, String), Response<Body>> {
         let mut tried = HashSet::new();
         let repeatable = idempotent(req.method());
+        // A request without a body that may be repeated can be sent again even after hyper
+        // wrote it (its connection died before any response byte: a peer lost, an idle
+        // connection the application closed): its head is kept for that.
+        let replay =
+            (repeatable && hyper::body::Body::is_end_stream(req.body())).then(|| head_of(&req));
+        let mut req = req.map(http_body_util::Either::Left);
         let service = consumer.service.clone();
         while tried.len() < MAX_ATTEMPTS {
             let Some(cand) = consumer.choose_now(&tried).await else {
@@ -227,7 +233,11 @@ impl HttpFront {
                 Err(upstream::Failed { error, request }) => {
                     warn!(instance = %cand.key, error = %error, "request failed");
                     let others = error.counts_against(consumer, &cand).await;
-                    match request {
+                    let again = request.or_else(|| match (&error, &replay) {
+                        (upstream::UpstreamError::Http(_), Some(head)) => Some(rebuild(head)),
+                        _ => None,
+                    });
+                    match again {
                         Some(r) if repeatable && others => req = r,
                         _ => return Err(error.answer()),
                     }
@@ -249,6 +259,33 @@ impl HttpFront {
         }
         Err(r)
     }
+}
+
+/// What a bodiless request is made of, to send it again.
+struct Head {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    version: hyper::Version,
+    headers: hyper::HeaderMap,
+}
+
+fn head_of<B>(req: &Request<B>) -> Head {
+    Head {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    }
+}
+
+/// The request again, with no body.
+fn rebuild(head: &Head) -> Request<upstream::ReqBody> {
+    let mut req = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req
 }
 
 /// Serves the front on `listener` until `stop` (or the node's cancellation) fires.

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
+
+/// A request body sent upstream: the client's, or none (a request sent again).
+pub(crate) type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
@@ -25,7 +28,7 @@ const MAX_IDLE: usize = 32;
 
 /// Idle upstream connections, by instance.
 #[derive(Default)]
-pub(crate) struct Upstreams(Mutex<HashMap<String, Vec<SendRequest<Incoming>>>>);
+pub(crate) struct Upstreams(Mutex<HashMap<String, Vec<SendRequest<ReqBody>>>>);
 
 /// Why a request did not get a response from the application.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +49,7 @@ pub(crate) struct Failed {
     /// Why.
     pub error: UpstreamError,
     /// The request, when it can be sent elsewhere (not a byte of it was written).
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<ReqBody>>,
 }
 
 impl UpstreamError {
@@ -73,7 +76,7 @@ impl UpstreamError {
 
 impl Upstreams {
     /// An idle connection to `key` that is ready for a request.
-    fn take(&self, key: &str) -> Option<SendRequest<Incoming>> {
+    fn take(&self, key: &str) -> Option<SendRequest<ReqBody>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.get_mut(key)?;
         list.retain(|s| !s.is_closed());
@@ -82,7 +85,7 @@ impl Upstreams {
     }
 
     /// Keeps `sender` for later requests to `key`.
-    fn keep(&self, key: &str, sender: SendRequest<Incoming>) {
+    fn keep(&self, key: &str, sender: SendRequest<ReqBody>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(key.to_string()).or_default();
         list.retain(|s| !s.is_closed());
@@ -95,7 +98,7 @@ impl Upstreams {
     async fn open(
         consumer: &Arc<Consumer>,
         cand: &Candidate,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<ReqBody>, UpstreamError> {
         let (send, recv) = match consumer.open_for_http(cand).await {
             Ok(s) => s,
             Err(e) => {
@@ -122,7 +125,7 @@ impl Upstreams {
         &self,
         consumer: &Arc<Consumer>,
         cand: &Candidate,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         bound: Duration,
     ) -> Result<(Response<Incoming>, Option<Upgrade>), Failed> {
         let mut sender = match self.take(&cand.key) {
