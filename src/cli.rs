@@ -215,6 +215,10 @@ pub struct ConnectArgs {
     /// IP:PORT; a bare port is on 127.0.0.1, a bare IP takes port 80
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// With --http: how long the front waits for an application's response head before it
+    /// answers 504
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION", requires = "http")]
+    pub http_timeout: Duration,
     /// Also listen for every Docker link variable NAME_PORT_<port>_TCP=tcp://HOST:PORT in the
     /// environment, forwarding port <port> directly (plain TCP) to HOST:PORT
     #[arg(long)]

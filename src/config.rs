@@ -310,6 +310,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub docker: Option<String>,
     /// Where the HTTP front listens, if there is one (`connect --http`).
     pub http: Option<SocketAddr>,
+    /// How long the HTTP front waits for a response head (then 504).
+    pub http_timeout: Duration,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -391,6 +393,9 @@ pub struct FileHttp {
     /// Where the HTTP front listens: PORT (on 127.0.0.1), IP (port 80) or IP:PORT.
     #[serde(deserialize_with = "http_addr")]
     pub listen: SocketAddr,
+    /// How long to wait for an application's response head, e.g. "30s" (then 504).
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
 }
 
 /// The file's `[http] listen`, parsed as the file is read.
@@ -628,6 +633,9 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default of `--drain-timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default of `--http-timeout`.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default of `--health-interval`.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -671,6 +679,11 @@ impl CheckedConfig {
                 .or(file.admin.as_ref().map(|a| a.listen)),
             docker: None,
             http: file.http.as_ref().map(|h| h.listen),
+            http_timeout: file
+                .http
+                .as_ref()
+                .and_then(|h| h.timeout)
+                .unwrap_or(DEFAULT_HTTP_TIMEOUT),
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -765,6 +778,7 @@ impl CheckedConfig {
         let mut cfg = Self::base(common, &FileConfig::default())?;
         cfg.connect = connect;
         cfg.http = flag_addr(addr::HTTP, "--http", args.http.as_deref())?;
+        cfg.http_timeout = args.http_timeout;
         Ok(cfg)
     }
 
@@ -838,6 +852,7 @@ impl<I> NodeConfig<I> {
             admin: self.admin,
             docker: self.docker,
             http: self.http,
+            http_timeout: self.http_timeout,
             config_file: self.config_file,
             flags: self.flags,
         })

@@ -19,6 +19,9 @@ name, port = sys.argv[1], int(sys.argv[2])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/slow":
+            import time
+            time.sleep(3)
         body = json.dumps({"name": name, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -149,7 +152,8 @@ fn setup() -> Setup {
     );
     let (front, admin) = (free_tcp_port(), free_tcp_port());
     let mut cmd = mesh.node_command("connect", &unique("front"));
-    cmd.args(["--http", &front.to_string(), "--admin", &admin.to_string()]);
+    cmd.args(["--http", &front.to_string(), "--admin", &admin.to_string()])
+        .args(["--http-timeout", "700ms"]);
     let front_node = Proc::spawn("connect --http", cmd);
     front_node.expect_log(&["HTTP front"], READY);
     let s = Setup {
@@ -246,6 +250,9 @@ fn the_http_front_routes_by_host_and_answers_clearly() {
     let r = curl(&["-H", "Host: down.example.com", &url]);
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");
     assert!(r.to_ascii_lowercase().contains("retry-after: 1"), "{r}");
+    // No response head within --http-timeout: 504.
+    let r = curl(&["-H", "Host: blog.example.com", &format!("{url}slow")]);
+    assert!(r.starts_with("HTTP/1.1 504"), "{r}");
     // Every answer is counted, by application and status class.
     let metrics = curl(&[&format!("http://127.0.0.1:{}/metrics", s.admin)]);
     let count = |needle: &str| -> f64 {

@@ -43,8 +43,6 @@ pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Most instances tried for one request.
 const MAX_ATTEMPTS: usize = 3;
-/// Longest wait for the application's response head.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The front's state: the applications it has routed to, and their upstream connections.
 pub(crate) struct HttpFront {
@@ -53,6 +51,8 @@ pub(crate) struct HttpFront {
     local: SocketAddr,
     metrics: Arc<Metrics>,
     policy: Policy,
+    /// Longest wait for an application's response head (then 504).
+    timeout: Duration,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// One consumer per application, made at its first request.
@@ -95,7 +95,7 @@ impl HttpFront {
         pool: Pool,
         local: SocketAddr,
         metrics: Arc<Metrics>,
-        policy: Policy,
+        (policy, timeout): (Policy, Duration),
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -105,6 +105,7 @@ impl HttpFront {
             local,
             metrics,
             policy,
+            timeout,
             cancel,
             tracker,
             apps: Mutex::default(),
@@ -222,7 +223,7 @@ impl HttpFront {
             let _open = consumer.http_open(&cand);
             match self
                 .upstreams
-                .send(consumer, &cand, req, RESPONSE_TIMEOUT)
+                .send(consumer, &cand, req, self.timeout)
                 .await
             {
                 Ok((resp, upgrade)) => {
