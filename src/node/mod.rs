@@ -174,17 +174,28 @@ impl Node {
             http_requests: None,
             containers: None,
         };
-        if serve {
-            node.start_serving().await?;
-        }
-        node.start_consumers(listeners)?;
-        node.start_http();
-        let mesh_consumer = node.cfg.connect.iter().any(|c| c.source == Source::Mesh);
-        if serve || mesh_consumer || node.cfg.http.is_some() {
-            node.browse_mesh()?;
-        }
-        node.serve_status();
+        node.start_tasks(serve, listeners).await?;
         Ok(node)
+    }
+
+    /// Starts what the node does: serving and announcing (when `serve`), the consumers on
+    /// `listeners`, the HTTP front, the mesh browser where something uses it, the status.
+    async fn start_tasks(
+        &mut self,
+        serve: bool,
+        listeners: Vec<consume::PendingListener>,
+    ) -> Result<(), Failure> {
+        if serve {
+            self.start_serving().await?;
+        }
+        self.start_consumers(listeners)?;
+        self.start_http();
+        let mesh_consumer = self.cfg.connect.iter().any(|c| c.source == Source::Mesh);
+        if serve || mesh_consumer || self.cfg.http.is_some() {
+            self.browse_mesh()?;
+        }
+        self.serve_status();
+        Ok(())
     }
 
     /// Serves tunnel streams, announces the configured services and, with `--docker`, starts
