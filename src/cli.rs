@@ -226,7 +226,7 @@ pub struct ConnectArgs {
     /// Listen address of the --from-env listeners (0.0.0.0 inside a container)
     #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
     pub listen_ip: std::net::IpAddr,
-    /// How new connections are spread over healthy instances
+    /// How new connections (and, with --http, requests) are spread over healthy instances
     #[arg(long, value_enum, default_value_t = crate::balance::Policy::LeastConn)]
     pub policy: crate::balance::Policy,
 }

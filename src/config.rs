@@ -312,6 +312,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub http: Option<SocketAddr>,
     /// How long the HTTP front waits for a response head (then 504).
     pub http_timeout: Duration,
+    /// How the HTTP front spreads requests over an application's instances.
+    pub http_policy: Policy,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -684,6 +686,7 @@ impl CheckedConfig {
                 .as_ref()
                 .and_then(|h| h.timeout)
                 .unwrap_or(DEFAULT_HTTP_TIMEOUT),
+            http_policy: Policy::default(),
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -779,6 +782,7 @@ impl CheckedConfig {
         cfg.connect = connect;
         cfg.http = flag_addr(addr::HTTP, "--http", args.http.as_deref())?;
         cfg.http_timeout = args.http_timeout;
+        cfg.http_policy = args.policy;
         Ok(cfg)
     }
 
@@ -853,6 +857,7 @@ impl<I> NodeConfig<I> {
             docker: self.docker,
             http: self.http,
             http_timeout: self.http_timeout,
+            http_policy: self.http_policy,
             config_file: self.config_file,
             flags: self.flags,
         })

@@ -157,7 +157,7 @@ impl Node {
             self.pool.clone(),
             self.quic_addr,
             self.metrics.clone(),
-            (crate::balance::Policy::default(), self.cfg.http_timeout),
+            (self.cfg.http_policy, self.cfg.http_timeout),
             self.cancel.clone(),
             self.tracker.clone(),
         ));
