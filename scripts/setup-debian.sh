@@ -25,8 +25,20 @@ for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # No package's service may start while installing (Debian's policy-rc.d convention): docker.io's
+  # would set the FORWARD policy to DROP and load br_netfilter before it could be stopped.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy" && made_policy=1
+  fi
+  status=0
+  $SUDO apt-get update -qq || status=$?
+  if [ "$status" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  fi
+  if [ "$made_policy" = 1 ]; then $SUDO rm -f "$policy"; fi
+  [ "$status" = 0 ] || { echo "setup: apt-get install failed ($status)" >&2; exit "$status"; }
 fi
 # The distribution's redis-server and haproxy services are not used: tests and benchmarks start
 # their own servers.
