@@ -136,38 +136,12 @@ impl HostState {
 // ---------------------------------------------------------------------------------------------
 // Running commands.
 
-/// Runs `cmd` to completion, killing it after `timeout`; its output as an [`Out`].
+/// Runs `cmd` to completion (in a process group of its own), killing it after `timeout`.
 fn run_cmd(mut cmd: Command, timeout: Duration) -> Out {
-    let dir = std::env::temp_dir();
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let pid = std::process::id();
-    let (op, ep) = (
-        dir.join(format!(".ambd-run-{pid}-{n}.out")),
-        dir.join(format!(".ambd-run-{pid}-{n}.err")),
-    );
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&op).expect("create"))
-        .stderr(fs::File::create(&ep).expect("create"))
-        .process_group(0);
-    let what = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
-    let mut status = None;
-    wait_until(timeout, 5 * MS, || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = Out {
-        status,
-        stdout: fs::read_to_string(&op).unwrap_or_default(),
-        stderr: fs::read_to_string(&ep).unwrap_or_default(),
-    };
-    let _ = fs::remove_file(op);
-    let _ = fs::remove_file(ep);
-    out
+    let base = std::env::temp_dir().join(format!(".ambd-run-{}-{n}", std::process::id()));
+    cmd.stdin(Stdio::null()).process_group(0);
+    crate::harness::run_to_end(cmd, &base, timeout)
 }
 
 /// Runs a setup or teardown step; `false` (and a line on stderr) when it fails.

@@ -531,31 +531,8 @@ impl Lan {
     /// Runs `args` in `host` to completion, killing it after `timeout`.
     pub fn run(&self, host: &Host, timeout: Duration, args: &[&str]) -> Out {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let (op, ep) = (
-            self.path(&format!(".run-{n}.out")),
-            self.path(&format!(".run-{n}.err")),
-        );
-        let mut cmd = self.command_in(&host.ns, args);
-        cmd.stdout(File::create(&op).expect("create"))
-            .stderr(File::create(&ep).expect("create"));
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-        let mut status = None;
-        wait_until(timeout, Duration::from_millis(5), || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        if status.is_none() {
-            signal_group(child.id(), "KILL");
-            let _ = child.wait();
-        }
-        let out = Out {
-            status,
-            stdout: fs::read_to_string(&op).unwrap_or_default(),
-            stderr: fs::read_to_string(&ep).unwrap_or_default(),
-        };
-        let _ = fs::remove_file(op);
-        let _ = fs::remove_file(ep);
-        out
+        let cmd = self.command_in(&host.ns, args);
+        run_to_end(cmd, &self.path(&format!(".run-{n}")), timeout)
     }
 
     /// Runs a `sh -c SCRIPT` in `host` to completion, killing it after `timeout`.
@@ -809,6 +786,33 @@ fn exited(pid: u32) -> bool {
 }
 
 /// Signals a whole process group (the pid of a process started with `process_group(0)`).
+/// Runs `cmd` (the leader of its own process group) to completion, its output kept in
+/// `<base>.out` and `<base>.err` meanwhile; its group is killed after `timeout`.
+pub fn run_to_end(mut cmd: Command, base: &Path, timeout: Duration) -> Out {
+    let (op, ep) = (base.with_extension("out"), base.with_extension("err"));
+    cmd.stdout(File::create(&op).expect("create"))
+        .stderr(File::create(&ep).expect("create"));
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let mut status = None;
+    wait_until(timeout, Duration::from_millis(5), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if status.is_none() {
+        signal_group(child.id(), "KILL");
+        let _ = child.wait();
+    }
+    let out = Out {
+        status,
+        stdout: fs::read_to_string(&op).unwrap_or_default(),
+        stderr: fs::read_to_string(&ep).unwrap_or_default(),
+    };
+    let _ = fs::remove_file(op);
+    let _ = fs::remove_file(ep);
+    out
+}
+
 fn signal_group(pgid: u32, sig: &str) {
     let _ = Command::new("kill")
         .args(["-s", sig, "--", &format!("-{pgid}")])
