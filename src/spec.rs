@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::names::ServiceName;
+use crate::names::{HostName, ServiceName};
 
 /// A malformed SPEC; the message says what the grammar is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,28 +158,13 @@ fn parse_target(text: &str) -> Result<Target, String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
     let port = parse_port(port)?;
-    if !is_host_name(host) {
+    if HostName::parse(host).is_err() {
         return Err(format!("{host:?} is not a host name or IP address"));
     }
     Ok(Target::Name {
         host: host.to_string(),
         port,
     })
-}
-
-/// Whether `host` is a DNS host name: dot-separated labels of letters, digits, `-` and `_`
-/// (Docker allows it in container names), none empty or longer than 63, 253 in all.
-fn is_host_name(host: &str) -> bool {
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    !host.is_empty() && host.len() <= 253 && host.split('.').all(label)
 }
 
 /// A bare IP (`10.1.2.3`, `::1` or `[::1]`), as a target or listen address whose port is the

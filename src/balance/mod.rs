@@ -299,7 +299,7 @@ impl Balancer {
     pub(crate) fn readmit(&self, key: &str) {
         let mut map = self.lock();
         let s = map.entry(key.to_string()).or_default();
-        if s.failures > 0 || s.ejected_until.is_some() || s.held {
+        if s.failures > 0 || s.ejected_until.is_some() {
             info!(instance = key, "instance healthy again: re-admitted");
             if let Some(m) = &self.meters {
                 m.count(&m.readmissions, key);

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::Instance;
 use super::record::sort_addrs;
 use crate::metrics::DiscoveryMeter;
-use crate::names::{Fingerprint, NodeName, ServiceName};
+use crate::names::{Fingerprint, HostName, NodeName, ServiceName};
 use crate::served::ServiceSet;
 
 /// A node as records and verified connections name it.
@@ -369,6 +369,16 @@ impl Registry {
     /// Every record, as discovery saw it.
     pub fn all(&self) -> Vec<Instance> {
         self.lock().hints.values().cloned().collect()
+    }
+
+    /// The service of an HTTP application that answers to `host`, if a record names it
+    /// (looked up in place: the HTTP front asks at every request).
+    pub fn http_service(&self, host: &HostName) -> Option<ServiceName> {
+        self.lock()
+            .hints
+            .values()
+            .find(|i| i.http_hosts.contains(host))
+            .map(|i| i.service.clone())
     }
 
     /// Waits until `pred` holds for the instances of `service` or `deadline` passes; returns

@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::balance::Policy;
 use crate::discovery::Registry;
 use crate::metrics::Metrics;
-use crate::names::{HostName, ServiceName};
+use crate::names::ServiceName;
 use crate::proxy::consumer::{Backends, Consumer, ConsumerSettings, upkeep};
 use crate::transport::Pool;
 
@@ -114,15 +114,6 @@ impl HttpFront {
         }
     }
 
-    /// The application announced for `host`, if any.
-    fn service_for(&self, host: &HostName) -> Option<ServiceName> {
-        self.registry
-            .all()
-            .into_iter()
-            .find(|i| i.http_hosts.contains(host))
-            .map(|i| i.service)
-    }
-
     /// The consumer of `service`, made (and kept up) at its first request.
     fn consumer(&self, service: &ServiceName) -> Arc<Consumer> {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,7 +163,7 @@ impl HttpFront {
             let r = answer(StatusCode::BAD_REQUEST, "no host in the request".into());
             return (r, none(), none());
         };
-        let Some(service) = self.service_for(&host) else {
+        let Some(service) = self.registry.http_service(&host) else {
             info!(%host, "no application for this host: 404");
             let r = answer(
                 StatusCode::NOT_FOUND,
@@ -233,13 +224,13 @@ impl HttpFront {
                 }
                 Err(upstream::Failed { error, request }) => {
                     warn!(instance = %cand.key, error = %error, "request failed");
-                    let others = error.counts_against(consumer, &cand).await;
+                    error.count_against(consumer, &cand);
                     let again = request.or_else(|| match (&error, &replay) {
                         (upstream::UpstreamError::Http(_), Some(head)) => Some(rebuild(head)),
                         _ => None,
                     });
                     match again {
-                        Some(r) if repeatable && others => req = r,
+                        Some(r) if repeatable => req = r,
                         _ => return Err(error.answer()),
                     }
                 }

@@ -53,14 +53,11 @@ pub(crate) struct Failed {
 }
 
 impl UpstreamError {
-    /// Records the failure against the instance; whether another instance may serve.
-    pub(crate) async fn counts_against(&self, consumer: &Arc<Consumer>, cand: &Candidate) -> bool {
-        match self {
-            Self::Open(_) => true,
-            Self::Http(_) | Self::Timeout(_) => {
-                consumer.http_record_failure(cand, &self.to_string());
-                true
-            }
+    /// Records a failure of the exchange against the instance (a failure to open its stream
+    /// was recorded where it happened, with its typed cause).
+    pub(crate) fn count_against(&self, consumer: &Consumer, cand: &Candidate) {
+        if let Self::Http(_) | Self::Timeout(_) = self {
+            consumer.http_record_failure(cand, &self.to_string());
         }
     }
 

@@ -74,18 +74,6 @@ async fn bind_listener(addr: SocketAddr, c: &ConnectConfig) -> Result<TcpListene
     })
 }
 
-/// Binds the HTTP front's listener, when there is one (a port in use is a usage error).
-pub(super) async fn bind_http(cfg: &NodeConfig) -> Result<Option<TcpListener>, Failure> {
-    let Some(addr) = cfg.http else {
-        return Ok(None);
-    };
-    TcpListener::bind(addr).await.map(Some).map_err(|e| {
-        Failure::usage(format!(
-            "cannot listen on {addr} for the HTTP front (--http): {e}; pick another address"
-        ))
-    })
-}
-
 /// Endpoints of a static list.
 pub(super) fn static_endpoints(addrs: &[SocketAddr], kind: BackendKind) -> Vec<Endpoint> {
     addrs

@@ -128,8 +128,8 @@ impl Node {
             None => DenyList::empty(),
         };
         let listeners = consume::bind_known_listeners(&cfg).await?;
-        let admin = bind_admin(&cfg).await?;
-        let http = consume::bind_http(&cfg).await?;
+        let admin = bind_optional(cfg.admin, "the admin endpoint (--admin)").await?;
+        let http = bind_optional(cfg.http, "the HTTP front (--http)").await?;
         let serve = !cfg.announce.is_empty() || cfg.docker.is_some();
         let endpoint = transport::endpoint(cfg.bind, &identity, &deny, serve, &cfg.transport)
             .map_err(|e| match e {
@@ -313,17 +313,23 @@ impl Node {
     }
 }
 
-/// Binds the admin endpoint's listener, when one is configured (a port in use is a usage
-/// error, found before anything is announced).
-async fn bind_admin(cfg: &NodeConfig) -> Result<Option<tokio::net::TcpListener>, Failure> {
-    let Some(addr) = cfg.admin else {
+/// Binds an optional listener (`what` names it and its flag in the error): a port in use is
+/// a usage error, found before anything is announced.
+pub(super) async fn bind_optional(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<tokio::net::TcpListener>, Failure> {
+    let Some(addr) = addr else {
         return Ok(None);
     };
-    tokio::net::TcpListener::bind(addr).await.map(Some).map_err(|e| {
-        Failure::usage(format!(
-            "cannot listen on {addr} for the admin endpoint (--admin): {e}; pick another address"
-        ))
-    })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "cannot listen on {addr} for {what}: {e}; pick another address"
+            ))
+        })
 }
 
 /// Where the identity came from, for the start-up line.

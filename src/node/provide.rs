@@ -15,8 +15,9 @@ use crate::config::AnnounceConfig;
 use crate::discovery::TxtRecord;
 use crate::discovery::mdns::Mdns;
 use crate::error::Failure;
+use crate::metrics::Metrics;
 use crate::names::{InstanceTag, NodeName};
-use crate::proxy::provider::{self, ProviderConfig, Route, ServiceTarget};
+use crate::proxy::provider::{self, ProviderConfig, Route, ServiceMeters, ServiceTarget};
 use crate::spec::Target;
 use crate::transport::control::ServiceSet;
 
@@ -168,7 +169,7 @@ impl Node {
             recheck: tokio::sync::Notify::new(),
         });
         self.withdraw_one(&entry.route()).await;
-        provider.insert(entry.route(), service_target(&entry));
+        provider.insert(entry.route(), service_target(&entry, &self.metrics));
         self.publish(&entry)?;
         self.announced
             .write()
@@ -259,8 +260,8 @@ impl Node {
     }
 }
 
-/// What the provider serves for an announcement.
-fn service_target(a: &Announced) -> ServiceTarget {
+/// What the provider serves for an announcement, counted in `metrics`.
+fn service_target(a: &Announced, metrics: &Metrics) -> ServiceTarget {
     ServiceTarget {
         target: a.cfg.spec.target.clone(),
         port: a.cfg.spec.port,
@@ -269,6 +270,7 @@ fn service_target(a: &Announced) -> ServiceTarget {
         allow: a.cfg.allow.clone(),
         redis_auth: a.cfg.redis_auth.clone(),
         http_headers: a.cfg.http_headers.clone(),
+        meters: ServiceMeters::of(metrics, &a.cfg.spec.service),
     }
 }
 

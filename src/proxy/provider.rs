@@ -17,7 +17,7 @@ use super::Activity;
 use super::splice::{Traffic, splice};
 use crate::identity::{DenyList, PeerIdentity};
 use crate::inject::{AUTH_FAILED_REPLY, RedisAuth};
-use crate::metrics::{Metrics, ServiceLabels};
+use crate::metrics::{Metrics, ServiceLabels, StreamLabels};
 use crate::names::{InstanceTag, NodeName, ServiceName};
 use crate::spec::Target;
 use crate::transport::control::{ServiceSet, ServiceState};
@@ -143,6 +143,41 @@ pub(crate) struct ServiceTarget {
     /// Headers added to every request of an HTTP application (its stream is then spoken
     /// HTTP instead of spliced).
     pub http_headers: Option<Arc<crate::inject::http::HttpHeaders>>,
+    /// Where its accepted streams are counted (resolved once, not per stream).
+    pub meters: ServiceMeters,
+}
+
+/// The metric handles of one announced service's accepted streams.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceMeters {
+    /// Streams accepted.
+    pub accepted: prometheus_client::metrics::counter::Counter,
+    /// Streams open now.
+    pub active: prometheus_client::metrics::gauge::Gauge,
+    /// Bytes each way: "sent" is target to consumer, the splice's TCP-to-stream direction.
+    pub traffic: Traffic,
+}
+
+impl ServiceMeters {
+    /// The handles of `service` in `metrics`.
+    pub(crate) fn of(metrics: &Metrics, service: &ServiceName) -> Self {
+        let p = &metrics.provider;
+        let labels = ServiceLabels {
+            service: service.to_string(),
+        };
+        let accepted = StreamLabels {
+            service: service.to_string(),
+            outcome: "accepted",
+        };
+        Self {
+            accepted: p.streams.get_or_create_owned(&accepted),
+            active: p.active.get_or_create_owned(&labels),
+            traffic: Traffic {
+                tcp_to_quic: p.sent.get_or_create_owned(&labels),
+                quic_to_tcp: p.received.get_or_create_owned(&labels),
+            },
+        }
+    }
 }
 
 /// Accepts connections on `endpoint` until `cancel` fires. Every task is spawned on `tracker`.
@@ -334,24 +369,17 @@ async fn handle_stream(
         debug!("consumer went away before the reply");
         return;
     }
-    let p = &cfg.metrics.provider;
-    p.stream(service, "accepted");
-    let labels = ServiceLabels {
-        service: service.to_string(),
-    };
-    let active = p.active.get_or_create_owned(&labels);
-    // Provider side: "sent" is target to consumer, the splice's TCP-to-stream direction.
-    let meters = Traffic {
-        tcp_to_quic: p.sent.get_or_create_owned(&labels),
-        quic_to_tcp: p.received.get_or_create_owned(&labels),
-    };
+    let m = &entry.meters;
+    m.accepted.inc();
     let _active = cfg.activity.enter();
-    active.inc();
+    m.active.inc();
     match &entry.http_headers {
         Some(headers) => crate::inject::http::serve(tcp, send, recv, headers.clone()).await,
-        None => splice(tcp, send, recv, &meters).await.log_end(&req.service),
+        None => splice(tcp, send, recv, &m.traffic)
+            .await
+            .log_end(&req.service),
     }
-    active.dec();
+    m.active.dec();
 }
 
 /// Reads the request header within the bound; at most [`MAX_AWAITING_HEADER`] streams of one
@@ -505,6 +533,7 @@ mod tests {
             allow: None,
             redis_auth: None,
             http_headers: None,
+            meters: ServiceMeters::of(&Metrics::default(), &service),
         };
         let cfg = Arc::new(ProviderConfig {
             services: RwLock::new(HashMap::from([((service.clone(), None), target)])),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 
-use super::attempt::{AttemptError, Client, Next, conclude};
+use super::attempt::{AttemptError, Client, conclude};
 use super::{Candidate, Consumer, Target, Tried};
 
 impl Consumer {
@@ -36,13 +36,13 @@ impl Consumer {
     }
 
     /// Records a failed attempt on `cand` as a TCP connection's would be (ejection, lost
-    /// peer, refuted record); whether another instance may serve the request.
-    pub(crate) async fn http_failed(self: &Arc<Self>, cand: &Candidate, e: AttemptError) -> bool {
+    /// peer, refuted record).
+    pub(crate) async fn http_failed(self: &Arc<Self>, cand: &Candidate, e: AttemptError) {
         let mut none = Client {
             tcp: None,
             accepted: Instant::now(),
         };
-        !matches!(conclude(self, &mut none, cand, Err(e)).await, Next::Done)
+        conclude(self, &mut none, cand, Err(e)).await;
     }
 
     /// Records a request that failed on `cand` after its stream was open (the application's
