@@ -118,6 +118,13 @@ pub fn man(out: Option<&Path>) -> Result<(), Failure> {
 }
 
 /// Writes generated text to stdout; a closed pipe (`| head`) is not a failure.
+/// Writes `value` as pretty JSON and a newline to stdout (`--json` of `ls` and `status`).
+pub(crate) fn write_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Failure::Runtime(e.into()))?;
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
 /// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
 pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();

@@ -354,10 +354,7 @@ pub async fn query_all() -> Vec<NodeStatus> {
 pub async fn print_status(json: bool) -> Result<(), crate::error::Failure> {
     let all = query_all().await;
     if json {
-        let mut text = serde_json::to_string_pretty(&all)
-            .map_err(|e| crate::error::Failure::Runtime(e.into()))?;
-        text.push('\n');
-        return crate::commands::write_stdout(text.as_bytes());
+        return crate::commands::write_json(&all);
     }
     if all.is_empty() {
         eprintln!(

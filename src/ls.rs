@@ -135,10 +135,7 @@ pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
         })
         .collect();
     if args.json {
-        let mut text =
-            serde_json::to_string_pretty(&rows).map_err(|e| Failure::Runtime(e.into()))?;
-        text.push('\n');
-        return crate::commands::write_stdout(text.as_bytes());
+        return crate::commands::write_json(&rows);
     }
     let out = table(&rows);
     if rows.is_empty() {
