@@ -8,6 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(
   build-essential pkg-config       # cc for ring
+  protobuf-compiler libprotobuf-dev # protoc and its well-known types: etcd-client compiles etcd's protos
   iproute2 nftables tcpdump         # network namespaces, loss injection, captures
   redis-server redis-tools          # real Redis peers (redis-cli, redis-benchmark)
   socat stunnel4 iperf3             # classic proxies and load tools (tests, benchmarks)
@@ -18,6 +19,7 @@ PKGS=(
   chromium curl                     # headless browser for the admin page test; scraping /metrics
   nginx                             # a real HTTP application behind the HTTP front (tests, benchmarks)
   docker.io docker-compose busybox-static  # Docker tests: a private dockerd, images from host binaries
+  etcd-server etcd-client           # the etcd registry tests: a private etcd on loopback, etcdctl
 )
 
 missing=()
@@ -44,6 +46,8 @@ fi
 # their own servers.
 $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
+# Nor etcd's: the registry tests start a private etcd on free loopback ports with its own data dir.
+$SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 # Nor nginx's: the HTTP tests run their own nginx, with a config of their own, in a namespace.
 if [[ " ${missing[*]} " == *" nginx "* ]]; then
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
