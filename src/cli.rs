@@ -81,6 +81,52 @@ pub struct Common {
     /// 127.0.0.1 [default: off]
     #[arg(long, global = true, env = "AMBASSADOR_ADMIN", value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Also publish to and watch a shared etcd registry, beyond one LAN (mDNS goes on):
+    /// etcd://HOST:PORT[,HOST:PORT...]; also the endpoints of `--discover etcd-keys:...`
+    /// [default: none; etcd-keys: 127.0.0.1:2379]
+    #[arg(long, global = true, env = "AMBASSADOR_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
+    /// With --registry: CA certificate (PEM) of etcd's TLS (the endpoints are then https)
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_REGISTRY_CA_FILE",
+        value_name = "FILE"
+    )]
+    pub registry_ca_file: Option<PathBuf>,
+    /// With --registry: client certificate (PEM) for etcd's TLS
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_REGISTRY_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub registry_cert_file: Option<PathBuf>,
+    /// With --registry-cert-file: its private key (PEM, mode 0600)
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_REGISTRY_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub registry_key_file: Option<PathBuf>,
+    /// With --registry: etcd user name (its password from --registry-password-file or
+    /// AMBASSADOR_REGISTRY_PASSWORD)
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_REGISTRY_USER",
+        value_name = "NAME"
+    )]
+    pub registry_user: Option<String>,
+    /// File holding the etcd user's password (mode 0600)
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_REGISTRY_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub registry_password_file: Option<PathBuf>,
     /// Log format
     #[arg(
         long,
@@ -193,9 +239,11 @@ pub struct ConnectArgs {
     /// or plain TCP services with --direct
     #[arg(long = "backend", value_name = "HOST:PORT")]
     pub backends: Vec<String>,
-    /// Where backends come from: `dns-srv:NAME` (SRV records, re-resolved at their TTL) or
-    /// `mdns:TYPE` (a plain DNS-SD type such as _redis._tcp, with --direct) [default: the
-    /// mesh's mDNS announcements]
+    /// Where backends come from: `dns-srv:NAME` (SRV records, re-resolved at their TTL),
+    /// `mdns:TYPE` (a plain DNS-SD type such as _redis._tcp, with --direct) or
+    /// `etcd-keys:/PREFIX` (dynamic-ambassador's etcd keys PREFIX/<port>/<id>/<ip>:<port>,
+    /// watched; plain TCP, as --direct; etcd at --registry) [default: the mesh's
+    /// announcements, mDNS and --registry]
     #[arg(long, value_name = "SOURCE")]
     pub discover: Option<String>,
     /// DNS server for dns-srv discovery, IP[:PORT] (port 53 if none is given)

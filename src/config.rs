@@ -3,6 +3,10 @@
 //! key is created (on first use) by [`CheckedConfig::prepare`], the start-up step after it.
 //! A SIGHUP reload goes through the same checks ([`reload_static_backends`]).
 
+mod registry;
+
+pub use registry::{FileRegistry, PASSWORD_ENV};
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -56,6 +60,8 @@ pub enum Source {
     },
     /// A plain DNS-SD service type, e.g. `_redis._tcp.local.`.
     MdnsType(String),
+    /// dynamic-ambassador's etcd keys under a prefix (`/services/redis`): plain TCP backends.
+    EtcdKeys(String),
 }
 
 impl Source {
@@ -73,7 +79,7 @@ impl Source {
             (None, false) => Source::Static(parse_backends(backends)?),
             (None, true) => Source::Mesh,
             (Some(d), true) => Self::discover(d, dns_server).ok_or_else(|| err(&format!(
-                "bad --discover {d:?}: expected dns-srv:NAME (e.g. dns-srv:_redis._tcp.example.lan) or mdns:TYPE (e.g. mdns:_redis._tcp)"
+                "bad --discover {d:?}: expected dns-srv:NAME (e.g. dns-srv:_redis._tcp.example.lan), mdns:TYPE (e.g. mdns:_redis._tcp) or etcd-keys:/PREFIX (e.g. etcd-keys:/services/redis)"
             )))?,
         };
         if dns_server.is_some() && !matches!(source, Source::DnsSrv { .. }) {
@@ -82,9 +88,16 @@ impl Source {
         Ok(source)
     }
 
-    /// `dns-srv:NAME` or `mdns:TYPE`.
+    /// `dns-srv:NAME`, `mdns:TYPE` or `etcd-keys:/PREFIX`.
     fn discover(text: &str, dns_server: Option<SocketAddr>) -> Option<Self> {
         match text.split_once(':')? {
+            ("etcd-keys", prefix)
+                if prefix.starts_with('/')
+                    && prefix.trim_matches('/') != ""
+                    && !prefix.contains(char::is_whitespace) =>
+            {
+                Some(Source::EtcdKeys(prefix.trim_end_matches('/').to_string()))
+            }
             ("dns-srv", name) if !name.is_empty() => Some(Source::DnsSrv {
                 name: name.to_string(),
                 server: dns_server,
@@ -105,11 +118,15 @@ impl Source {
 impl ConnectConfig {
     /// Checks that the source, `direct`, the credentials and the listen port go together;
     /// `what` names the consumer in errors.
-    fn check(self, what: &str) -> Result<Self, Failure> {
+    fn check(mut self, what: &str) -> Result<Self, Failure> {
         let err = |m: String| Err(Failure::usage(format!("{what}: {m}")));
+        // dynamic-ambassador's keys name plain TCP services.
+        if matches!(self.source, Source::EtcdKeys(_)) {
+            self.direct = true;
+        }
         if self.direct && self.source == Source::Mesh {
             return err(
-                "--direct needs --backend HOST:PORT, --discover dns-srv:NAME or --discover mdns:TYPE (mesh announcements are ambassadors)".into(),
+                "--direct needs --backend HOST:PORT, --discover dns-srv:NAME, mdns:TYPE or etcd-keys:/PREFIX (mesh announcements are ambassadors)".into(),
             );
         }
         if !self.direct && matches!(self.source, Source::MdnsType(_)) {
@@ -314,6 +331,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub http_timeout: Duration,
     /// How the HTTP front spreads requests over an application's instances.
     pub http_policy: Policy,
+    /// The etcd registry the node publishes to and watches, if any.
+    pub registry: Option<crate::discovery::etcd::RegistryConfig>,
     /// The TOML file (`run -c`), re-read on SIGHUP for backends.
     pub config_file: Option<PathBuf>,
     /// The flags this configuration was built with, for [`reload_static_backends`].
@@ -368,6 +387,8 @@ pub struct FileConfig {
     pub admin: Option<FileAdmin>,
     /// The `[http]` table: the HTTP front.
     pub http: Option<FileHttp>,
+    /// The `[registry]` table: the etcd registry.
+    pub registry: Option<FileRegistry>,
     /// Announce the running containers that ask for it, as `announce --docker`.
     pub docker: bool,
     /// The Docker engine's socket (`unix:///PATH`; default `$DOCKER_HOST`, else
@@ -444,7 +465,7 @@ pub struct FileConnect {
     pub wait: Option<Duration>,
     /// Fixed backends: ambassador peers (HOST:QUIC_PORT), or TCP services with `direct`.
     pub backends: Vec<String>,
-    /// `dns-srv:NAME` or `mdns:TYPE`.
+    /// `dns-srv:NAME`, `mdns:TYPE` or `etcd-keys:/PREFIX`.
     pub discover: Option<String>,
     /// DNS server for dns-srv discovery, IP[:PORT] (a bare IP: port 53).
     #[serde(deserialize_with = "dns_server_addr")]
@@ -687,6 +708,7 @@ impl CheckedConfig {
                 .and_then(|h| h.timeout)
                 .unwrap_or(DEFAULT_HTTP_TIMEOUT),
             http_policy: Policy::default(),
+            registry: registry::registry_config(common, file.registry.as_ref())?,
             config_file: None,
             flags: Flags(common.clone()),
         })
@@ -858,6 +880,7 @@ impl<I> NodeConfig<I> {
             http: self.http,
             http_timeout: self.http_timeout,
             http_policy: self.http_policy,
+            registry: self.registry,
             config_file: self.config_file,
             flags: self.flags,
         })

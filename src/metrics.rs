@@ -121,7 +121,8 @@ impl HttpFamilies {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscoveryLabels {
     /// `mdns` (records), `mesh` (what verified nodes say over their control streams),
-    /// `static`, `dns-srv`, `dns-sd`.
+    /// `etcd` (the etcd registry's records and `etcd-keys` backends), `static`, `dns-srv`,
+    /// `dns-sd`.
     pub source: &'static str,
     /// `added`, `removed` or `updated`.
     pub event: &'static str,

@@ -67,16 +67,8 @@ impl Mdns {
         quic_port: u16,
         txt: &TxtRecord,
     ) -> Result<String, MdnsError> {
-        // Node names are unique within a mesh, not across meshes: two meshes on one LAN may
-        // each have a node `b`. The mesh id's first 8 hex digits make the names unique across
-        // meshes, so another mesh's `redis@b` never replaces ours in a browser's cache (nor its
-        // host name's addresses ours). The suffix has a fixed length, so the names stay unique.
         let tag = txt.mesh.tag();
-        // Several instances of one service on one node (containers) differ by their tag.
-        let instance = match &txt.tag {
-            None => format!("{}@{}_{tag}", txt.service, node),
-            Some(ci) => format!("{}-{ci}@{}_{tag}", txt.service, node),
-        };
+        let instance = txt.instance_name();
         let host = format!("{node}-{tag}.local.");
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,

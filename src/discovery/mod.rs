@@ -3,12 +3,14 @@
 //! QUIC handshake later proves or refutes.
 
 pub mod dns_srv;
+pub mod etcd;
 pub mod mdns;
 pub mod query;
 mod record;
 
 mod registry;
 
+pub(crate) use record::sort_addrs;
 pub use record::{
     Instance, MAX_HTTP_HOSTS_TXT, RecordError, SERVICE_TYPE, TxtRecord, http_hosts_txt,
 };

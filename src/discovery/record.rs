@@ -67,6 +67,26 @@ pub fn http_hosts_txt(hosts: &[HostName]) -> String {
 }
 
 impl TxtRecord {
+    /// The DNS-SD instance name of this record: unique per node, service (and container tag)
+    /// and mesh, e.g. `redis@node-b_01234567` or `redis-web1@node-b_01234567`.
+    pub fn instance_name(&self) -> String {
+        // Node names are unique within a mesh, not across meshes: two meshes on one LAN may
+        // each have a node `b`. The mesh id's first 8 hex digits make the names unique across
+        // meshes, so another mesh's `redis@b` never replaces ours in a browser's cache (nor its
+        // host name's addresses ours). The suffix has a fixed length, so the names stay unique.
+        let mesh = self.mesh.tag();
+        match &self.tag {
+            None => format!("{}@{}_{mesh}", self.service, self.node),
+            Some(ci) => format!("{}-{ci}@{}_{mesh}", self.service, self.node),
+        }
+    }
+
+    /// The DNS-SD full name of this record (its instance name in [`SERVICE_TYPE`]): what
+    /// every source of records (mDNS, the etcd registry) names this instance by.
+    pub fn fullname(&self) -> String {
+        format!("{}.{SERVICE_TYPE}", self.instance_name())
+    }
+
     /// The key/value pairs to publish.
     pub fn to_properties(&self) -> HashMap<String, String> {
         let mut props = HashMap::from([

@@ -209,7 +209,14 @@ impl Registry {
 
     /// Adds or updates a record. Addresses of repeated resolutions of one record (IPv4,
     /// IPv6, loopback...) are merged.
-    pub fn upsert(&self, mut inst: Instance) -> Upserted {
+    pub fn upsert(&self, inst: Instance) -> Upserted {
+        self.upsert_counted(inst, &self.meter)
+    }
+
+    /// [`Registry::upsert`] of a record from another source, counted by its `meter`. One
+    /// instance named alike by two sources (mDNS and etcd) is one record, their addresses
+    /// merged.
+    pub fn upsert_counted(&self, mut inst: Instance, meter: &DiscoveryMeter) -> Upserted {
         let key = inst.key();
         let mut state = self.lock();
         let outcome = match state.hints.get(&key) {
@@ -238,13 +245,18 @@ impl Registry {
         } else {
             "updated"
         };
-        self.meter.count(event, 1);
+        meter.count(event, 1);
         outcome
     }
 
     /// An mDNS goodbye for `fullname`: only a reason to doubt. Records whose node still
     /// serves them over a verified connection stay; the others go.
     pub fn goodbye(&self, fullname: &str) -> GoodbyeOutcome {
+        self.goodbye_counted(fullname, &self.meter)
+    }
+
+    /// [`Registry::goodbye`] from another source (an etcd key deleted), counted by its `meter`.
+    pub fn goodbye_counted(&self, fullname: &str, meter: &DiscoveryMeter) -> GoodbyeOutcome {
         let mut state = self.lock();
         let State {
             hints, confirmed, ..
@@ -272,7 +284,7 @@ impl Registry {
         drop(state);
         if removed {
             self.bump();
-            self.meter.count("removed", gone as u64);
+            meter.count("removed", gone as u64);
         }
         match (removed, kept.is_empty()) {
             (_, false) => GoodbyeOutcome::Kept(kept),

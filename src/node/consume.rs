@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Node;
 use crate::balance::Policy;
 use crate::config::{ConnectConfig, NodeConfig, Source};
+use crate::discovery::etcd::{self, mesh::MeshSink};
 use crate::discovery::mdns::{BrowseFilter, run_browser, run_plain_browser};
 use crate::discovery::{BackendKind, Confirmed, Endpoint, EndpointSet, Registry, dns_srv};
 use crate::error::Failure;
@@ -179,6 +180,28 @@ impl Node {
         Ok(())
     }
 
+    /// With `--registry`: feeds the registry from the mesh's keys in etcd too (one watch of
+    /// `/ambassador/<mesh>/`), beside mDNS.
+    pub(super) fn watch_registry(&self) {
+        let Some(cfg) = self.cfg.registry.clone() else {
+            return;
+        };
+        let filter = BrowseFilter {
+            mesh_id: self.mesh_id.clone(),
+            own_node: self.node.clone(),
+            own_fingerprint: self.fingerprint.clone(),
+        };
+        let sink = MeshSink::new(
+            self.registry.clone(),
+            filter,
+            self.metrics.discovery("etcd"),
+        );
+        let prefix = etcd::value::mesh_prefix(&self.mesh_id);
+        let span = info_span!("etcd", prefix = %prefix);
+        let follow = etcd::follow(cfg, prefix, sink, self.cancel.clone());
+        self.tracker.spawn(follow.instrument(span));
+    }
+
     /// Hands what verified nodes say they serve (their control streams) to the registry,
     /// where it outranks their records.
     fn follow_views(&self) {
@@ -258,8 +281,25 @@ impl Node {
                     .spawn(run_plain_browser(rx, set.clone(), self.cancel.clone()));
                 set
             }
+            Source::EtcdKeys(prefix) => self.follow_seed_keys(c, prefix),
         };
         Ok((Backends::Endpoints(set), None))
+    }
+
+    /// Direct backends from dynamic-ambassador's keys under `prefix`, watched in the
+    /// `--registry` etcd (or [`etcd::DEFAULT_ENDPOINT`]).
+    fn follow_seed_keys(&self, c: &ConnectConfig, prefix: &str) -> Arc<EndpointSet> {
+        let cfg = self.cfg.registry.clone().unwrap_or_else(|| {
+            etcd::RegistryConfig::plain(vec![etcd::DEFAULT_ENDPOINT.to_string()])
+        });
+        let set = Arc::new(EndpointSet::new(Vec::new(), self.metrics.discovery("etcd")));
+        let prefix = etcd::seed::watch_prefix(prefix);
+        info!(service = %c.spec.service, %prefix, endpoints = %cfg.endpoints.join(","), "backends from etcd keys (dynamic-ambassador's layout)");
+        let sink = etcd::seed::SeedSink::new(prefix.clone(), set.clone());
+        let span = info_span!("etcd-keys", service = %c.spec.service);
+        let follow = etcd::follow(cfg, prefix, sink, self.cancel.clone());
+        self.tracker.spawn(follow.instrument(span));
+        set
     }
 
     /// Serves the consumer's listener; without a known port, first waits for a record to

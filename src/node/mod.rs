@@ -9,6 +9,7 @@
 mod consume;
 mod containers;
 mod provide;
+mod registry_publish;
 mod reload;
 mod status;
 
@@ -74,6 +75,8 @@ pub struct Node {
     pool: Pool,
     /// The mDNS responder and browser.
     mdns: Arc<Mdns>,
+    /// The etcd registry publisher, when the node announces with `--registry`.
+    etcd: Option<Arc<registry_publish::RegistryPublisher>>,
     /// Stops every task of the node.
     cancel: CancellationToken,
     /// Every task of the node, awaited at stop.
@@ -158,6 +161,7 @@ impl Node {
             quic_addr,
             pool,
             mdns: Arc::new(mdns),
+            etcd: None,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
@@ -193,6 +197,7 @@ impl Node {
         let mesh_consumer = self.cfg.connect.iter().any(|c| c.source == Source::Mesh);
         if serve || mesh_consumer || self.cfg.http.is_some() {
             self.browse_mesh()?;
+            self.watch_registry();
         }
         self.serve_status();
         Ok(())
@@ -202,6 +207,16 @@ impl Node {
     /// watching the containers.
     async fn start_serving(&mut self) -> Result<(), Failure> {
         self.start_provider();
+        if let Some(registry) = self.cfg.registry.clone() {
+            let cancel = self.cancel.clone();
+            let publisher = registry_publish::RegistryPublisher::start(
+                registry,
+                self.quic_addr,
+                cancel,
+                &self.tracker,
+            );
+            self.etcd = Some(publisher);
+        }
         self.announce().await?;
         if let Some(socket) = self.cfg.docker.clone() {
             self.containers = Some(self.watch_docker(&socket)?);
@@ -249,6 +264,9 @@ impl Node {
             p.start_drain();
         }
         self.stop_accepting.cancel();
+        if let Some(etcd) = &self.etcd {
+            etcd.remove_all();
+        }
         self.mdns.withdraw_all().await;
         self.deliver_drain().await;
         let open = self.active();

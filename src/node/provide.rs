@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Node;
+use super::registry_publish::RegistryPublisher;
 use crate::config::AnnounceConfig;
 use crate::discovery::TxtRecord;
 use crate::discovery::mdns::Mdns;
@@ -46,7 +47,8 @@ pub(super) struct Announced {
 }
 
 impl Announced {
-    fn record(&self) -> TxtRecord {
+    /// The record as last published.
+    pub(super) fn record(&self) -> TxtRecord {
         self.txt.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -63,12 +65,13 @@ impl Announced {
         (self.cfg.spec.service.clone(), self.tag.clone())
     }
 
-    /// Changes the record with `edit` and publishes it again.
+    /// Changes the record with `edit` and publishes it again (over mDNS, and to the etcd
+    /// registry when there is one).
     pub(super) fn republish(
         &self,
         mdns: &Mdns,
-        node: &NodeName,
-        quic_port: u16,
+        etcd: Option<&RegistryPublisher>,
+        (node, quic_port): (&NodeName, u16),
         edit: impl FnOnce(&mut TxtRecord),
     ) {
         let txt = {
@@ -78,6 +81,9 @@ impl Announced {
         };
         if let Err(e) = mdns.announce(node, quic_port, &txt) {
             warn!(error = %e, "cannot update the record");
+        }
+        if let Some(etcd) = etcd {
+            etcd.put(&txt);
         }
     }
 }
@@ -192,6 +198,9 @@ impl Node {
             warn!(service = %spec.service, target = %spec.target, "target is down: announced as down until it answers");
         }
         *a.fullname.lock().unwrap_or_else(|e| e.into_inner()) = Some(fullname);
+        if let Some(etcd) = &self.etcd {
+            etcd.put(&a.record());
+        }
         Ok(())
     }
 
@@ -205,6 +214,9 @@ impl Node {
         };
         let Some(a) = gone else { return };
         a.stop.cancel();
+        if let Some(etcd) = &self.etcd {
+            etcd.remove(&a.record());
+        }
         if let Some(p) = &self.provider {
             p.remove(route);
         }
@@ -223,6 +235,7 @@ impl Node {
             announced: a,
             provider: Some(provider),
             mdns: self.mdns.clone(),
+            etcd: self.etcd.clone(),
             node: self.node.clone(),
             quic_port: self.quic_addr.port(),
             interval: self.cfg.health_interval,
@@ -252,7 +265,7 @@ impl Node {
                 if shared {
                     let now = announced.read().unwrap_or_else(|e| e.into_inner()).clone();
                     for a in &now {
-                        a.republish(&mdns, &node, port, |_| {});
+                        a.republish(&mdns, None, (&node, port), |_| {});
                     }
                 }
             }
@@ -280,6 +293,8 @@ struct HealthCheck {
     /// Told of every change, for the control streams.
     provider: Option<Arc<ProviderConfig>>,
     mdns: Arc<Mdns>,
+    /// The etcd registry publisher, if any.
+    etcd: Option<Arc<RegistryPublisher>>,
     node: NodeName,
     quic_port: u16,
     interval: Duration,
@@ -310,7 +325,8 @@ impl HealthCheck {
             if let Some(p) = &self.provider {
                 p.publish();
             }
-            a.republish(&self.mdns, &self.node, self.quic_port, |txt| txt.up = up);
+            let record = (&self.node, self.quic_port);
+            a.republish(&self.mdns, self.etcd.as_deref(), record, |txt| txt.up = up);
         }
     }
 }

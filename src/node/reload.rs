@@ -51,8 +51,13 @@ impl Node {
             self.not_after
                 .store(t, std::sync::atomic::Ordering::Relaxed);
         }
+        let record = (&self.node, self.quic_addr.port());
         for a in &self.announced() {
-            a.republish(&self.mdns, &self.node, self.quic_addr.port(), |txt| {
+            // The registry key names the certificate: the old one goes.
+            if let Some(etcd) = &self.etcd {
+                etcd.remove(&a.record());
+            }
+            a.republish(&self.mdns, self.etcd.as_deref(), record, |txt| {
                 txt.fingerprint = identity.fingerprint.clone();
             });
         }
