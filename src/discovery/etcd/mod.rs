@@ -103,9 +103,10 @@ pub fn parse_endpoints(text: &str) -> Option<Vec<String>> {
 pub async fn connect(cfg: &RegistryConfig) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        // A registry gone silent (a cut link) is noticed within seconds, not at TCP's pace.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        // A registry gone silent (a cut link) is noticed within seconds, not at TCP's pace;
+        // etcd answers pings more often than every 5 s, or without a stream, by closing the
+        // connection ("too many pings").
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
     if let Some((user, password)) = &cfg.user {
         opts = opts
             .with_user(user.clone(), password.0.clone())

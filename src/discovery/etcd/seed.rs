@@ -103,7 +103,7 @@ impl SeedSink {
             .collect();
         if self.set.replace(list) {
             let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            info!(prefix = %self.prefix, backends = %shown.join(","), "etcd backends changed");
+            info!(prefix = %self.prefix, count = addrs.len(), backends = %shown.join(","), "etcd backends changed");
         }
     }
 }
