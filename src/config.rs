@@ -93,7 +93,7 @@ impl Source {
         match text.split_once(':')? {
             ("etcd-keys", prefix)
                 if prefix.starts_with('/')
-                    && prefix.trim_matches('/') != ""
+                    && !prefix.trim_matches('/').is_empty()
                     && !prefix.contains(char::is_whitespace) =>
             {
                 Some(Source::EtcdKeys(prefix.trim_end_matches('/').to_string()))

@@ -114,7 +114,7 @@ async fn run(cfg: RegistryConfig, mut wanted: watch::Receiver<Wanted>, cancel: C
         match session(&cfg, &mut wanted, &cancel, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
-                let pause = backoff.next();
+                let pause = backoff.pause();
                 warn!(endpoints = %cfg.endpoints.join(","), error = %e, retry_in = ?pause, "etcd registry unreachable: retrying (mDNS goes on)");
                 tokio::select! {
                     () = cancel.cancelled() => return,

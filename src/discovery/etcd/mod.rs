@@ -174,7 +174,7 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(4);
 
     /// The next pause.
-    pub fn next(&mut self) -> Duration {
+    pub fn pause(&mut self) -> Duration {
         let now = self.0;
         self.0 = (self.0 * 2).min(Self::MAX);
         now
@@ -216,7 +216,7 @@ pub async fn follow<S: Sink>(
             () = cancel.cancelled() => return,
             o = f.session(&mut backoff) => o,
         };
-        let pause = backoff.next();
+        let pause = backoff.pause();
         match outcome {
             Ok(()) => continue,
             Err(e) => {
@@ -319,10 +319,10 @@ mod tests {
     #[test]
     fn backoff_doubles_to_a_cap() {
         let mut b = Backoff::default();
-        let first: Vec<_> = (0..7).map(|_| b.next().as_millis()).collect();
+        let first: Vec<_> = (0..7).map(|_| b.pause().as_millis()).collect();
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 4000, 4000]);
         b.reset();
-        assert_eq!(b.next(), Duration::from_millis(250));
+        assert_eq!(b.pause(), Duration::from_millis(250));
     }
 
     #[test]

@@ -226,7 +226,8 @@ mod tests {
         let txt = sample_txt(1);
         let k = key(&txt);
         let good = Value::new(&txt, &addrs());
-        let cases: Vec<(Vec<u8>, fn(&Malformed) -> bool)> = vec![
+        type Case = (Vec<u8>, fn(&Malformed) -> bool);
+        let cases: Vec<Case> = vec![
             (b"not json".to_vec(), |m| matches!(m, Malformed::Json(_))),
             (b"{\"v\":\"1\"}".to_vec(), |m| {
                 matches!(m, Malformed::Json(_))
