@@ -601,6 +601,13 @@ pub fn mesh_key(common: &Common) -> Result<(MeshKey, MeshKeySource), Failure> {
     }
 }
 
+/// The etcd registry that `--registry` and its flags give (`ls`), if any.
+pub fn registry_flags(
+    common: &Common,
+) -> Result<Option<crate::discovery::etcd::RegistryConfig>, Failure> {
+    registry::registry_config(common, None)
+}
+
 /// The mesh key from flags/env, else the default file if it exists and reads; never creates
 /// one (`ls`).
 pub fn existing_mesh_key(common: &Common) -> Result<Option<MeshKey>, Failure> {

@@ -7,7 +7,7 @@ use mdns_sd::ServiceEvent;
 use serde::Serialize;
 
 use crate::cli::{Common, LsArgs};
-use crate::config::existing_mesh_key;
+use crate::config::{existing_mesh_key, registry_flags};
 use crate::discovery::mdns::{Mdns, instance_from_resolved, run_queries};
 use crate::discovery::query::Resolved;
 use crate::discovery::{Instance, Registry};
@@ -77,7 +77,37 @@ pub async fn browse(interfaces: &[String], timeout: Duration) -> Result<Vec<Inst
     Ok(seen.all())
 }
 
-/// Runs `ambassador ls`.
+/// With `--registry`, the mesh's records in etcd joined to `found` (one instance named alike
+/// by both sources is one row); an unreachable registry is a warning, not a failure.
+async fn with_registry(
+    common: &Common,
+    mesh: Option<&MeshId>,
+    found: Vec<Instance>,
+) -> Result<Vec<Instance>, Failure> {
+    let Some(cfg) = registry_flags(common)? else {
+        return Ok(found);
+    };
+    let Some(mesh) = mesh else {
+        tracing::warn!(
+            "no mesh key on this host: the etcd registry is not read (its keys are per mesh)"
+        );
+        return Ok(found);
+    };
+    let seen = Registry::default();
+    for i in found {
+        seen.upsert(i);
+    }
+    match crate::discovery::etcd::mesh::read(&cfg, mesh).await {
+        Ok(list) => {
+            for i in list {
+                seen.upsert(i);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the etcd registry: listing mDNS only"),
+    }
+    Ok(seen.all())
+}
+
 /// The rows as a table for a person.
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -119,9 +149,11 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Runs `ambassador ls`: mDNS for `--timeout`, and the etcd registry with `--registry`.
 pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
     let mesh = own_mesh_id(common)?;
     let all = browse(&common.interfaces, args.timeout).await?;
+    let all = with_registry(common, mesh.as_ref(), all).await?;
     let shared = |i: &Instance| {
         all.iter()
             .any(|o| o.fullname == i.fullname && o.fingerprint != i.fingerprint)

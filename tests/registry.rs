@@ -302,6 +302,17 @@ fn publish_consume_refuse_and_stop() {
     let quic = common::quic_port(mesh.dir.path(), &prov);
     assert_eq!(v["addrs"], serde_json::json!([format!("127.0.0.1:{quic}")]));
     assert!(listed_nodes(&mesh, &cons).contains(&prov));
+    let mut ls = node_cmd(&mesh, &etcd, "ls", &unique("ls"));
+    ls.args(["--json", "--timeout", "200ms"]);
+    let out = run(ls, Duration::from_secs(10));
+    assert_eq!(out.code(), 0, "{out:?}");
+    let rows: Value = serde_json::from_str(&out.stdout).expect("ls --json");
+    assert!(
+        rows.as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["node"] == prov.as_str() && r["mesh_match"] == true)),
+        "ls lists the provider from etcd: {rows}"
+    );
 
     // Another mesh's record, under our prefix: logged, never used.
     let evil = format!("/ambassador/{mesh_id}/redis/evil@{}", "ee".repeat(8));

@@ -6,14 +6,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use etcd_client::KeyValue;
+use etcd_client::{GetOptions, KeyValue};
 use tracing::{info, warn};
 
 use super::value::{self, Refused};
-use super::{Sink, key_text};
+use super::{FollowError, RegistryConfig, Sink, bounded, key_text};
 use crate::discovery::mdns::BrowseFilter;
 use crate::discovery::{GoodbyeOutcome, Instance, Registry, Upserted};
 use crate::metrics::DiscoveryMeter;
+use crate::names::MeshId;
 
 /// Feeds a [`Registry`] from the keys of the mesh's prefix.
 pub struct MeshSink {
@@ -137,6 +138,19 @@ impl Sink for MeshSink {
             GoodbyeOutcome::Unknown => {}
         }
     }
+}
+
+/// The mesh's records in the registry now, read once (`ls`): the well-formed ones of mesh
+/// `mesh`; the others are left out, as a consumer refuses them.
+pub async fn read(cfg: &RegistryConfig, mesh: &MeshId) -> Result<Vec<Instance>, FollowError> {
+    let mut client = super::connect(cfg).await?;
+    let prefix = value::mesh_prefix(mesh);
+    let all = bounded(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    Ok(all
+        .kvs()
+        .iter()
+        .filter_map(|kv| value::decode(&key_text(kv), kv.value(), mesh).ok())
+        .collect())
 }
 
 #[cfg(test)]
