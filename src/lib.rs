@@ -15,7 +15,8 @@
 //! - [`identity`]: the mesh key, the trust root derived from it, CA mode, node certificates,
 //!   the deny list, rustls configurations. `secret_file`: reading and writing secret files.
 //! - [`discovery`]: DNS-SD records, the mDNS announcer/browser and its one-shot unicast
-//!   querier, DNS SRV, the live instance registry (records are hints; what a verified node says
+//!   querier, DNS SRV, the etcd registry (key layout, watches, dynamic-ambassador's keys), the
+//!   live instance registry (records are hints; what a verified node says
 //!   outranks them) and endpoint sets.
 //! - [`transport`]: the QUIC endpoint, the peer connection pool, the stream protocol, the
 //!   control stream and the peer views it feeds, and [`transport::PeerFailure`], the one

@@ -115,7 +115,7 @@ async fn run(cfg: RegistryConfig, mut wanted: watch::Receiver<Wanted>, cancel: C
             Ok(()) => return,
             Err(e) => {
                 let pause = backoff.pause();
-                warn!(endpoints = %cfg.endpoints.join(","), error = %e, retry_in = ?pause, "etcd registry unreachable: retrying (mDNS goes on)");
+                warn!(endpoints = %cfg.endpoints.join(","), error = %e, retry_in = ?pause, "etcd registry unreachable or refused: retrying (mDNS goes on)");
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}

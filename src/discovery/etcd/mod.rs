@@ -220,7 +220,7 @@ pub async fn follow<S: Sink>(
         match outcome {
             Ok(()) => continue,
             Err(e) => {
-                warn!(prefix = %prefix, error = %e, retry_in = ?pause, "etcd registry unreachable: keeping the instances known, retrying")
+                warn!(prefix = %prefix, error = %e, retry_in = ?pause, "etcd registry unreachable or refused: keeping the instances known, retrying")
             }
         }
         tokio::select! {
