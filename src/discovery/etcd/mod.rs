@@ -186,18 +186,20 @@ impl Backoff {
     }
 }
 
-/// Where a follower is: the last revision it has seen (0: none yet, read everything).
+/// Where a follower is: the last revision it has seen (0: none yet, read everything), and the
+/// highest raft term.
 struct Follower<'a, S> {
     cfg: &'a RegistryConfig,
     prefix: &'a str,
     sink: S,
     revision: i64,
+    term: u64,
 }
 
 /// Keeps `sink` equal to the keys under `prefix` until `cancel` fires: a full read, then one
 /// watch from the next revision. After a failure the sink keeps what it holds (consumers go on
 /// with the instances they know) and the watch resumes where it stopped; a compacted revision
-/// or a wiped store (its revision went back) means a full read again.
+/// or a wiped store (its revision or raft term went back) means a full read again.
 pub async fn follow<S: Sink>(
     cfg: RegistryConfig,
     prefix: String,
@@ -209,6 +211,7 @@ pub async fn follow<S: Sink>(
         prefix: &prefix,
         sink,
         revision: 0,
+        term: 0,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -243,6 +246,7 @@ impl<S: Sink> Follower<'_, S> {
         info!(prefix = %self.prefix, revision = self.revision, "watching the etcd registry");
         backoff.reset();
         while let Some(resp) = stream.message().await? {
+            self.term = self.term.max(resp.header().map_or(0, |h| h.raft_term()));
             if resp.canceled() {
                 let compacted = resp.compact_revision();
                 info!(prefix = %self.prefix, compacted, "etcd watch cancelled (revision compacted?): reading everything again");
@@ -267,12 +271,14 @@ impl<S: Sink> Follower<'_, S> {
         if self.revision > 0 {
             let probe = GetOptions::new().with_prefix().with_count_only();
             let now = bounded(client.get(self.prefix.to_string(), Some(probe))).await?;
-            let store = now.header().map_or(0, |h| h.revision());
-            if store >= self.revision {
+            let (store, term) = now
+                .header()
+                .map_or((0, 0), |h| (h.revision(), h.raft_term()));
+            if store >= self.revision && term >= self.term {
                 debug!(prefix = %self.prefix, from = self.revision, "resuming the etcd watch");
                 return Ok(());
             }
-            info!(prefix = %self.prefix, store, seen = self.revision, "the etcd store went back (its data wiped?): reading everything again");
+            info!(prefix = %self.prefix, store, seen = self.revision, term, seen_term = self.term, "the etcd store went back (its data wiped?): reading everything again");
         }
         let all = bounded(client.get(
             self.prefix.to_string(),
@@ -280,7 +286,10 @@ impl<S: Sink> Follower<'_, S> {
         ))
         .await?;
         self.sink.replace(all.kvs());
-        self.revision = all.header().map_or(0, |h| h.revision());
+        let (revision, term) = all
+            .header()
+            .map_or((0, 0), |h| (h.revision(), h.raft_term()));
+        (self.revision, self.term) = (revision, term);
         Ok(())
     }
 }
