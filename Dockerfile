@@ -19,9 +19,12 @@ FROM ${BUILD_BASE} AS build
 ARG PREBUILT=
 WORKDIR /src
 COPY . .
+# Compiling needs protoc and its well-known types: etcd-client compiles etcd's protobuf files.
 RUN if [ -n "$PREBUILT" ]; then \
       mkdir -p target/release && cp "$PREBUILT" target/release/ambassador; \
     else \
+      apt-get update -qq && \
+      apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev && \
       cargo build --release --locked --bin ambassador; \
     fi
 
