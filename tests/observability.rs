@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::redis::{Redis, poll, redis_cli};
 use common::{Mesh, Proc, READY, client, command, free_tcp_port, read_to_end, run, status, unique};
 use serde_json::Value;
 
@@ -62,103 +63,11 @@ impl Findings {
     }
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, or `None` at the deadline.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs_f64()
-}
-
-// ----- a real Redis -----
-
-/// A `redis-server` on 127.0.0.1, killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    /// Starts one on a free port (retrying on the rare collision).
-    fn start(dir: &Path) -> Redis {
-        for _ in 0..5 {
-            if let Some(r) = Redis::start_on(free_tcp_port(), dir) {
-                return r;
-            }
-        }
-        panic!("redis-server did not start on any of several free ports");
-    }
-
-    /// Starts one on `port`; `None` if it exits (the port was taken).
-    fn start_on(port: u16, dir: &Path) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server (apt-get install redis-server)");
-        let mut r = Redis {
-            child: Some(child),
-            port,
-            dir: dir.to_path_buf(),
-        };
-        let up = poll(READY, || {
-            if r.child.as_mut()?.try_wait().expect("try_wait").is_some() {
-                return Some(false);
-            }
-            (redis_cli(port, &["PING"]) == "PONG").then_some(true)
-        });
-        match up {
-            Some(true) => Some(r),
-            Some(false) => None,
-            None => panic!("redis-server on port {port} did not answer PING within {READY:?}"),
-        }
-    }
-
-    /// Kills it (its port is free again once this returns).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port.
-    fn restart(&mut self) {
-        self.stop();
-        let again = Redis::start_on(self.port, &self.dir).expect("restart redis on its port");
-        *self = again;
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// What `redis-cli -p PORT ARGS...` printed (trimmed), talking to Redis directly.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let mut cmd = Command::new("redis-cli");
-    cmd.args(["-p", &port.to_string()]).args(args);
-    run(cmd, Duration::from_secs(5)).stdout.trim().to_string()
 }
 
 /// A Redis command in RESP, exactly as a client writes it.
