@@ -669,7 +669,7 @@ phase_bulk() {
 # syscalls and context switches.
 PROFILE="$WORK/profile.md"
 PERF_EVENTS="task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait"
-PROFILE_REQS=25000
+PROFILE_REQS=15000
 profile_side_name() { # PATH SIDE
   case "$1" in
     ambassador) [ "$2" = 1 ] && echo "ambassador announce (server side)" || echo "ambassador connect (client side)" ;;
