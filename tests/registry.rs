@@ -13,9 +13,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{
-    Mesh, Output, Proc, READY, Redis, command, free_tcp_port, poll, redis_cli, run, status, unique,
-};
+use common::redis::{Redis, poll, redis_cli};
+use common::{Mesh, Output, Proc, READY, command, free_tcp_port, run, status, unique};
 use serde_json::Value;
 
 /// mDNS off: limited to an interface that does not exist, so only etcd can tell the nodes of
