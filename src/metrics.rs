@@ -152,6 +152,11 @@ impl DiscoveryMeter {
         }
     }
 
+    /// The source this meter counts for (`mdns`, `etcd`, ...).
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
     /// Counts `n` events (`added`, `removed`, `updated`).
     pub fn count(&self, event: &'static str, n: u64) {
         if n > 0 {

@@ -267,6 +267,9 @@ impl Browser<'_> {
             .retain(|key, _| !key.starts_with(fullname));
         match self.registry.goodbye(fullname) {
             GoodbyeOutcome::Unknown => {}
+            GoodbyeOutcome::HeldElsewhere => {
+                debug!(instance = %fullname, "mDNS goodbye; the etcd registry still carries the record");
+            }
             GoodbyeOutcome::Removed => {
                 info!(instance = %fullname, "withdrawn by its node (mDNS goodbye)");
             }

@@ -4,7 +4,7 @@
 //! changed record about it is ignored while its node still serves it, and it leaves when its
 //! node says so or its connection is lost.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -88,6 +88,8 @@ pub enum GoodbyeOutcome {
     /// Ignored: the node behind a record still serves it over its verified connection (a
     /// forged or stale goodbye, or one for the other node of a shared name).
     Kept(Vec<NodeKey>),
+    /// Ignored: another source (mDNS, etcd) still carries the record.
+    HeldElsewhere,
 }
 
 #[derive(Default)]
@@ -98,6 +100,9 @@ struct State {
     confirmed: HashMap<NodeKey, Confirmed>,
     /// Nodes that were verified and lost their connection.
     lost: HashSet<NodeKey>,
+    /// Which sources carry each record, by full name: a record that two sources carry goes
+    /// only when both have withdrawn it.
+    held: HashMap<String, BTreeSet<&'static str>>,
 }
 
 /// The live set of instances; discovery and the control streams write it, consumers read it
@@ -219,6 +224,11 @@ impl Registry {
     pub fn upsert_counted(&self, mut inst: Instance, meter: &DiscoveryMeter) -> Upserted {
         let key = inst.key();
         let mut state = self.lock();
+        state
+            .held
+            .entry(inst.fullname.clone())
+            .or_default()
+            .insert(meter.source());
         let outcome = match state.hints.get(&key) {
             Some(old) => {
                 if old.quic_port == inst.quic_port {
@@ -258,6 +268,14 @@ impl Registry {
     /// [`Registry::goodbye`] from another source (an etcd key deleted), counted by its `meter`.
     pub fn goodbye_counted(&self, fullname: &str, meter: &DiscoveryMeter) -> GoodbyeOutcome {
         let mut state = self.lock();
+        if let Some(sources) = state.held.get_mut(fullname) {
+            sources.remove(meter.source());
+            let elsewhere = !sources.is_empty();
+            if elsewhere && state.hints.values().any(|i| i.fullname == fullname) {
+                return GoodbyeOutcome::HeldElsewhere;
+            }
+            state.held.remove(fullname);
+        }
         let State {
             hints, confirmed, ..
         } = &mut *state;
@@ -297,6 +315,7 @@ impl Registry {
     /// connection).
     pub fn remove(&self, fullname: &str) -> bool {
         let mut state = self.lock();
+        state.held.remove(fullname);
         let before = state.hints.len();
         state.hints.retain(|_, i| i.fullname != fullname);
         let removed = state.hints.len() != before;
@@ -320,6 +339,7 @@ impl Registry {
             hints,
             confirmed: previous,
             lost,
+            ..
         } = &mut *state;
         lost.extend(
             previous
@@ -462,6 +482,32 @@ mod tests {
         };
         let remote = SocketAddr::new(i.addrs[0], 4433);
         HashMap::from([(i.node_key(), Confirmed { remote, set })])
+    }
+
+    #[test]
+    fn a_record_two_sources_carry_goes_when_both_withdraw_it() {
+        let r = Registry::default();
+        let etcd = DiscoveryMeter::detached("etcd");
+        let inst = record('a', 4433, true);
+        let fullname = inst.fullname.clone();
+        assert_eq!(r.upsert(inst.clone()), Upserted::New);
+        assert_eq!(r.upsert_counted(inst.clone(), &etcd), Upserted::Unchanged);
+        // The etcd key expires (a lease lost in a partition): mDNS still announces it.
+        assert_eq!(
+            r.goodbye_counted(&fullname, &etcd),
+            GoodbyeOutcome::HeldElsewhere
+        );
+        assert_eq!(r.instances(&svc()).len(), 1);
+        // Then the node says goodbye on mDNS too.
+        assert_eq!(r.goodbye(&fullname), GoodbyeOutcome::Removed);
+        assert!(r.instances(&svc()).is_empty());
+
+        // Carried by etcd alone: an mDNS goodbye (forged, or stale) does not remove it; the
+        // etcd key's deletion does.
+        r.upsert_counted(inst, &etcd);
+        assert_eq!(r.goodbye(&fullname), GoodbyeOutcome::HeldElsewhere);
+        assert_eq!(r.goodbye_counted(&fullname, &etcd), GoodbyeOutcome::Removed);
+        assert_eq!(r.goodbye(&fullname), GoodbyeOutcome::Unknown);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use etcd_client::{GetOptions, KeyValue};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::value::{self, Refused};
 use super::{FollowError, RegistryConfig, Sink, bounded, key_text};
@@ -134,6 +134,9 @@ impl Sink for MeshSink {
             }
             GoodbyeOutcome::Kept(_) => {
                 info!(instance = %fullname, %key, "etcd key gone, but its node still serves it over its verified connection")
+            }
+            GoodbyeOutcome::HeldElsewhere => {
+                debug!(instance = %fullname, %key, "etcd key gone; mDNS still carries the record")
             }
             GoodbyeOutcome::Unknown => {}
         }
