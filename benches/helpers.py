@@ -10,6 +10,7 @@
   helpers.py report RESULTS META MODE [lan]  the markdown report (stdout); lan: the LAN mode's
   helpers.py targets RESULTS META  the LAN mode's targets (issue 16), one PASS/FAIL line each
   helpers.py perfstat CSV BYTES  syscalls and context switches per MB from `perf stat -x,` output
+  helpers.py perfstat-req CSV N  the same per request (N requests)
   helpers.py perfcat             group `perf report --sort dso,sym --stdio` (stdin) into categories
 """
 import os
@@ -113,7 +114,8 @@ def cmd_rbench(path):
 # ---------------------------------------------------------------- perf categories
 
 CATEGORIES = [
-    ("crypto (AES-GCM, header protection)", ("ring::", "ring_core", "aes_", "gcm", "ghash", "chacha", "poly1305", "rustls")),
+    ("crypto (AES-GCM, header protection)", ("ring::", "ring_core", "aes_", "aesni", "gcm", "ghash", "chacha", "poly1305")),
+    ("TLS record layer (rustls, OpenSSL's libssl)", ("rustls", "ssl3_", "tls13_", "SSL_", "ossl_", "EVP_", "tls_")),
     ("quinn-proto (QUIC state machine)", ("quinn_proto::",)),
     ("quinn / quinn-udp (endpoint, socket I/O glue)", ("quinn::", "quinn_udp::")),
     ("tokio (runtime, wakers, channels)", ("tokio::", "mio::")),
@@ -156,6 +158,27 @@ def cmd_perfstat(path, nbytes):
         if n:
             out.append("%s %.0f (%.0f B each)" % (label, n, nbytes / n))
     print("syscalls: " + "; ".join(out))
+
+
+def cmd_perfstat_req(path, requests):
+    ev = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) < 3 or line.startswith("#"):
+                continue
+            try:
+                ev[parts[2]] = float(parts[0])
+            except ValueError:
+                pass
+    n = max(requests, 1)
+    cpu = ev.get("task-clock", 0) / 1e3  # ms -> s
+    print("CPU %.2f s for %.0f requests (%.1f us each); context switches %.2f per request" % (
+        cpu, n, cpu * 1e6 / n, ev.get("context-switches", 0) / n))
+    names = [("raw_syscalls:sys_enter", "all syscalls")] + [
+        ("syscalls:sys_enter_" + k, k) for k in ("sendto", "sendmsg", "write", "recvfrom", "recvmmsg", "futex", "epoll_wait")]
+    out = ["%s %.2f" % (label, ev[key] / n) for key, label in names if ev.get(key)]
+    print("syscalls per request: " + "; ".join(out))
 
 
 def cmd_perfcat():
@@ -516,6 +539,8 @@ def main():
         print(statistics.median(float(x) for x in a[1:]))
     elif c == "perfstat":
         cmd_perfstat(a[1], float(a[2]))
+    elif c == "perfstat-req":
+        cmd_perfstat_req(a[1], float(a[2]))
     elif c == "perfcat":
         cmd_perfcat()
     elif c == "report":

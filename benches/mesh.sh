@@ -663,56 +663,87 @@ phase_bulk() {
   stop_pair
 }
 
-# perf profile of both ambassadors during bulk runs (1 stream each way, 8 streams up): where the CPU goes
-# (grouped, then the top symbols) and how many syscalls and context switches each byte costs.
+# perf profile of one proxy pair (the ambassador pair, and in LAN mode the haproxy pair too) during
+# bulk runs (1 stream each way, and for the ambassador 8 streams up) and during 1-client GETs: where
+# the CPU goes (grouped, then the top symbols) and what each byte and each request costs in CPU,
+# syscalls and context switches.
 PROFILE="$WORK/profile.md"
 PERF_EVENTS="task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait"
-phase_profile() {
-  local port dir key flags side pid perfs name bytes bps
-  say "ambassador: perf profile of bulk runs"
-  if ! start_pair ambassador "$IPERF_PORT" || ! iperf_ready "$PAIR_PORT" 30 "$PAIR_HOST"; then
-    fail ambassador "the ambassador pair to iperf3 did not come up for profiling"; stop_pair; return
+PROFILE_REQS=15000
+profile_side_name() { # PATH SIDE
+  case "$1" in
+    ambassador) [ "$2" = 1 ] && echo "ambassador announce (server side)" || echo "ambassador connect (client side)" ;;
+    *) [ "$2" = 1 ] && echo "$1 B (server side)" || echo "$1 A (client side)" ;;
+  esac
+}
+profile_record() { # PATH KEY RUN...: perf record + perf stat on both proxies while RUN runs
+  local path=$1 key=$2 side pid perfs=()
+  shift 2
+  for side in 0 1; do
+    pid=${PAIR_PIDS[$side]}
+    timeout 30 perf record -q -F 1999 -o "$WORK/perf-$path-$key-$side.data" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
+    PIDS+=($!); perfs+=($!)
+    timeout 30 perf stat -x, -e "$PERF_EVENTS" -o "$WORK/perfstat-$path-$key-$side.csv" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
+    PIDS+=($!); perfs+=($!)
+  done
+  sleep 0.3
+  "$@"
+  for pid in "${perfs[@]}"; do wait "$pid"; done
+}
+profile_write() { # PATH KEY TITLE UNIT(bytes|requests) COUNT
+  local path=$1 key=$2 title=$3 unit=$4 count=$5 side data
+  for side in 0 1; do
+    data="$WORK/perf-$path-$key-$side.data"
+    {
+      echo "#### $title, $(profile_side_name "$path" "$side")"
+      echo
+      echo '```'
+      if [ "$unit" = bytes ]; then
+        "$PY" "$H" perfstat "$WORK/perfstat-$path-$key-$side.csv" "$count"
+      else
+        "$PY" "$H" perfstat-req "$WORK/perfstat-$path-$key-$side.csv" "$count"
+      fi
+      echo
+      perf report -i "$data" --no-children --sort dso,sym --stdio 2>/dev/null | "$PY" "$H" perfcat
+      echo
+      perf report -i "$data" --no-children --sort dso,sym --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 15
+      echo '```'
+      echo
+    } >>"$PROFILE"
+  done
+}
+phase_profile() { # PATH
+  local path=$1 port key flags bps bytes dir reqs=$PROFILE_REQS dirs=("up1:" "down1:-R")
+  [ "$path" = ambassador ] && dirs+=("up8:-P 8")
+  [ "$QUICK" = 1 ] && reqs=3000
+  say "$path: perf profile of bulk runs and 1-client GETs"
+  if ! start_pair "$path" "$IPERF_PORT" || ! iperf_ready "$PAIR_PORT" 30 "$PAIR_HOST"; then
+    fail "$path" "the $path pair to iperf3 did not come up for profiling"; stop_pair; return
   fi
   port=$PAIR_PORT
   {
-    echo "### Profile of the ambassador pair (perf, bulk: 1 stream each way, 8 streams up; 3 s each)"
+    echo "### Profile of the $path pair (perf: bulk, 3 s each way; GET at 1 client, $reqs requests)"
     echo
-    echo "perf record -F 1999 (flat, no call graphs) and perf stat on each ambassador process while iperf3"
-    echo "runs through the pair. Shares are of that process's samples (user + kernel)."
+    echo "perf record -F 1999 (flat, no call graphs) and perf stat on each $path process while iperf3 or"
+    echo "redis-benchmark runs through the pair. Shares are of that process's samples (user + kernel)."
     echo
-  } >"$PROFILE"
-  for dir in "up1:" "down1:-R" "up8:-P 8"; do
+  } >>"$PROFILE"
+  for dir in "${dirs[@]}"; do
     key=${dir%%:*}; flags=${dir#*:}
-    perfs=()
-    for side in 0 1; do
-      pid=${PAIR_PIDS[$side]}
-      timeout 20 perf record -q -F 1999 -o "$WORK/perf-$key-$side.data" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
-      PIDS+=($!); perfs+=($!)
-      timeout 20 perf stat -x, -e "$PERF_EVENTS" -o "$WORK/perfstat-$key-$side.csv" -p "$pid" -- sleep 4 >/dev/null 2>&1 &
-      PIDS+=($!); perfs+=($!)
-    done
-    sleep 0.3
     # shellcheck disable=SC2086
-    timeout 40 "${IN_A[@]}" iperf3 -c "$PAIR_HOST" -p "$port" -t 3 -J $flags >"$WORK/perf-$key.json" 2>/dev/null
-    for pid in "${perfs[@]}"; do wait "$pid"; done
-    read -r bps bytes < <("$PY" "$H" iperf "$WORK/perf-$key.json" 2>/dev/null) || { bps=0; bytes=0; }
-    for side in 0 1; do
-      name="ambassador connect (client side)"; [ "$side" = 1 ] && name="ambassador announce (server side)"
-      {
-        echo "#### $key ($(case $key in up1) echo "client→target";; down1) echo "target→client";; *) echo "8 streams, client→target";; esac)), $name: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s"
-        echo
-        echo '```'
-        "$PY" "$H" perfstat "$WORK/perfstat-$key-$side.csv" "$bytes"
-        echo
-        perf report -i "$WORK/perf-$key-$side.data" --no-children --sort dso,sym --stdio 2>/dev/null | "$PY" "$H" perfcat
-        echo
-        perf report -i "$WORK/perf-$key-$side.data" --no-children --sort dso,sym --stdio 2>/dev/null |
-          grep -v '^#' | grep -v '^$' | head -n 15
-        echo '```'
-        echo
-      } >>"$PROFILE"
-    done
+    profile_record "$path" "$key" timeout 40 "${IN_A[@]}" iperf3 -c "$PAIR_HOST" -p "$port" -t 3 -J $flags \
+      --logfile "$WORK/perf-$path-$key.json"
+    read -r bps bytes < <("$PY" "$H" iperf "$WORK/perf-$path-$key.json" 2>/dev/null) || { bps=0; bytes=0; }
+    profile_write "$path" "$key" "$key ($(case $key in up1) echo "client→target";; down1) echo "target→client";; *) echo "8 streams, client→target";; esac)): $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s" bytes "$bytes"
   done
+  stop_pair
+  if ! start_pair "$path" "$REDIS_PORT" || ! redis_ready "$PAIR_PORT" 20 "$PAIR_HOST"; then
+    fail "$path" "the $path pair to redis did not come up for profiling"; stop_pair; return
+  fi
+  profile_record "$path" req1 timeout 60 "${IN_A[@]}" redis-benchmark -h "$PAIR_HOST" -p "$PAIR_PORT" -t get \
+    -n "$reqs" -c 1 -q
+  profile_write "$path" req1 "GET, 1 client ($reqs requests within the 4 s window)" requests "$reqs"
   stop_pair
 }
 
@@ -798,7 +829,11 @@ for REP in $(seq 1 "$REPEAT"); do
     loss_off
   fi
 done
-case " $SEL_PATHS " in *" ambassador "*) [ "$PERF" = 1 ] && phase_profile ;; esac
+if [ "$PERF" = 1 ]; then
+  : >"$PROFILE"
+  case " $SEL_PATHS " in *" ambassador "*) phase_profile ambassador ;; esac
+  case " $SEL_PATHS " in *" haproxy "*) phase_profile haproxy ;; esac
+fi
 case " $SEL_PATHS " in *" ambassador "*) [ "$HOLD" -gt 0 ] && phase_hold ;; esac
 
 # ------------------------------------------------------------------ report

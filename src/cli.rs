@@ -242,8 +242,9 @@ pub struct ConnectArgs {
     /// Where backends come from: `dns-srv:NAME` (SRV records, re-resolved at their TTL),
     /// `mdns:TYPE` (a plain DNS-SD type such as _redis._tcp, with --direct) or
     /// `etcd-keys:/PREFIX` (dynamic-ambassador's etcd keys PREFIX/<port>/<id>/<ip>:<port>,
-    /// watched; plain TCP, as --direct; etcd at --registry) [default: the mesh's
-    /// announcements, mDNS and --registry]
+    /// watched; plain TCP, as --direct; listening on the first key's <port> unless the SPEC
+    /// gives one; etcd at --registry) [default: the mesh's announcements, mDNS and
+    /// --registry]
     #[arg(long, value_name = "SOURCE")]
     pub discover: Option<String>,
     /// DNS server for dns-srv discovery, IP[:PORT] (port 53 if none is given)

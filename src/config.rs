@@ -137,9 +137,10 @@ impl ConnectConfig {
                 "Redis credentials are injected by the provider's ambassador: give them to `announce`, or use --direct".into(),
             );
         }
-        if self.spec.listen_port.is_none() && self.source != Source::Mesh {
+        let learnt = matches!(self.source, Source::Mesh | Source::EtcdKeys(_));
+        if self.spec.listen_port.is_none() && !learnt {
             return err(format!(
-                "the listen port is learnt from mesh announcements only: give {}:PORT",
+                "the listen port is learnt from mesh announcements and etcd-keys only: give {}:PORT",
                 self.spec.service
             ));
         }

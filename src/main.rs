@@ -15,6 +15,12 @@ use ambassador::config::{CheckedConfig, NodeConfig, load_file};
 use ambassador::error::Failure;
 use ambassador::node::Control;
 
+/// jemalloc returns the pages a burst freed (see `transport::give_back_soon`); glibc's heap kept
+/// them, fragmented.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let level = match verbose {
         0 => "info",

@@ -18,10 +18,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{
-    Mesh, Proc, READY, Redis, client, command, free_tcp_port, poll, read_to_end, redis_cli, run,
-    status, unique,
-};
+use common::redis::{Redis, poll, redis_cli};
+use common::{Mesh, Proc, READY, client, command, free_tcp_port, read_to_end, run, status, unique};
 use serde_json::Value;
 
 /// Client connections the test makes through the consumer.

@@ -13,9 +13,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{
-    Mesh, Output, Proc, READY, Redis, command, free_tcp_port, poll, redis_cli, run, status, unique,
-};
+use common::redis::{Redis, poll, redis_cli};
+use common::{Mesh, Output, Proc, READY, command, free_tcp_port, run, status, unique};
 use serde_json::Value;
 
 /// mDNS off: limited to an interface that does not exist, so only etcd can tell the nodes of
@@ -342,8 +341,9 @@ fn publish_consume_refuse_and_stop() {
     );
 }
 
-/// dynamic-ambassador's layout: a key `/services/redis/<port>/<id>/<ip>:<port>` put with
-/// etcdctl is a direct backend; deleting it takes the backend away.
+/// dynamic-ambassador's layout: `connect redis --discover etcd-keys:/services/redis` listens on
+/// the service port of the first key `/services/redis/<port>/<id>/<ip>:<port>` put with
+/// etcdctl, and reaches that address directly; deleting the key takes the backend away.
 #[test]
 fn dynamic_ambassador_keys_are_direct_backends() {
     if !etcd_installed() {
@@ -353,20 +353,25 @@ fn dynamic_ambassador_keys_are_direct_backends() {
     let mesh = Mesh::new();
     let redis = Redis::start(mesh.dir.path());
     let cons = unique("cons");
-    let (consumer, port) = consumer(
-        &mesh,
-        &etcd,
-        &cons,
-        &["--discover", "etcd-keys:/services/redis", "--wait", "1s"],
-    );
+    let mut cmd = node_cmd(&mesh, &etcd, "connect", &cons);
+    cmd.args([
+        "redis",
+        "--discover",
+        "etcd-keys:/services/redis",
+        "--wait",
+        "1s",
+    ]);
+    let consumer = Proc::spawn(&format!("connect {cons}"), cmd);
     consumer.expect_log(
         &["watching the etcd registry", "prefix=/services/redis/"],
         READY,
     );
-    let key = format!("/services/redis/6379/abc/127.0.0.1:{}", redis.port);
-    etcd.ctl_ok(&["put", &key, "{}"]);
     // Another service's key under a longer name is not ours.
     etcd.ctl_ok(&["put", "/services/redis-cache/6379/x/127.0.0.1:1", ""]);
+    let port = free_tcp_port();
+    let key = format!("/services/redis/{port}/abc/127.0.0.1:{}", redis.port);
+    etcd.ctl_ok(&["put", &key, "{}"]);
+    consumer.expect_log(&["listening", &format!("listen=127.0.0.1:{port}")], READY);
     await_pong(port, "a dynamic-ambassador key");
     assert_eq!(redis_cli(port, &["SET", "seed", "ok"]), "OK");
     assert_eq!(redis_cli(redis.port, &["GET", "seed"]), "ok");

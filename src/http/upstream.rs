@@ -19,6 +19,7 @@ use tracing::debug;
 use super::{Body, answer};
 use crate::proxy::consumer::{Candidate, Consumer};
 use crate::proxy::stream_io::StreamIo;
+use crate::transport::Tunnel;
 
 /// An upgraded connection's other side.
 pub(crate) type Upgrade = OnUpgrade;
@@ -96,7 +97,7 @@ impl Upstreams {
         consumer: &Arc<Consumer>,
         cand: &Candidate,
     ) -> Result<SendRequest<ReqBody>, UpstreamError> {
-        let (send, recv) = match consumer.open_for_http(cand).await {
+        let Tunnel { send, recv, ticket } = match consumer.open_for_http(cand).await {
             Ok(s) => s,
             Err(e) => {
                 let why = e.to_string();
@@ -109,6 +110,7 @@ impl Upstreams {
             .await
             .map_err(UpstreamError::Http)?;
         tokio::spawn(async move {
+            let _counted = ticket;
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended");
             }

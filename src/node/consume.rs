@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Node;
@@ -34,6 +35,22 @@ pub(super) struct ConsumerEntry {
     pub(super) policy: Policy,
     /// Its static backends, replaced on SIGHUP (`run -c`); `None` for other sources.
     pub(super) static_set: Option<Arc<EndpointSet>>,
+}
+
+/// Where a consumer without a listen port learns it.
+pub(super) enum PortFrom {
+    /// The advertised port of the first record of its service.
+    Registry(Arc<Registry>),
+    /// The service port of the first of dynamic-ambassador's keys.
+    Keys(watch::Receiver<Option<u16>>),
+}
+
+/// What a consumer's source gives: its backends, its static set (for reloads) and where its
+/// listen port is learnt.
+struct Sourced {
+    backends: Backends,
+    static_set: Option<Arc<EndpointSet>>,
+    port_from: PortFrom,
 }
 
 /// A consumer's listener: bound at start when its port is known, else once the first record
@@ -99,7 +116,11 @@ impl Node {
         self.follow_views();
         for pending in listeners {
             let c = &pending.cfg;
-            let (backends, static_set) = self.backends_for(c, &registry)?;
+            let Sourced {
+                backends,
+                static_set,
+                port_from,
+            } = self.backends_for(c, &registry)?;
             if c.direct {
                 warn!(service = %c.spec.service, "direct backends: traffic to them is plain TCP, not encrypted");
             }
@@ -125,7 +146,7 @@ impl Node {
                 policy: c.policy,
                 static_set,
             };
-            self.spawn_listener(&entry, pending, registry.clone());
+            self.spawn_listener(&entry, pending, port_from);
             self.consumers.push(entry);
         }
         Ok(())
@@ -232,45 +253,39 @@ impl Node {
         });
     }
 
-    /// The backends of one consumer, from its source; a static set is also returned, for
-    /// reloads.
+    /// The backends of one consumer, from its source (with a static set, for reloads, and
+    /// where its listen port is learnt).
     fn backends_for(
         &self,
         c: &ConnectConfig,
         registry: &Arc<Registry>,
-    ) -> Result<(Backends, Option<Arc<EndpointSet>>), Failure> {
+    ) -> Result<Sourced, Failure> {
         let kind = if c.direct {
             BackendKind::Direct
         } else {
             BackendKind::Peer
         };
-        let set = match &c.source {
-            Source::Mesh => return Ok((Backends::Discovered(registry.clone()), None)),
+        let learnt = PortFrom::Registry(registry.clone());
+        let endpoints = |set: Arc<EndpointSet>| Sourced {
+            backends: Backends::Endpoints(set),
+            static_set: None,
+            port_from: PortFrom::Registry(registry.clone()),
+        };
+        Ok(match &c.source {
+            Source::Mesh => Sourced {
+                backends: Backends::Discovered(registry.clone()),
+                static_set: None,
+                port_from: learnt,
+            },
             Source::Static(addrs) => {
-                let set = Arc::new(EndpointSet::new(
-                    static_endpoints(addrs, kind),
-                    self.metrics.discovery("static"),
-                ));
-                return Ok((Backends::Endpoints(set.clone()), Some(set)));
+                let list = static_endpoints(addrs, kind);
+                let set = Arc::new(EndpointSet::new(list, self.metrics.discovery("static")));
+                Sourced {
+                    static_set: Some(set.clone()),
+                    ..endpoints(set)
+                }
             }
-            Source::DnsSrv { name, server } => {
-                let resolver = dns_srv::resolver(*server)
-                    .map_err(|e| Failure::usage(format!("DNS resolver for {name}: {e}")))?;
-                let set = Arc::new(EndpointSet::new(
-                    Vec::new(),
-                    self.metrics.discovery("dns-srv"),
-                ));
-                let span = info_span!("dns-srv", service = %c.spec.service);
-                let run = dns_srv::run(
-                    resolver,
-                    name.clone(),
-                    kind,
-                    set.clone(),
-                    self.cancel.clone(),
-                );
-                self.tracker.spawn(run.instrument(span));
-                set
-            }
+            Source::DnsSrv { name, server } => endpoints(self.follow_srv(c, name, *server, kind)?),
             Source::MdnsType(ty) => {
                 let rx = self.mdns.browse_type(ty).context("browsing mDNS")?;
                 let set = Arc::new(EndpointSet::new(
@@ -279,37 +294,68 @@ impl Node {
                 ));
                 self.tracker
                     .spawn(run_plain_browser(rx, set.clone(), self.cancel.clone()));
-                set
+                endpoints(set)
             }
-            Source::EtcdKeys(prefix) => self.follow_seed_keys(c, prefix),
-        };
-        Ok((Backends::Endpoints(set), None))
+            Source::EtcdKeys(prefix) => {
+                let (set, port) = self.follow_seed_keys(c, prefix);
+                Sourced {
+                    port_from: PortFrom::Keys(port),
+                    ..endpoints(set)
+                }
+            }
+        })
+    }
+
+    /// Backends from the SRV records of `name`, re-resolved at their TTL.
+    fn follow_srv(
+        &self,
+        c: &ConnectConfig,
+        name: &str,
+        server: Option<SocketAddr>,
+        kind: BackendKind,
+    ) -> Result<Arc<EndpointSet>, Failure> {
+        let resolver = dns_srv::resolver(server)
+            .map_err(|e| Failure::usage(format!("DNS resolver for {name}: {e}")))?;
+        let set = Arc::new(EndpointSet::new(
+            Vec::new(),
+            self.metrics.discovery("dns-srv"),
+        ));
+        let span = info_span!("dns-srv", service = %c.spec.service);
+        let run = dns_srv::run(
+            resolver,
+            name.to_string(),
+            kind,
+            set.clone(),
+            self.cancel.clone(),
+        );
+        self.tracker.spawn(run.instrument(span));
+        Ok(set)
     }
 
     /// Direct backends from dynamic-ambassador's keys under `prefix`, watched in the
     /// `--registry` etcd (or [`etcd::DEFAULT_ENDPOINT`]).
-    fn follow_seed_keys(&self, c: &ConnectConfig, prefix: &str) -> Arc<EndpointSet> {
+    fn follow_seed_keys(
+        &self,
+        c: &ConnectConfig,
+        prefix: &str,
+    ) -> (Arc<EndpointSet>, watch::Receiver<Option<u16>>) {
         let cfg = self.cfg.registry.clone().unwrap_or_else(|| {
             etcd::RegistryConfig::plain(vec![etcd::DEFAULT_ENDPOINT.to_string()])
         });
         let set = Arc::new(EndpointSet::new(Vec::new(), self.metrics.discovery("etcd")));
         let prefix = etcd::seed::watch_prefix(prefix);
         info!(service = %c.spec.service, %prefix, endpoints = %cfg.endpoints.join(","), "backends from etcd keys (dynamic-ambassador's layout)");
-        let sink = etcd::seed::SeedSink::new(prefix.clone(), set.clone());
+        let (port, learnt) = watch::channel(None);
+        let sink = etcd::seed::SeedSink::new(prefix.clone(), set.clone(), port);
         let span = info_span!("etcd-keys", service = %c.spec.service);
         let follow = etcd::follow(cfg, prefix, sink, self.cancel.clone());
         self.tracker.spawn(follow.instrument(span));
-        set
+        (set, learnt)
     }
 
     /// Serves the consumer's listener; without a known port, first waits for a record to
     /// learn the advertised one (a port in use then is fatal for the node).
-    fn spawn_listener(
-        &self,
-        entry: &ConsumerEntry,
-        pending: PendingListener,
-        registry: Arc<Registry>,
-    ) {
+    fn spawn_listener(&self, entry: &ConsumerEntry, pending: PendingListener, port_from: PortFrom) {
         let (cancel, fatal, stop) = (
             self.cancel.clone(),
             self.fatal.clone(),
@@ -323,7 +369,7 @@ impl Node {
                 None => {
                     let learnt = tokio::select! {
                         () = cancel.cancelled() => return,
-                        learnt = learn_port(&pending.cfg, &registry) => learnt,
+                        learnt = learn_port(&pending.cfg, port_from) => learnt,
                     };
                     match learnt {
                         Ok(l) => l,
@@ -344,13 +390,20 @@ impl Node {
     }
 }
 
-/// Waits for the first record of the service, and binds its advertised port.
-async fn learn_port(c: &ConnectConfig, registry: &Registry) -> Result<TcpListener, Failure> {
+/// Waits for the first record of the service (or, for dynamic-ambassador's keys, the first
+/// key), and binds the port it names.
+async fn learn_port(c: &ConnectConfig, from: PortFrom) -> Result<TcpListener, Failure> {
     let service: &ServiceName = &c.spec.service;
     info!("waiting for an announcement to learn the port (give {service}:PORT to listen at once)");
-    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
-    let found = registry.wait_for(service, far, |i| !i.is_empty()).await;
-    let port = found.first().map(|i| i.port).ok_or_else(|| {
+    let port = match from {
+        PortFrom::Registry(registry) => {
+            let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+            let found = registry.wait_for(service, far, |i| !i.is_empty()).await;
+            found.first().map(|i| i.port)
+        }
+        PortFrom::Keys(mut rx) => rx.wait_for(Option::is_some).await.ok().and_then(|p| *p),
+    };
+    let port = port.ok_or_else(|| {
         Failure::usage(format!(
             "no announcement of {service} to learn its port from"
         ))

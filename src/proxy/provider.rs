@@ -248,6 +248,10 @@ async fn handle_connection(
                 Err(e) => {
                     let path = conn.stats().path;
                     info!(peer = %peer.node_label(), reason = %e, mtu = path.current_mtu, rtt = ?path.rtt, "peer disconnected");
+                    // What quinn kept for a burst of streams is freed with the connection.
+                    if next_id >= crate::transport::BURST_STREAMS {
+                        crate::transport::give_back_soon();
+                    }
                     return;
                 }
             },

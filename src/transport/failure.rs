@@ -20,6 +20,9 @@ pub enum CloseCode {
     IdentityMismatch = 1,
     /// The peer's certificate was revoked (deny list reloaded).
     Revoked = 2,
+    /// The connection was replaced by a fresh one (after a burst of streams, to give back the
+    /// memory it held); nothing is wrong with either side.
+    Retired = 3,
 }
 
 impl CloseCode {
@@ -33,6 +36,7 @@ impl CloseCode {
             0 => Some(Self::Stopping),
             1 => Some(Self::IdentityMismatch),
             2 => Some(Self::Revoked),
+            3 => Some(Self::Retired),
             _ => None,
         }
     }
@@ -206,6 +210,9 @@ impl fmt::Display for PeerFailure {
             }
             Self::ClosedByPeer(Some(CloseCode::IdentityMismatch)) => {
                 f.write_str("the peer closed the connection: identity mismatch")
+            }
+            Self::ClosedByPeer(Some(CloseCode::Retired)) => {
+                f.write_str("the peer replaced the connection with a fresh one")
             }
             Self::ClosedByPeer(None) => f.write_str("the peer closed the connection"),
             Self::ClosedHere => f.write_str("closed by this node"),

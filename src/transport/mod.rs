@@ -9,7 +9,9 @@ pub mod protocol;
 mod views;
 
 mod held;
+mod load;
 pub use held::{Held, HeldConnections};
+pub use load::{BURST_STREAMS, PooledConnection, StreamTicket, Tunnel, give_back_soon};
 
 pub use endpoint::{EndpointError, TransportSettings, client_config, endpoint, server_config};
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::TransportSettings;
 use super::failure::{CloseCode, PeerFailure, Refutation, Unreachable};
+use super::load::PooledConnection;
 use super::views::PeerViews;
 use crate::identity::{ANY_NODE_SAN, DenyList, PeerIdentity};
 use crate::names::{Fingerprint, NodeName, QuicAddr};
@@ -87,7 +88,10 @@ pub struct PeerLost {
 /// sparing a healthy peer a duplicate handshake on a loaded host.
 const ATTEMPT_DELAY: Duration = Duration::from_millis(50);
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// How often a pooled connection's load is looked at (see [`super::load`]).
+const RETIRE_CHECK: Duration = Duration::from_secs(2);
+
+type Slot = Arc<tokio::sync::Mutex<Option<PooledConnection>>>;
 
 /// Pool of QUIC connections to peers, one per peer identity.
 #[derive(Clone)]
@@ -180,7 +184,7 @@ impl Pool {
         let slots: Vec<Slot> = self.slots().values().cloned().collect();
         slots
             .iter()
-            .filter_map(|slot| slot.try_lock().ok()?.clone())
+            .filter_map(|slot| slot.try_lock().ok()?.as_ref().map(|p| p.conn.clone()))
             .filter(|c| c.close_reason().is_none())
             .collect()
     }
@@ -198,14 +202,14 @@ impl Pool {
 
     /// The live connection to `peer`, dialled if there is none. Concurrent callers for one peer
     /// share one handshake.
-    pub async fn get(&self, peer: &PeerTarget) -> Result<Connection, PeerFailure> {
+    pub async fn get(&self, peer: &PeerTarget) -> Result<PooledConnection, PeerFailure> {
         let key = peer.key();
         let slot = self.slots().entry(key.clone()).or_default().clone();
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.close_reason().is_none()
+        if let Some(pooled) = guard.as_ref()
+            && pooled.close_reason().is_none()
         {
-            return Ok(conn.clone());
+            return Ok(pooled.clone());
         }
         *guard = None;
         let conn = match self.dial(peer).await {
@@ -217,30 +221,85 @@ impl Pool {
                 return Err(e);
             }
         };
-        *guard = Some(conn.clone());
+        let pooled = PooledConnection::new(conn);
+        *guard = Some(pooled.clone());
+        self.adopt(peer, &pooled);
+        Ok(pooled)
+    }
+
+    /// Starts following a connection just pooled for `peer`: its control stream, its end.
+    fn adopt(&self, peer: &PeerTarget, pooled: &PooledConnection) {
         if let Some(claimed) = &peer.claimed {
-            self.views.follow(claimed.clone(), conn.clone());
+            self.views.follow(claimed.clone(), pooled.conn.clone());
         }
-        self.watch(key, conn.clone());
-        Ok(conn)
+        let pool = self.clone();
+        let (peer, pooled) = (peer.clone(), pooled.clone());
+        tokio::spawn(async move { pool.watch(peer, pooled).await });
     }
 
     /// Reports the connection's loss when it ends, and forgets its slot, so the map does not
-    /// grow with dead peers.
-    fn watch(&self, key: PeerKey, conn: Connection) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            let reason = conn.closed().await;
-            let why = PeerFailure::classify(&reason, conn.remote_address());
-            if why != PeerFailure::ClosedHere {
-                tracing::info!(peer = %key, reason = %why, "peer connection lost");
-                let _ = pool.lost.send(PeerLost {
-                    peer: key.clone(),
-                    why,
-                });
+    /// grow with dead peers. A connection that carried a burst of streams which is over is
+    /// replaced (see [`super::load`]).
+    async fn watch(self, peer: PeerTarget, pooled: PooledConnection) {
+        let key = peer.key();
+        let conn = &pooled.conn;
+        let reason = loop {
+            tokio::select! {
+                reason = conn.closed() => break reason,
+                () = tokio::time::sleep(RETIRE_CHECK) => {
+                    if pooled.load.worth_retiring() && self.retire(&peer, &pooled).await {
+                        return;
+                    }
+                }
             }
-            pool.forget_slot(&key, Some(conn.stable_id()));
+        };
+        let why = PeerFailure::classify(&reason, conn.remote_address());
+        if why != PeerFailure::ClosedHere {
+            tracing::info!(peer = %key, reason = %why, "peer connection lost");
+            let _ = self.lost.send(PeerLost {
+                peer: key.clone(),
+                why,
+            });
+        }
+        self.forget_slot(&key, Some(conn.stable_id()));
+    }
+
+    /// Replaces `old` in the slot of `peer` by a freshly dialled connection, then closes `old`
+    /// once its last stream has ended. False when `old` stays (the dial failed, or the slot
+    /// is busy or holds another connection).
+    async fn retire(&self, peer: &PeerTarget, old: &PooledConnection) -> bool {
+        let Ok(fresh) = self.dial(peer).await else {
+            return false;
+        };
+        let fresh = PooledConnection::new(fresh);
+        let slot = self.slots().get(&peer.key()).cloned();
+        let swapped = slot.is_some_and(|slot| {
+            let Ok(mut guard) = slot.try_lock() else {
+                return false;
+            };
+            let ours = guard
+                .as_ref()
+                .is_some_and(|p| p.stable_id() == old.stable_id());
+            if ours {
+                *guard = Some(fresh.clone());
+            }
+            ours
         });
+        if !swapped {
+            fresh.close(CloseCode::Retired.varint(), b"not needed");
+            return false;
+        }
+        self.adopt(peer, &fresh);
+        tracing::debug!(peer = %peer.key(), "pooled connection replaced after a burst of streams");
+        while old.load.open() > 0 && old.close_reason().is_none() {
+            tokio::select! {
+                _ = old.closed() => {}
+                () = tokio::time::sleep(RETIRE_CHECK) => {}
+            }
+        }
+        old.close(CloseCode::Retired.varint(), b"replaced after a burst");
+        super::load::give_back_soon();
+        true
     }
 
     /// Removes the slot of `key` if no caller is using it and it holds no other connection

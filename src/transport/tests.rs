@@ -234,7 +234,7 @@ async fn a_revoked_provider_is_refuted_and_a_revoked_consumer_is_refused() {
         .get(&target(&provider, addr))
         .await
     {
-        Ok(conn) => first_stream_failure(conn).await,
+        Ok(conn) => first_stream_failure(quinn::Connection::clone(&conn)).await,
         Err(e) => e,
     };
     assert_eq!(

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use etcd_client::KeyValue;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Sink, key_text};
@@ -26,8 +27,8 @@ pub enum SeedKeyError {
     Addr,
 }
 
-/// The backend that `key` under `prefix` (with its final `/`) names.
-pub fn parse_key(prefix: &str, key: &str) -> Result<SocketAddr, SeedKeyError> {
+/// The service port and the backend that `key` under `prefix` (with its final `/`) names.
+pub fn parse_key(prefix: &str, key: &str) -> Result<(u16, SocketAddr), SeedKeyError> {
     let rest = key.strip_prefix(prefix).ok_or(SeedKeyError::Shape)?;
     let parts: Vec<&str> = rest.split('/').collect();
     let [port, id, addr] = parts[..] else {
@@ -36,14 +37,17 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<SocketAddr, SeedKeyError> {
     if id.is_empty() {
         return Err(SeedKeyError::Shape);
     }
-    port.parse::<u16>()
+    let port = port
+        .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
         .ok_or(SeedKeyError::Port)?;
-    addr.parse::<SocketAddr>()
+    let addr = addr
+        .parse::<SocketAddr>()
         .ok()
         .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
-        .ok_or(SeedKeyError::Addr)
+        .ok_or(SeedKeyError::Addr)?;
+    Ok((port, addr))
 }
 
 /// The watch prefix of `--discover etcd-keys:PREFIX`: PREFIX with one final `/`, so
@@ -60,23 +64,31 @@ pub struct SeedSink {
     keys: BTreeMap<String, SocketAddr>,
     /// Keys refused, already logged.
     refused: HashSet<String>,
+    /// The service port of the first key taken: a consumer without a listen port listens there.
+    port: watch::Sender<Option<u16>>,
 }
 
 impl SeedSink {
-    /// A sink of the keys under `prefix` (a [`watch_prefix`]) into `set`.
-    pub fn new(prefix: String, set: Arc<EndpointSet>) -> Self {
+    /// A sink of the keys under `prefix` (a [`watch_prefix`]) into `set`; the service port of
+    /// the first key goes to `port`.
+    pub fn new(prefix: String, set: Arc<EndpointSet>, port: watch::Sender<Option<u16>>) -> Self {
         Self {
             prefix,
             set,
             keys: BTreeMap::new(),
             refused: HashSet::new(),
+            port,
         }
     }
 
     /// Takes key `key` (without publishing the set).
     fn take(&mut self, key: String) {
         match parse_key(&self.prefix, &key) {
-            Ok(addr) => {
+            Ok((port, addr)) => {
+                self.port.send_if_modified(|learnt| match learnt {
+                    Some(_) => false,
+                    None => learnt.replace(port).is_none(),
+                });
                 self.refused.remove(&key);
                 self.keys.insert(key, addr);
             }
@@ -143,7 +155,7 @@ mod tests {
         assert_eq!(watch_prefix("/services/redis"), P);
         assert_eq!(watch_prefix("/services/redis/"), P);
         let ok = parse_key(P, "/services/redis/6379/abc/10.0.0.7:32768").unwrap();
-        assert_eq!(ok, "10.0.0.7:32768".parse().unwrap());
+        assert_eq!(ok, (6379, "10.0.0.7:32768".parse().unwrap()));
         assert!(parse_key(P, "/services/redis/6379/abc/[::1]:1").is_ok());
         for (key, want) in [
             ("/services/other/6379/abc/10.0.0.7:1", SeedKeyError::Shape),
@@ -165,9 +177,11 @@ mod tests {
             Vec::new(),
             DiscoveryMeter::detached("etcd"),
         ));
-        let mut s = SeedSink::new(P.to_string(), set.clone());
+        let (port, learnt) = watch::channel(None);
+        let mut s = SeedSink::new(P.to_string(), set.clone(), port);
         s.take("/services/redis/6379/a/10.0.0.7:1".into());
-        s.take("/services/redis/6379/b/10.0.0.8:1".into());
+        s.take("/services/redis/6380/b/10.0.0.8:1".into());
+        assert_eq!(*learnt.borrow(), Some(6379), "the first key's port");
         s.take("/services/redis/6379/c/nonsense".into());
         s.publish();
         assert_eq!(set.get().len(), 2);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
+use quinn::SendStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -19,7 +19,9 @@ use crate::metrics::ServiceLabels;
 use crate::names::{Fingerprint, InstanceTag, ServiceName};
 use crate::proxy::splice::{Traffic, splice};
 use crate::transport::protocol::{HeaderError, Refusal, RefusalCode, Reply, Request};
-use crate::transport::{PeerFailure, PeerTarget, connection_failure, peer_identity};
+use crate::transport::{
+    PeerFailure, PeerTarget, PooledConnection, Tunnel, connection_failure, peer_identity,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -78,7 +80,7 @@ impl Drop for ResetUnlessAnswered<'_> {
 
 /// An attempt that worked: a tunnel stream, or a direct TCP connection.
 pub(crate) enum Opened {
-    Stream(SendStream, RecvStream),
+    Stream(Tunnel),
     Direct(TcpStream),
 }
 
@@ -165,20 +167,21 @@ impl Consumer {
     ) -> Result<Opened, AttemptError> {
         let conn = self.pool.get(peer).await?;
         self.check_announcer(&conn)?;
-        let (send, recv) = self.ask(&conn, tag, 0, self.reply_timeout).await?;
-        Ok(Opened::Stream(send, recv))
+        let tunnel = self.ask(&conn, tag, 0, self.reply_timeout).await?;
+        Ok(Opened::Stream(tunnel))
     }
 
     /// Opens a stream on `conn` for this service (its instance `tag`, if any) with `flags`,
     /// sends its header, and waits up to `bound` for the provider's answer: the stream when it
-    /// says ok.
+    /// says ok. The stream is counted on its pooled connection while it lives.
     pub(super) async fn ask(
         &self,
-        conn: &quinn::Connection,
+        conn: &PooledConnection,
         tag: Option<&InstanceTag>,
         flags: u8,
         bound: Duration,
-    ) -> Result<(SendStream, RecvStream), AttemptError> {
+    ) -> Result<Tunnel, AttemptError> {
+        let ticket = conn.ticket();
         // A stream failure on a connection that has ended is the connection's failure.
         let failed = |e: HeaderError| match connection_failure(conn) {
             Some(f) => AttemptError::Peer(f),
@@ -207,7 +210,7 @@ impl Consumer {
         pending.answered = true;
         drop(pending);
         match reply {
-            Ok(Reply::Ok) => Ok((send, recv)),
+            Ok(Reply::Ok) => Ok(Tunnel { send, recv, ticket }),
             Ok(Reply::Refused(r)) => Err(AttemptError::Refused(r)),
             Err(e) => Err(failed(e)),
         }
@@ -387,7 +390,8 @@ async fn carry(
             debug!(backend = %pick.key, "direct connection open");
             splice_tcp(tcp, backend, &meters).await;
         }
-        Opened::Stream(send, recv) => {
+        Opened::Stream(Tunnel { send, recv, ticket }) => {
+            let _counted = ticket;
             debug!(instance = %pick.key, "stream open");
             // Consumer side: "sent" is client to instance, the splice's TCP-to-stream way.
             let traffic = Traffic {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use quinn::{RecvStream, SendStream};
+use crate::transport::Tunnel;
 use tokio::time::Instant;
 
 use super::attempt::{AttemptError, Client, conclude};
@@ -18,10 +18,7 @@ impl Consumer {
     }
 
     /// Opens a tunnel stream to `cand` (the provider said ok: its target is connected).
-    pub(crate) async fn open_for_http(
-        &self,
-        cand: &Candidate,
-    ) -> Result<(SendStream, RecvStream), AttemptError> {
+    pub(crate) async fn open_for_http(&self, cand: &Candidate) -> Result<Tunnel, AttemptError> {
         let Target::Peer(peer) = &cand.target else {
             return Err(AttemptError::Stream(
                 crate::transport::protocol::HeaderError::Io(
