@@ -10,8 +10,8 @@
 //! c. the whole cluster SIGKILLed: consumers keep their instances, providers keep serving, and
 //!    a provider stopped and one started meanwhile are caught up when it is back;
 //! d. a provider SIGKILLed: failed over at once, its key gone within the lease TTL;
-//! e. etcd wiped: every live provider puts its key again within one lease period, and a
-//!    consumer started then finds them;
+//! e. etcd wiped: every live provider puts its key again within one lease period, the old
+//!    consumer follows the new store, and a consumer started then finds them;
 //! f. dynamic-ambassador's `/services/...` keys: a direct backend across the router.
 //!
 //! Without etcd it prints `SKIPPED: registry netns tests need etcd (...)`.
@@ -556,20 +556,34 @@ fn registry_across_subnets_through_faults() {
     let fresh = etcd.wipe();
     let again = etcd.await_published(LEASE_TTL + SEC, |p| *p == set(&["c", "e"]));
     let wiped_for = since(te, now_epoch());
+    // The old consumer read the new store anew (its revisions went back): a provider started
+    // now (d again, its Redis still there) is discovered by it.
+    let needles = ["discovered in the etcd registry", "instance=redis@d_"];
+    let before = lan.count_lines(&connect, &needles);
+    let t_d2 = now_epoch();
+    lan.announce(&d, &key)
+        .spec("redis:6379")
+        .label("announce-d-again")
+        .args(&["--registry", &registry])
+        .start();
+    let found_d2 = wait_until(10 * SEC, 20 * MS, || {
+        lan.count_lines(&connect, &needles) > before
+    })
+    .then(|| since(t_d2, now_epoch()));
     let t_new = now_epoch();
     let connect2 = lan
         .connect(&a2, &key)
         .spec("redis")
         .args(&["--registry", &registry])
         .start();
-    wait_all_answer(&lan, &a2, 6379, &["c", "e"], 20 * SEC);
+    wait_all_answer(&lan, &a2, 6379, &["c", "d", "e"], 20 * SEC);
     let new_first = since(t_new, now_epoch());
     more_traffic(&lan, &client, 50);
     let conns = phase(&client, te, "e. etcd wiped");
     report(&format!(
         "FIGURE e. etcd wiped (fresh cluster healthy in {fresh:.2?}): c and e put their keys again \
-         {again:.2?} later, {wiped_for:.2?} after the old one was killed (lease TTL {LEASE_TTL:?}); a consumer started then answered by both after \
-         {new_first:.2?}; {} connections on the old consumer, {:?}, none failed",
+         {again:.2?} later, {wiped_for:.2?} after the old one was killed (lease TTL {LEASE_TTL:?}); d started again, discovered by the old consumer after \
+         {found_d2:.2?}; a consumer started then answered by c, d and e after {new_first:.2?}; {} connections on the old consumer, {:?}, none failed",
         conns.len(),
         count_who(&conns)
     ));
@@ -580,6 +594,10 @@ fn registry_across_subnets_through_faults() {
         )
     });
     assert!(again <= LEASE_TTL, "re-registered after {again:?}");
+    assert!(
+        found_d2.is_some(),
+        "the old consumer did not follow the wiped store: d started again was not discovered"
+    );
     assert!(
         await_discovered(&lan, &connect2, "c", SEC).is_some(),
         "the new consumer found c, but not through etcd"
