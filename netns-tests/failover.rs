@@ -218,7 +218,7 @@ def one(tid, i):
 "#;
 
 /// Starts the client loops of [`CLIENT`] on `host`, through the consumer's listener on `port`.
-fn client(lan: &Lan, host: &Host, port: u16, threads: usize) -> ClientLoop {
+pub(crate) fn client(lan: &Lan, host: &Host, port: u16, threads: usize) -> ClientLoop {
     ClientLoop::start(lan, host, "client", CLIENT, threads, &[&port.to_string()])
 }
 

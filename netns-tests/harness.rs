@@ -5,6 +5,10 @@
 //! mDNS) whose peer (`pY`) is a port of the bridge. Nothing is created in the root namespace, so
 //! tests can run in parallel and leave the machine's own networking alone.
 //!
+//! A routed one ([`Lan::routed`]) has a bridge per subnet (`brK`, `10.77.(X+K).0/24`) and a
+//! router namespace with a leg on each (`.1`, the hosts' default gateway; IPv4 forwarding on in
+//! that namespace only, no multicast routing: mDNS stays inside a subnet).
+//!
 //! Everything a `Lan` makes is undone in `Drop` (so also when a test panics): the processes it
 //! started (SIGTERM to their process group, SIGKILL after a grace), then every link and namespace,
 //! then its temporary directory. When the test is panicking, the logs of every process are
@@ -291,11 +295,53 @@ struct Tracked {
     reaped: bool,
 }
 
-/// A LAN of network-namespace hosts on one bridge. See the module documentation.
+/// The router of a [`Lan::routed`]: one namespace, one leg per subnet.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Its network namespace.
+    pub ns: String,
+    /// Its leg on each subnet, in subnet order: the address there (`.1`, the hosts' gateway),
+    /// the interface in its namespace, the bridge port.
+    pub legs: Vec<Host>,
+}
+
+/// Plugs `host`'s interface into `bridge` (a veth pair: `host.port` in the switch namespace
+/// `sw`, `host.ifname` in the host's), its address on it (/24), up.
+fn plug(sw: &str, bridge: &str, host: &Host) {
+    must(&[
+        "ip",
+        "-n",
+        sw,
+        "link",
+        "add",
+        &host.port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &host.ifname,
+        "netns",
+        &host.ns,
+    ]);
+    must(&["ip", "-n", sw, "link", "set", &host.port, "master", bridge]);
+    must(&["ip", "-n", sw, "link", "set", &host.port, "up"]);
+    ip_in(
+        &host.ns,
+        &format!("addr add {}/24 dev {}", host.ip, host.ifname),
+    );
+    ip_in(&host.ns, &format!("link set {} up", host.ifname));
+}
+
+/// A LAN of network-namespace hosts on one bridge (or several subnets joined by a router, see
+/// [`Lan::routed`]). See the module documentation.
 pub struct Lan {
     pub id: String,
     switch_ns: String,
     hosts: Vec<Host>,
+    /// The bridges in the switch namespace, one per subnet.
+    bridges: Vec<String>,
+    /// The router between the subnets, when there are several.
+    router: Option<Router>,
     procs: Mutex<Vec<Tracked>>,
     dir: tempfile::TempDir,
 }
@@ -304,6 +350,16 @@ impl Lan {
     /// Builds a LAN with one host per name, or returns `None` (after printing the SKIPPED line)
     /// when network namespaces cannot be made here.
     pub fn new(names: &[&str]) -> Option<Lan> {
+        Lan::routed(&[names])
+    }
+
+    /// Builds a LAN of several subnets, one bridge each (`br0`, `br1`, ...: subnet K is
+    /// `10.77.(X+K).0/24`, its hosts from `.10` on), with the hosts named in `subnets[K]`. With
+    /// more than one subnet, a router namespace has a leg on each bridge (`.1` of each subnet,
+    /// IPv4 forwarding on in that namespace only) and every host's default route goes through
+    /// it; it routes no multicast, so mDNS stays inside each subnet. `None` (after the SKIPPED
+    /// line) when network namespaces cannot be made here.
+    pub fn routed(subnets: &[&[&str]]) -> Option<Lan> {
         if !netns_usable() {
             return None;
         }
@@ -311,8 +367,8 @@ impl Lan {
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{pid}-{n}");
-        // Each LAN is its own bridge in its own namespace, so equal subnets in two LANs could not
-        // even meet; X differs anyway, to keep captures and logs unambiguous.
+        // Each LAN is its own bridges in its own namespace, so equal subnets in two LANs could
+        // not even meet; X differs anyway, to keep captures and logs unambiguous.
         let x = ((pid as u64 * 7 + n as u64) % 200 + 20) as u8;
         let dir = tempfile::Builder::new()
             .prefix(&format!("netns-{id}-"))
@@ -322,6 +378,8 @@ impl Lan {
             switch_ns: format!("{NS_PREFIX}{id}-sw"),
             id,
             hosts: Vec::new(),
+            bridges: Vec::new(),
+            router: None,
             procs: Mutex::new(Vec::new()),
             dir,
         };
@@ -329,59 +387,70 @@ impl Lan {
         let sw = lan.switch_ns.clone();
         must(&["ip", "netns", "add", &sw]);
         must(&["ip", "-n", &sw, "link", "set", "lo", "up"]);
-        must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        must(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
-        for (i, name) in names.iter().enumerate() {
-            let host = Host {
-                name: name.to_string(),
-                ns: format!("{NS_PREFIX}{}-{name}", lan.id),
-                ip: Ipv4Addr::new(10, 77, x, 10 + i as u8),
-                ifname: "eth0".to_string(),
-                port: format!("p{i}"),
-            };
-            must(&["ip", "netns", "add", &host.ns]);
-            lan.hosts.push(host.clone());
-            must(&["ip", "-n", &host.ns, "link", "set", "lo", "up"]);
+        let routed = subnets.len() > 1;
+        if routed {
+            let ns = format!("{NS_PREFIX}{}-router", lan.id);
+            must(&["ip", "netns", "add", &ns]);
+            lan.router = Some(Router {
+                ns: ns.clone(),
+                legs: Vec::new(),
+            });
+            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             must(&[
                 "ip",
-                "-n",
-                &sw,
-                "link",
-                "add",
-                &host.port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &host.ifname,
                 "netns",
-                &host.ns,
-            ]);
-            must(&["ip", "-n", &sw, "link", "set", &host.port, "master", "br0"]);
-            must(&["ip", "-n", &sw, "link", "set", &host.port, "up"]);
-            must(&[
-                "ip",
-                "-n",
-                &host.ns,
-                "addr",
-                "add",
-                &format!("{}/24", host.ip),
-                "dev",
-                &host.ifname,
-            ]);
-            must(&["ip", "-n", &host.ns, "link", "set", &host.ifname, "up"]);
-            must(&[
-                "ip",
-                "-n",
-                &host.ns,
-                "route",
-                "add",
-                "224.0.0.0/4",
-                "dev",
-                &host.ifname,
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
             ]);
         }
+        for (k, names) in subnets.iter().enumerate() {
+            let bridge = format!("br{k}");
+            must(&["ip", "-n", &sw, "link", "add", &bridge, "type", "bridge"]);
+            lan.bridges.push(bridge.clone());
+            must(&["ip", "-n", &sw, "link", "set", &bridge, "up"]);
+            let net = x.wrapping_add(k as u8);
+            if let Some(router) = &lan.router {
+                let leg = Host {
+                    name: format!("router-{k}"),
+                    ns: router.ns.clone(),
+                    ip: Ipv4Addr::new(10, 77, net, 1),
+                    ifname: format!("eth{k}"),
+                    port: format!("r{k}"),
+                };
+                plug(&sw, &bridge, &leg);
+                lan.router.as_mut().unwrap().legs.push(leg);
+            }
+            for (i, name) in names.iter().enumerate() {
+                let host = Host {
+                    name: name.to_string(),
+                    ns: format!("{NS_PREFIX}{}-{name}", lan.id),
+                    ip: Ipv4Addr::new(10, 77, net, 10 + i as u8),
+                    ifname: "eth0".to_string(),
+                    port: format!("p{}", lan.hosts.len()),
+                };
+                must(&["ip", "netns", "add", &host.ns]);
+                lan.hosts.push(host.clone());
+                must(&["ip", "-n", &host.ns, "link", "set", "lo", "up"]);
+                plug(&sw, &bridge, &host);
+                ip_in(
+                    &host.ns,
+                    &format!("route add 224.0.0.0/4 dev {}", host.ifname),
+                );
+                if routed {
+                    ip_in(&host.ns, &format!("route add default via 10.77.{net}.1"));
+                }
+            }
+        }
         Some(lan)
+    }
+
+    /// The router between the subnets of a [`Lan::routed`] one (`None` with one subnet).
+    pub fn router(&self) -> Option<&Router> {
+        self.router.as_ref()
     }
 
     /// The host called `name`.
@@ -749,7 +818,8 @@ impl Lan {
             procs.len(),
             self.dir().display()
         );
-        for h in &self.hosts {
+        let legs = self.router.iter().flat_map(|r| r.legs.iter());
+        for h in self.hosts.iter().chain(legs) {
             eprintln!(
                 "  host {} = {} in namespace {} ({})",
                 h.name, h.ip, h.ns, h.ifname
@@ -845,12 +915,18 @@ impl Drop for Lan {
         drop(procs);
         // 2. Links, bridge, namespaces (deleting a namespace would take its veth ends along; the
         //    explicit deletes make a leak visible in the output).
-        for h in &self.hosts {
+        let legs = self.router.iter().flat_map(|r| r.legs.iter());
+        for h in self.hosts.iter().chain(legs) {
             sys(&["ip", "-n", &self.switch_ns, "link", "del", &h.port]);
         }
-        sys(&["ip", "-n", &self.switch_ns, "link", "del", "br0"]);
+        for b in &self.bridges {
+            sys(&["ip", "-n", &self.switch_ns, "link", "del", b]);
+        }
         for h in &self.hosts {
             sys(&["ip", "netns", "del", &h.ns]);
+        }
+        if let Some(r) = &self.router {
+            sys(&["ip", "netns", "del", &r.ns]);
         }
         sys(&["ip", "netns", "del", &self.switch_ns]);
         // 3. The temporary directory goes with `self.dir`.

@@ -9,7 +9,8 @@
 //! client sessions, client loops' results); `discovery.rs`, `failover.rs`, `migration.rs`,
 //! `multihomed.rs`, `security.rs` and `trust.rs` hold the scenarios of their issues, this file
 //! the basic ones; `docker.rs` runs a private dockerd and the container layouts (issue 13);
-//! `http.rs` the HTTP front with nginx, Python servers and curl (issue 14).
+//! `http.rs` the HTTP front with nginx, Python servers and curl (issue 14); `registry.rs` the
+//! etcd registry across routed subnets, through its faults (issue 15).
 
 #[macro_use]
 mod harness;
@@ -20,6 +21,7 @@ mod http;
 mod migration;
 mod multihomed;
 mod nodes;
+mod registry;
 mod security;
 mod trust;
 

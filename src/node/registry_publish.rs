@@ -110,10 +110,13 @@ pub(super) fn routable_addrs(quic: SocketAddr) -> Vec<SocketAddr> {
 /// Publishes until `cancel`: one session after another, with backoff between failures.
 async fn run(cfg: RegistryConfig, mut wanted: watch::Receiver<Wanted>, cancel: CancellationToken) {
     let mut backoff = Backoff::default();
+    // Whose turn it is among the endpoints: the next one after a failure.
+    let mut turn = etcd::first_turn();
     loop {
-        match session(&cfg, &mut wanted, &cancel, &mut backoff).await {
+        match session(&cfg, turn, &mut wanted, &cancel, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
+                turn = turn.wrapping_add(1);
                 let pause = backoff.pause();
                 warn!(endpoints = %cfg.endpoints.join(","), error = %e, retry_in = ?pause, "etcd registry unreachable or refused: retrying (mDNS goes on)");
                 tokio::select! {
@@ -125,15 +128,17 @@ async fn run(cfg: RegistryConfig, mut wanted: watch::Receiver<Wanted>, cancel: C
     }
 }
 
-/// One lease: granted, every wanted key put on it, kept alive at a third of its TTL, the keys
-/// kept equal to the wanted ones; at `cancel`, revoked (`Ok`). Any failure ends it (`Err`).
+/// One lease, on the endpoint whose turn `turn` is: granted, every wanted key put on it, kept
+/// alive at a third of its TTL, the keys kept equal to the wanted ones; at `cancel`, revoked
+/// (`Ok`). Any failure ends it (`Err`).
 async fn session(
     cfg: &RegistryConfig,
+    turn: usize,
     wanted: &mut watch::Receiver<Wanted>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), FollowError> {
-    let mut client = etcd::connect(cfg).await?;
+    let mut client = etcd::connect(cfg, turn).await?;
     let ttl = LEASE_TTL.as_secs() as i64;
     let lease = bounded(client.lease_grant(ttl, None)).await?.id();
     let (mut keeper, mut acks) = bounded(client.lease_keep_alive(lease)).await?;

@@ -144,9 +144,27 @@ impl Sink for MeshSink {
 }
 
 /// The mesh's records in the registry now, read once (`ls`): the well-formed ones of mesh
-/// `mesh`; the others are left out, as a consumer refuses them.
+/// `mesh`; the others are left out, as a consumer refuses them. Each endpoint is tried in turn
+/// until one answers.
 pub async fn read(cfg: &RegistryConfig, mesh: &MeshId) -> Result<Vec<Instance>, FollowError> {
-    let mut client = super::connect(cfg).await?;
+    let mut last = FollowError::Ended;
+    let first = super::first_turn();
+    for turn in (0..cfg.endpoints.len()).map(|i| first.wrapping_add(i)) {
+        match read_one(cfg, turn, mesh).await {
+            Ok(found) => return Ok(found),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// [`read`] on the endpoint whose turn `turn` is.
+async fn read_one(
+    cfg: &RegistryConfig,
+    turn: usize,
+    mesh: &MeshId,
+) -> Result<Vec<Instance>, FollowError> {
+    let mut client = super::connect(cfg, turn).await?;
     let prefix = value::mesh_prefix(mesh);
     let all = bounded(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
     Ok(all

@@ -73,6 +73,14 @@ impl RegistryConfig {
             .map(|e| format!("{scheme}://{e}"))
             .collect()
     }
+
+    /// The URL of the endpoint whose turn `turn` is (they take turns in their order).
+    fn url_of_turn(&self, turn: usize) -> String {
+        let urls = self.urls();
+        urls.get(turn % urls.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Parses `etcd://HOST:PORT[,HOST:PORT...]` (each item may repeat the scheme) into `HOST:PORT`
@@ -98,9 +106,30 @@ pub fn parse_endpoints(text: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// A client of the registry. Without a user it connects lazily: a registry that is down shows
-/// at the first request.
-pub async fn connect(cfg: &RegistryConfig) -> Result<Client, etcd_client::Error> {
+/// A client of the registry on one of its endpoints, the one whose turn `turn` is. A session
+/// (a watch, a lease) keeps to one member and the next session after a failure takes the next
+/// one, so a dead member costs one failed attempt: a client of every endpoint balances each
+/// request over all of them, the dead one included, and a session of several requests then
+/// fails again and again. Without a user it connects lazily: an endpoint that is down shows at
+/// the first request.
+pub async fn connect(cfg: &RegistryConfig, turn: usize) -> Result<Client, etcd_client::Error> {
+    connect_urls(cfg, vec![cfg.url_of_turn(turn)]).await
+}
+
+/// A random first turn among the endpoints, so that nodes spread over the members.
+pub fn first_turn() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    // Truncation intended: any bits of a randomly keyed hash will do.
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as usize
+}
+
+/// A client of `urls`, as `cfg` says to log in.
+async fn connect_urls(
+    cfg: &RegistryConfig,
+    urls: Vec<String>,
+) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         // A registry gone silent (a cut link) is noticed within seconds, not at TCP's pace;
@@ -122,7 +151,7 @@ pub async fn connect(cfg: &RegistryConfig) -> Result<Client, etcd_client::Error>
         }
         opts = opts.with_tls(t);
     }
-    Client::connect(cfg.urls(), Some(opts)).await
+    Client::connect(urls, Some(opts)).await
 }
 
 /// What a reader of a prefix does with its keys.
@@ -194,6 +223,8 @@ struct Follower<'a, S> {
     sink: S,
     revision: i64,
     term: u64,
+    /// Whose turn it is among the endpoints (the next one after a failure).
+    turn: usize,
 }
 
 /// Keeps `sink` equal to the keys under `prefix` until `cancel` fires: a full read, then one
@@ -212,6 +243,7 @@ pub async fn follow<S: Sink>(
         sink,
         revision: 0,
         term: 0,
+        turn: first_turn(),
     };
     let mut backoff = Backoff::default();
     loop {
@@ -223,6 +255,7 @@ pub async fn follow<S: Sink>(
         match outcome {
             Ok(()) => continue,
             Err(e) => {
+                f.turn = f.turn.wrapping_add(1);
                 warn!(prefix = %prefix, error = %e, retry_in = ?pause, "etcd registry unreachable or refused: keeping the instances known, retrying")
             }
         }
@@ -237,7 +270,7 @@ impl<S: Sink> Follower<'_, S> {
     /// One connection: catch up, then watch until it fails (`Err`) or a full read is needed
     /// (`Ok`: start again at once).
     async fn session(&mut self, backoff: &mut Backoff) -> Result<(), FollowError> {
-        let mut client = connect(self.cfg).await?;
+        let mut client = connect(self.cfg, self.turn).await?;
         self.catch_up(&mut client).await?;
         let opts = WatchOptions::new()
             .with_prefix()
@@ -332,6 +365,16 @@ mod tests {
         assert_eq!(first, [250, 500, 1000, 2000, 4000, 4000, 4000]);
         b.reset();
         assert_eq!(b.pause(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn sessions_take_the_endpoints_in_turn() {
+        let cfg = RegistryConfig::plain(vec!["a:1".into(), "b:2".into(), "c:3".into()]);
+        let turns: Vec<String> = (0..4).map(|t| cfg.url_of_turn(t)).collect();
+        assert_eq!(
+            turns,
+            ["http://a:1", "http://b:2", "http://c:3", "http://a:1"]
+        );
     }
 
     #[test]
