@@ -244,14 +244,15 @@ table bridge ambscale {
   chain pre {
     type filter hook prerouting priority -300; policy accept;
     counter name "frames"
-    ether type ip udp sport 5353 counter name "mdns4"
-    ether type ip udp dport 5353 udp sport != 5353 counter name "mdns4"
-    ether type ip6 udp sport 5353 counter name "mdns6"
-    ether type ip6 udp dport 5353 udp sport != 5353 counter name "mdns6"
-    ether type ip udp sport != 5353 udp dport != 5353 counter name "quic"
-    ether type ip6 udp sport != 5353 udp dport != 5353 counter name "quic"
-    ether type ip tcp dport 2379 counter name "etcd"
-    ether type ip tcp sport 2379 counter name "etcd"
+    # one counter per frame: "accept" ends this chain (the frame goes on as usual). Two matches
+    # "udp sport != X udp dport != X" would be merged by nft into one != on both ports together.
+    ether type ip udp sport 5353 counter name "mdns4" accept
+    ether type ip udp dport 5353 counter name "mdns4" accept
+    ether type ip6 udp sport 5353 counter name "mdns6" accept
+    ether type ip6 udp dport 5353 counter name "mdns6" accept
+    ether type ip tcp sport 2379 counter name "etcd" accept
+    ether type ip tcp dport 2379 counter name "etcd" accept
+    ether type { ip, ip6 } meta l4proto udp counter name "quic" accept
   }
 }
 EOF_NFT
@@ -385,6 +386,13 @@ run_fleet() { # N MODE
   # at rest
   sleep "$SETTLE"
   c2=$(counters); t_r0=$(now)
+  # totals: the start (first provider started until all known), and the start with its tail
+  # (until the rest window begins: announcements repeated, the consumer's backed-off queries)
+  local a b; read -r -a a <<<"$c0"; read -r -a b <<<"$c1"
+  put mdns_start_pkts "$(( b[0] + b[2] - a[0] - a[2] ))"; put mdns_start_bytes "$(( b[1] + b[3] - a[1] - a[3] ))"
+  put etcd_start_bytes "$(( b[5] - a[5] ))"
+  read -r -a b <<<"$c2"
+  put mdns_tail_pkts "$(( b[0] + b[2] - a[0] - a[2] ))"; put etcd_tail_bytes "$(( b[5] - a[5] ))"
   for i in "${prov[@]}"; do cpu0+=("$(cpu_ticks "$i")"); done
   local cc0 ce0 cc1 ce1
   cc0=$(cpu_ticks "$c_pid"); ce0=0; [ -n "$etcd_pid" ] && ce0=$(cpu_ticks "$etcd_pid")
