@@ -299,7 +299,26 @@ status_of() { # DIR: the consumer's status (JSON) into $RUNDIR/status.json; "kno
   XDG_RUNTIME_DIR="$1" timeout 5 "$AMB" status --json >"$RUNDIR/status.json" 2>/dev/null || true
   "$PY" "$H" known "$RUNDIR/status.json"
 }
-all_known() { read -r KNOWN HEALTHY < <(status_of "$C_RUN"); [ "$KNOWN" -ge "$WANT" ]; }
+all_known() { # also notes when half and 90 % of the instances were first known (T_HALF, T_90)
+  read -r KNOWN HEALTHY < <(status_of "$C_RUN")
+  [ -n "$T_HALF" ] || [ $((2 * KNOWN)) -lt "$WANT" ] || T_HALF=$(now)
+  [ -n "$T_90" ] || [ $((10 * KNOWN)) -lt $((9 * WANT)) ] || T_90=$(now)
+  [ "$KNOWN" -ge "$WANT" ]
+}
+udp_errors() { # PID...: UDP receive-buffer drops (RcvbufErrors) in the namespaces of these processes, summed
+  local p
+  for p in "$@"; do cat /proc/"$p"/net/snmp 2>/dev/null; done | snmp_rcvbuf
+}
+udp_errors_ns() { # NS...: the same, of namespaces (with or without a process in them)
+  local ns
+  for ns in "$@"; do ip netns exec "$ns" cat /proc/net/snmp 2>/dev/null; done | snmp_rcvbuf
+}
+snmp_rcvbuf() {
+  awk '
+    $1 == "Udp:" && $2 !~ /^[0-9]+$/ { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; next }
+    $1 == "Udp:" && c { n += $c }
+    END { print n + 0 }'
+}
 all_healthy() { read -r KNOWN HEALTHY < <(status_of "$C_RUN"); [ "$HEALTHY" -ge "$WANT" ]; }
 consumer_up() { XDG_RUNTIME_DIR="$C_RUN" timeout 5 "$AMB" status --json 2>/dev/null | grep -q '"node"'; }
 etcd_up() { timeout 5 ip netns exec "$NS_E" etcdctl --endpoints "http://$E_IP:2379" endpoint health >/dev/null 2>&1; }
@@ -353,6 +372,9 @@ run_fleet() { # N MODE
   ) >"$RUNDIR/samples.txt" 2>/dev/null &
   sampler=$!; PIDS+=("$sampler")
 
+  local ue_c0 ue_c1 ue_c2 ue_p0 ue_p1
+  ue_c0=$(udp_errors "$c_pid"); ue_p0=$(udp_errors_ns "${HOST_NS[@]:0:$n}")
+  T_HALF=""; T_90=""
   c0=$(counters); t_first=$(now)
   for i in $(seq 1 "$n"); do
     mkdir -m 700 "$RUNDIR/h$i.run"
@@ -362,9 +384,9 @@ run_fleet() { # N MODE
     prov+=("$LAST_PID"); logs+=("$RUNDIR/h$i.log")
   done
   if until_true $((60 + n)) all_known; then
-    t_conv=$(now); c1=$(counters)
+    t_conv=$(now); c1=$(counters); ue_c1=$(udp_errors "$c_pid")
   else
-    t_conv=""; c1=$(counters)
+    t_conv=""; c1=$(counters); ue_c1=$(udp_errors "$c_pid")
     fail "the consumer knew $KNOWN of $WANT instances after $((60 + n)) s"
   fi
   t_last=$("$PY" "$H" lastlog announcing "${logs[@]}")
@@ -374,6 +396,8 @@ run_fleet() { # N MODE
   if [ -n "$t_conv" ]; then
     put conv_last "$(calc "$t_conv - ${t_last:-$t_first}" 2)"
     put conv_first "$(calc "$t_conv - $t_first" 2)"
+    put conv_half "$(calc "${T_HALF:-$t_conv} - ${t_last:-$t_first}" 2)"
+    put conv_90 "$(calc "${T_90:-$t_conv} - ${t_last:-$t_first}" 2)"
     put_rates mdns_start "$(delta "$c0" "$c1" "$(calc "$t_conv - $t_first" 3)")"
     if until_true 30 all_healthy; then
       t_healthy=$(now); put healthy_last "$(calc "$t_healthy - ${t_last:-$t_first}" 2)"
@@ -420,6 +444,9 @@ run_fleet() { # N MODE
   read -r -a peak < <("$PY" "$H" rates "$RUNDIR/samples.txt" "$t_r0" "$t_r1")
   [ ${#peak[@]} -ge 4 ] && put mdns_rest_peak_pps "$((peak[0] + peak[2]))" && put mdns_rest_peak_kBps "$(calc "(${peak[1]} + ${peak[3]}) / 1000" 1)"
   for i in "${prov[@]}" "$c_pid"; do kill -0 "$i" 2>/dev/null || { fail "an ambassador died during the run"; break; }; done
+  ue_c2=$(udp_errors "$c_pid"); ue_p1=$(udp_errors "${prov[@]}")
+  put udp_drops_consumer_start "$((ue_c1 - ue_c0))"; put udp_drops_consumer_run "$((ue_c2 - ue_c0))"
+  put udp_drops_providers_run "$((ue_p1 - ue_p0))"
   read -r KNOWN HEALTHY < <(status_of "$C_RUN")
   put known_at_end "$KNOWN"; put healthy_at_end "$HEALTHY"
   [ "$KNOWN" -ge "$WANT" ] || fail "the consumer knew only $KNOWN of $WANT instances at the end of the rest window"
