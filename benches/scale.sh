@@ -21,6 +21,8 @@
 #   --settle S         wait after convergence before the rest window starts (default 5; quick 2)
 #   --write/--no-write write the results file or not (default: write, except with --quick)
 #   --out FILE         results file (default benches/results-scale.md)
+#   --keep DIR         copy every run's logs (providers, consumer, etcd, 1-s counter samples) into
+#                      DIR before the clean-up, for a closer look
 #
 # Environment: AMBASSADOR_BIN=path/to/ambassador (default: cargo build --release, then
 # ${CARGO_TARGET_DIR:-target}/release/ambassador); AMBASSADOR_BIN_DESC names the build.
@@ -69,6 +71,7 @@ SIZES=""
 MODES="mdns etcd etcd+mdns"
 REST=""
 SETTLE=""
+KEEP_DIR=""
 
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -81,6 +84,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES=${2:?--modes needs a list}; shift ;;
     --rest) REST=${2:?--rest needs seconds}; shift ;;
     --settle) SETTLE=${2:?--settle needs seconds}; shift ;;
+    --keep) KEEP_DIR=${2:?--keep needs a directory}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "scale.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -166,6 +170,10 @@ cleanup() {
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
   done
   for ns in "${LAN_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  if [ -n "$KEEP_DIR" ]; then
+    mkdir -p "$KEEP_DIR" && cp -r "$WORK"/run-* "$WORK"/results.tsv "$KEEP_DIR"/ 2>/dev/null &&
+      find "$KEEP_DIR" -name etcd-data -prune -exec rm -rf {} + && echo "scale.sh: logs kept in $KEEP_DIR" >&2
+  fi
   rm -rf "$WORK"
   exit "$rc"
 }
