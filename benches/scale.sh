@@ -32,8 +32,8 @@
 #
 # The network: a namespace holding bridge br0, and one namespace per host, each with lo up and one
 # veth (eth0, MTU 1500) plugged into the bridge, an address in 10.79.0.0/16 and a 224.0.0.0/4 route
-# on eth0 (IPv6 link-local addresses as the kernel makes them, so mDNS runs on both families, as
-# on a real LAN). Hosts: h1..hN (10.79.1.2 and up), the consumer c (10.79.0.2), etcd e
+# on eth0 (IPv6 link-local addresses as the kernel makes them, as on a real LAN; IPv6 mDNS is counted
+# apart). Hosts: h1..hN (10.79.1.2 and up), the consumer c (10.79.0.2), etcd e
 # (10.79.0.3). Nothing is made in the root namespace; the script changes no sysctl and no firewall
 # outside its namespaces. The bridge is made once for the largest size; a run uses the first N hosts.
 #
@@ -484,7 +484,7 @@ META="$WORK/meta.tsv"
   printf 'load\t1-min load average %s at the start, %s at the end (the whole fleet shares these cores with whatever else runs)\n' "$LOAD0" "$(cut -d' ' -f1 /proc/loadavg)"
   printf 'ambassador\t%s\n' "$AMB_DESC"
   printf 'etcd\t%s (one member)\n' "${ETCD_VERSION:-?}"
-  printf 'fleet\t%s\n' "sizes $SIZES; each host announces redis:6379 (shared: N instances) and svc-i:7000 (its own), both to one listener; one consumer connects to all N+1 services (2N instances); mDNS on each host's eth0 (IPv4 and IPv6 link-local), etcd modes with --registry etcd://$E_IP:2379"
+  printf 'fleet\t%s\n' "sizes $SIZES; each host announces redis:6379 (shared: N instances) and svc-i:7000 (its own), both to one listener; one consumer connects to all N+1 services (2N instances); mDNS on each host's eth0 (IPv6 link-local addresses are there too, IPv6 mDNS is counted apart: raw mdns_*_v6_pps), etcd modes with --registry etcd://$E_IP:2379"
   printf 'windows\t%s\n' "start: from the first provider's start until the consumer lists all 2N instances; rest: $REST s, beginning $SETTLE s after that"
   printf 'counting\t%s\n' "nftables counters on the bridge's ingress: each frame once as sent, IP bytes without the Ethernet header (a multicast frame then reaches every one of the N+1 other hosts); mDNS = UDP port 5353 both families, etcd = TCP port 2379, QUIC = every other UDP"
 } >"$META"
