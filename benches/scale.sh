@@ -4,7 +4,7 @@
 # reaches all of them: how long until the consumer knows every instance, what mDNS (or etcd)
 # costs on the wire during the start and at rest, and what one idle ambassador costs in CPU.
 #
-#   sudo benches/scale.sh            full run (N = 50, then 100; about 15 minutes), writes
+#   sudo benches/scale.sh            full run (N = 50, then 100; about 14 minutes), writes
 #                                    benches/results-scale.md
 #   sudo benches/scale.sh --quick    smoke run (N = 10, short windows); writes nothing
 #
