@@ -12,8 +12,7 @@
 #   --sizes "50 100"   fleet sizes, run one after the other (default "50 100"; quick "10")
 #   --modes "a b"      discovery modes, each run on every size (default: mdns etcd etcd+mdns):
 #                        mdns       mDNS alone (the default of ambassador), on each host's eth0
-#                        etcd       --registry etcd://... with mDNS off (--interface no-mdns0, an
-#                                   interface that does not exist, as tests/registry.rs does)
+#                        etcd       --registry etcd://... with mDNS off (--no-mdns)
 #                        etcd+mdns  --registry and mDNS on eth0 both (what a user gets by adding
 #                                   --registry to a LAN that has mDNS)
 #   --rest S           the at-rest window, in seconds (default 120: one whole TTL cycle of the
@@ -344,12 +343,12 @@ put_rates() { # PREFIX RATES: mdns (v4+v6), etcd, quic, all frames: pkt/s and kB
 }
 
 run_fleet() { # N MODE
-  local n=$1 mode=$2 i iface=eth0 reg=() prov=() pids=() specs=() logs=() etcd_pid="" c_pid sampler
+  local n=$1 mode=$2 i mdns=(--interface eth0) reg=() prov=() pids=() specs=() logs=() etcd_pid="" c_pid sampler
   local t_first t_conv t_last t_healthy c0 c1 c2 c3 t_r0 t_r1 cpu0=() cpu1=() sum0 sum1 tag peak
   RUN="$mode-$n"; RUNDIR="$WORK/run-$RUN"; mkdir -p "$RUNDIR"
   tag="r$RANDOM"
   WANT=$((2 * n))
-  case $mode in etcd) iface=no-mdns0; reg=(--registry "$ETCD_URL") ;; etcd+mdns) reg=(--registry "$ETCD_URL") ;; esac
+  case $mode in etcd) mdns=(--no-mdns); reg=(--registry "$ETCD_URL") ;; etcd+mdns) reg=(--registry "$ETCD_URL") ;; esac
   put hosts "$n"; put mode "$mode"
   case $mode in mdns) put mode_label "mDNS" ;; etcd) put mode_label "etcd (mDNS off)" ;; etcd+mdns) put mode_label "etcd + mDNS" ;; esac
   say "run $RUN: $n hosts, $WANT instances, discovery $mode"
@@ -368,7 +367,7 @@ run_fleet() { # N MODE
   for i in $(seq 1 "$n"); do specs+=("svc-$i:$((20000 + i))"); done
   C_RUN="$RUNDIR/c.run"; mkdir -m 700 "$C_RUN"
   spawn "$RUNDIR/consumer.log" ip netns exec "$NS_C" env XDG_RUNTIME_DIR="$C_RUN" "$AMB" connect "${specs[@]}" \
-    --interface "$iface" --node "consumer-$tag" --mesh-key-file "$KEY" --bind "$C_IP" --drain-timeout 1s "${reg[@]}"
+    "${mdns[@]}" --node "consumer-$tag" --mesh-key-file "$KEY" --bind "$C_IP" --drain-timeout 1s "${reg[@]}"
   c_pid=$LAST_PID
   if ! until_true 20 consumer_up; then fail "the consumer did not come up: $(tail -n 3 "$RUNDIR/consumer.log" | tr '\n' ' ')"; stop_pids "$c_pid" ${etcd_pid:+"$etcd_pid"}; return; fi
   sleep 1
@@ -388,7 +387,7 @@ run_fleet() { # N MODE
     mkdir -m 700 "$RUNDIR/h$i.run"
     spawn "$RUNDIR/h$i.log" ip netns exec "$ID-h$i" env XDG_RUNTIME_DIR="$RUNDIR/h$i.run" "$AMB" announce \
       "redis:6379=127.0.0.1:$TPORT" "svc-$i:7000=127.0.0.1:$TPORT" \
-      --interface "$iface" --node "h$i-$tag" --mesh-key-file "$KEY" --bind "$(host_ip "$i")" --drain-timeout 1s "${reg[@]}"
+      "${mdns[@]}" --node "h$i-$tag" --mesh-key-file "$KEY" --bind "$(host_ip "$i")" --drain-timeout 1s "${reg[@]}"
     prov+=("$LAST_PID"); logs+=("$RUNDIR/h$i.log")
   done
   if until_true $((60 + n)) all_known; then

@@ -62,6 +62,14 @@ pub struct Common {
         value_name = "IF"
     )]
     pub interfaces: Vec<String>,
+    /// Turn mDNS off: announce and discover only through --registry (or --discover/--backend)
+    #[arg(
+        long,
+        global = true,
+        env = "AMBASSADOR_NO_MDNS",
+        conflicts_with = "interfaces"
+    )]
+    pub no_mdns: bool,
     /// CA mode: the node bundle made by `ambassador ca issue` (node.key, node.crt, ca.crt)
     #[arg(long, global = true, env = "AMBASSADOR_IDENTITY", value_name = "DIR")]
     pub identity: Option<PathBuf>,

@@ -310,6 +310,8 @@ pub struct NodeConfig<I = IdentitySource> {
     pub bind: SocketAddr,
     /// mDNS interfaces (empty: all).
     pub interfaces: Vec<String>,
+    /// Whether mDNS runs (`--no-mdns`, `mdns = false`: it does not).
+    pub mdns: bool,
     /// Services to announce.
     pub announce: Vec<AnnounceConfig>,
     /// Interval of the provider's target health checks.
@@ -373,6 +375,8 @@ pub struct FileConfig {
     pub bind: Option<SocketAddr>,
     /// mDNS interfaces.
     pub interfaces: Vec<String>,
+    /// `mdns = false` turns mDNS off (as `--no-mdns` does).
+    pub mdns: Option<bool>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// Peer timeout, e.g. "3s".
@@ -686,6 +690,11 @@ impl CheckedConfig {
         } else {
             common.interfaces.clone()
         };
+        if file.mdns == Some(false) && !file.interfaces.is_empty() {
+            return Err(Failure::usage(
+                "the config file sets both `mdns = false` and `interfaces`: keep one",
+            ));
+        }
         let given = common.node.as_deref().or(file.node.as_deref());
         Ok(NodeConfig {
             node: node_name(given)?,
@@ -697,6 +706,7 @@ impl CheckedConfig {
                 .or(file.bind)
                 .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             interfaces,
+            mdns: !common.no_mdns && file.mdns.unwrap_or(true),
             announce: Vec::new(),
             health_interval: DEFAULT_HEALTH_INTERVAL,
             connect: Vec::new(),
@@ -813,7 +823,38 @@ impl CheckedConfig {
         cfg.http = flag_addr(addr::HTTP, "--http", args.http.as_deref())?;
         cfg.http_timeout = args.http_timeout;
         cfg.http_policy = args.policy;
+        cfg.check_discovery()?;
         Ok(cfg)
+    }
+
+    /// With mDNS off, every consumer still has a way to find its instances.
+    fn check_discovery(&self) -> Result<(), Failure> {
+        if self.mdns {
+            return Ok(());
+        }
+        for c in &self.connect {
+            match &c.source {
+                Source::MdnsType(ty) => {
+                    return Err(Failure::usage(format!(
+                        "connect {}: --discover mdns:{ty} browses mDNS, which --no-mdns turns off",
+                        c.spec.service
+                    )));
+                }
+                Source::Mesh if self.registry.is_none() => {
+                    return Err(Failure::usage(format!(
+                        "connect {}: with mDNS off (--no-mdns) the mesh is found only through --registry etcd://HOST:PORT; add it, or give --backend/--discover",
+                        c.spec.service
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if self.http.is_some() && self.registry.is_none() {
+            return Err(Failure::usage(
+                "--http finds applications in the mesh, and with mDNS off (--no-mdns) only --registry etcd://HOST:PORT can: add it",
+            ));
+        }
+        Ok(())
     }
 
     /// From a `run -c` file; flags given on the command line win over the file.
@@ -845,6 +886,7 @@ impl CheckedConfig {
                 "the config file has no [announce.NAME] or [connect.NAME] section: nothing to do",
             ));
         }
+        cfg.check_discovery()?;
         Ok(cfg)
     }
 
@@ -877,6 +919,7 @@ impl<I> NodeConfig<I> {
             insecure_key_permissions: self.insecure_key_permissions,
             bind: self.bind,
             interfaces: self.interfaces,
+            mdns: self.mdns,
             announce: self.announce,
             health_interval: self.health_interval,
             connect: self.connect,
@@ -1245,5 +1288,55 @@ mod tests {
             .to_string();
         assert!(e.ends_with("run.toml:6: weight must be 1-10000"), "{e}");
         assert_eq!(format!("{flags:?}"), "Flags(..)");
+    }
+
+    #[test]
+    fn mdns_off_needs_another_way_to_find_the_mesh() {
+        use clap::Parser;
+        let key = MeshKey::generate().unwrap().to_text();
+        let connect = |extra: &[&str]| {
+            let mut argv = vec!["ambassador", "--mesh-key", &key, "--no-mdns", "connect"];
+            argv.extend_from_slice(extra);
+            let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+            let crate::cli::Command::Connect(args) = &cli.command else {
+                panic!("not connect: {cli:?}");
+            };
+            CheckedConfig::from_connect(&cli.common, args)
+        };
+        let refused = |r: Result<CheckedConfig, Failure>| match r {
+            Err(Failure::Usage(msg)) => msg,
+            other => panic!("not a usage error: {other:?}"),
+        };
+        assert!(refused(connect(&["redis"])).contains("--registry"));
+        assert!(
+            refused(connect(&[
+                "redis:6379",
+                "--direct",
+                "--discover",
+                "mdns:_redis._tcp"
+            ]))
+            .contains("mDNS")
+        );
+        let cfg = connect(&["redis", "--registry", "etcd://127.0.0.1:2379"]).unwrap();
+        assert!(!cfg.mdns && cfg.registry.is_some());
+        assert!(connect(&["redis:6379", "--backend", "127.0.0.1:6379", "--direct"]).is_ok());
+        // --no-mdns and --interface contradict each other.
+        assert!(
+            crate::cli::Cli::try_parse_from([
+                "ambassador",
+                "--no-mdns",
+                "--interface",
+                "eth0",
+                "ls"
+            ])
+            .is_err()
+        );
+        // The file's `mdns = false` is the same switch.
+        let f = file("mdns = false\n[connect.redis]\nport = 6379\n");
+        assert!(refused(CheckedConfig::from_file(&key_flags(), &f)).contains("--registry"));
+        let f = file("mdns = false\ninterfaces = [\"eth0\"]\n[connect.redis]\nport = 6379\n");
+        assert!(refused(CheckedConfig::from_file(&key_flags(), &f)).contains("keep one"));
+        let f = file("[connect.redis]\nport = 6379\n");
+        assert!(CheckedConfig::from_file(&key_flags(), &f).unwrap().mdns);
     }
 }

@@ -152,7 +152,16 @@ fn table(rows: &[Row]) -> String {
 /// Runs `ambassador ls`: mDNS for `--timeout`, and the etcd registry with `--registry`.
 pub async fn run(common: &Common, args: &LsArgs) -> Result<(), Failure> {
     let mesh = own_mesh_id(common)?;
-    let all = browse(&common.interfaces, args.timeout).await?;
+    let all = if common.no_mdns {
+        if registry_flags(common)?.is_none() {
+            return Err(Failure::usage(
+                "with mDNS off (--no-mdns) `ls` has only --registry etcd://HOST:PORT to read: add it",
+            ));
+        }
+        Vec::new()
+    } else {
+        browse(&common.interfaces, args.timeout).await?
+    };
     let all = with_registry(common, mesh.as_ref(), all).await?;
     let shared = |i: &Instance| {
         all.iter()

@@ -19,7 +19,6 @@ use serde_json::Value;
 
 /// mDNS off: limited to an interface that does not exist, so only etcd can tell the nodes of
 /// each other.
-const NO_MDNS: &str = "no-mdns0";
 
 /// Whether etcd and etcdctl are installed; says SKIPPED when not.
 fn etcd_installed() -> bool {
@@ -179,18 +178,10 @@ impl Drop for Etcd {
 /// `ambassador SUB` as node `node` of `mesh`, QUIC on 127.0.0.1, mDNS off, with `--registry`.
 fn node_cmd(mesh: &Mesh, etcd: &Etcd, sub: &str, node: &str) -> Command {
     let mut cmd = command(mesh.dir.path());
-    cmd.args([
-        sub,
-        "--interface",
-        NO_MDNS,
-        "--bind",
-        "127.0.0.1",
-        "--node",
-        node,
-    ])
-    .arg("--mesh-key-file")
-    .arg(&mesh.key_file)
-    .args(["--registry", &etcd.url()]);
+    cmd.args([sub, "--no-mdns", "--bind", "127.0.0.1", "--node", node])
+        .arg("--mesh-key-file")
+        .arg(&mesh.key_file)
+        .args(["--registry", &etcd.url()]);
     cmd
 }
 
@@ -301,6 +292,15 @@ fn publish_consume_refuse_and_stop() {
     let quic = common::quic_port(mesh.dir.path(), &prov);
     assert_eq!(v["addrs"], serde_json::json!([format!("127.0.0.1:{quic}")]));
     assert!(listed_nodes(&mesh, &cons).contains(&prov));
+    // --no-mdns: the provider is in etcd only, not on mDNS (which `ls` alone browses).
+    provider.expect_log(&["mDNS off (--no-mdns)"], READY);
+    let mut mdns_ls = mesh.node_command("ls", &unique("ls"));
+    mdns_ls.args(["--json", "--timeout", "500ms"]);
+    let out = run(mdns_ls, Duration::from_secs(10));
+    assert!(
+        !out.stdout.contains(&format!("\"{prov}\"")),
+        "not announced over mDNS: {out:?}"
+    );
     let mut ls = node_cmd(&mesh, &etcd, "ls", &unique("ls"));
     ls.args(["--json", "--timeout", "200ms"]);
     let out = run(ls, Duration::from_secs(10));
@@ -404,6 +404,17 @@ fn malformed_etcd_keys_source_is_a_usage_error() {
     let out = run(cmd, Duration::from_secs(10));
     assert_eq!(out.code(), 2, "{out:?}");
     assert!(out.stderr.contains("expected etcd://HOST:PORT"), "{out:?}");
+    // With mDNS off, a consumer of the mesh needs the registry.
+    let mut cmd = command(mesh.dir.path());
+    cmd.args(["connect", "redis", "--no-mdns", "--mesh-key-file"])
+        .arg(&mesh.key_file);
+    let out = run(cmd, Duration::from_secs(10));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("--registry etcd://HOST:PORT"),
+        "{out:?}"
+    );
 }
 
 /// etcd down: the consumer keeps serving through the instance it knows. etcd back with its

@@ -183,7 +183,10 @@ impl Node {
     /// Feeds the registry from the mesh's mDNS announcements (and notes records of this
     /// node's name by another node).
     pub(super) fn browse_mesh(&self) -> Result<(), Failure> {
-        let rx = self.mdns.browse().context("browsing mDNS")?;
+        let Some(mdns) = &self.mdns else {
+            return Ok(()); // --no-mdns: the registry alone feeds it
+        };
+        let rx = mdns.browse().context("browsing mDNS")?;
         let filter = BrowseFilter {
             mesh_id: self.mesh_id.clone(),
             own_node: self.node.clone(),
@@ -194,7 +197,7 @@ impl Node {
             self.cancel.clone(),
             self.conflicts.clone(),
         );
-        let interfaces = self.mdns.interfaces().to_vec();
+        let interfaces = mdns.interfaces().to_vec();
         self.tracker.spawn(async move {
             run_browser(rx, &interfaces, &reg, filter, conflicts, cancel).await
         });
@@ -287,7 +290,13 @@ impl Node {
             }
             Source::DnsSrv { name, server } => endpoints(self.follow_srv(c, name, *server, kind)?),
             Source::MdnsType(ty) => {
-                let rx = self.mdns.browse_type(ty).context("browsing mDNS")?;
+                // Refused at configuration time with --no-mdns.
+                let Some(mdns) = &self.mdns else {
+                    return Err(Failure::usage(format!(
+                        "--discover mdns:{ty} needs mDNS, which --no-mdns turns off"
+                    )));
+                };
+                let rx = mdns.browse_type(ty).context("browsing mDNS")?;
                 let set = Arc::new(EndpointSet::new(
                     Vec::new(),
                     self.metrics.discovery("dns-sd"),

@@ -74,7 +74,8 @@ pub struct Node {
     /// Connections to peers, shared by every consumer.
     pool: Pool,
     /// The mDNS responder and browser.
-    mdns: Arc<Mdns>,
+    /// mDNS, unless `--no-mdns` turned it off.
+    mdns: Option<Arc<Mdns>>,
     /// The etcd registry publisher, when the node announces with `--registry`.
     etcd: Option<Arc<registry_publish::RegistryPublisher>>,
     /// Stops every task of the node.
@@ -145,7 +146,14 @@ impl Node {
         let client = transport::client_config(&identity, &deny, &cfg.transport)
             .context("TLS client set-up")?;
         let pool = Pool::new(endpoint.clone(), client, cfg.transport.clone());
-        let mdns = Mdns::new(&cfg.interfaces, Some(quic_addr)).context("starting mDNS")?;
+        let mdns = if cfg.mdns {
+            Some(Arc::new(
+                Mdns::new(&cfg.interfaces, Some(quic_addr)).context("starting mDNS")?,
+            ))
+        } else {
+            info!("mDNS off (--no-mdns): announcing and discovering through the registry only");
+            None
+        };
         let (fatal, fatal_rx) = mpsc::channel(1);
         info!(node = %identity.node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %identity_source(&cfg), "node up");
         let metrics = Arc::new(Metrics::new());
@@ -160,7 +168,7 @@ impl Node {
             endpoint,
             quic_addr,
             pool,
-            mdns: Arc::new(mdns),
+            mdns,
             etcd: None,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -267,7 +275,9 @@ impl Node {
         if let Some(etcd) = &self.etcd {
             etcd.remove_all();
         }
-        self.mdns.withdraw_all().await;
+        if let Some(mdns) = &self.mdns {
+            mdns.withdraw_all().await;
+        }
         self.deliver_drain().await;
         let open = self.active();
         if open == 0 {
@@ -316,7 +326,9 @@ impl Node {
     async fn stop(self) {
         info!("stopping: withdrawing announcements");
         self.cancel.cancel();
-        self.mdns.shutdown().await;
+        if let Some(mdns) = &self.mdns {
+            mdns.shutdown().await;
+        }
         self.endpoint
             .close(CloseCode::Stopping.varint(), b"node stopping");
         self.tracker.close();

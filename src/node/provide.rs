@@ -69,7 +69,7 @@ impl Announced {
     /// registry when there is one).
     pub(super) fn republish(
         &self,
-        mdns: &Mdns,
+        mdns: Option<&Mdns>,
         etcd: Option<&RegistryPublisher>,
         (node, quic_port): (&NodeName, u16),
         edit: impl FnOnce(&mut TxtRecord),
@@ -79,7 +79,7 @@ impl Announced {
             edit(&mut txt);
             txt.clone()
         };
-        if let Err(e) = mdns.announce(node, quic_port, &txt) {
+        if let Some(Err(e)) = mdns.map(|m| m.announce(node, quic_port, &txt)) {
             warn!(error = %e, "cannot update the record");
         }
         if let Some(etcd) = etcd {
@@ -188,18 +188,23 @@ impl Node {
     /// Publishes an announcement's record over mDNS and logs it.
     fn publish(&self, a: &Announced) -> Result<(), Failure> {
         let spec = &a.cfg.spec;
-        let fullname = self
-            .mdns
-            .announce(&self.node, self.quic_addr.port(), &a.record())
-            .context("announcing over mDNS")?;
+        let record = a.record();
+        let fullname = match &self.mdns {
+            Some(mdns) => Some(
+                mdns.announce(&self.node, self.quic_addr.port(), &record)
+                    .context("announcing over mDNS")?,
+            ),
+            None => None,
+        };
+        let instance = fullname.clone().unwrap_or_else(|| record.instance_name());
         let up = a.up.load(Ordering::Relaxed);
-        info!(service = %spec.service, port = spec.port, target = %spec.target, instance = %fullname, target_up = up, "announcing");
+        info!(service = %spec.service, port = spec.port, target = %spec.target, %instance, target_up = up, "announcing");
         if !up {
             warn!(service = %spec.service, target = %spec.target, "target is down: announced as down until it answers");
         }
-        *a.fullname.lock().unwrap_or_else(|e| e.into_inner()) = Some(fullname);
+        *a.fullname.lock().unwrap_or_else(|e| e.into_inner()) = fullname;
         if let Some(etcd) = &self.etcd {
-            etcd.put(&a.record());
+            etcd.put(&record);
         }
         Ok(())
     }
@@ -221,9 +226,12 @@ impl Node {
             p.remove(route);
         }
         let fullname: Option<String> = a.fullname.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(fullname) = fullname {
-            info!(service = %route.0, instance = %fullname, "withdrawn");
-            self.mdns.withdraw(&fullname).await;
+        match (fullname, &self.mdns) {
+            (Some(fullname), Some(mdns)) => {
+                info!(service = %route.0, instance = %fullname, "withdrawn");
+                mdns.withdraw(&fullname).await;
+            }
+            _ => info!(service = %route.0, instance = %a.record().instance_name(), "withdrawn"),
         }
     }
 
@@ -250,7 +258,10 @@ impl Node {
     fn spawn_conflict_announcer(&self) {
         const EVERY: Duration = Duration::from_secs(2);
         let (announced, conflicts) = (self.announced.clone(), self.conflicts.clone());
-        let (mdns, node, port) = (self.mdns.clone(), self.node.clone(), self.quic_addr.port());
+        let Some(mdns) = self.mdns.clone() else {
+            return; // names are shared over mDNS only
+        };
+        let (node, port) = (self.node.clone(), self.quic_addr.port());
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
             loop {
@@ -265,7 +276,7 @@ impl Node {
                 if shared {
                     let now = announced.read().unwrap_or_else(|e| e.into_inner()).clone();
                     for a in &now {
-                        a.republish(&mdns, None, (&node, port), |_| {});
+                        a.republish(Some(&mdns), None, (&node, port), |_| {});
                     }
                 }
             }
@@ -292,7 +303,7 @@ struct HealthCheck {
     announced: Arc<Announced>,
     /// Told of every change, for the control streams.
     provider: Option<Arc<ProviderConfig>>,
-    mdns: Arc<Mdns>,
+    mdns: Option<Arc<Mdns>>,
     /// The etcd registry publisher, if any.
     etcd: Option<Arc<RegistryPublisher>>,
     node: NodeName,
@@ -326,7 +337,9 @@ impl HealthCheck {
                 p.publish();
             }
             let record = (&self.node, self.quic_port);
-            a.republish(&self.mdns, self.etcd.as_deref(), record, |txt| txt.up = up);
+            a.republish(self.mdns.as_deref(), self.etcd.as_deref(), record, |txt| {
+                txt.up = up
+            });
         }
     }
 }

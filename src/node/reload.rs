@@ -57,7 +57,7 @@ impl Node {
             if let Some(etcd) = &self.etcd {
                 etcd.remove(&a.record());
             }
-            a.republish(&self.mdns, self.etcd.as_deref(), record, |txt| {
+            a.republish(self.mdns.as_deref(), self.etcd.as_deref(), record, |txt| {
                 txt.fingerprint = identity.fingerprint.clone();
             });
         }
