@@ -17,9 +17,6 @@ use common::redis::{Redis, poll, redis_cli};
 use common::{Mesh, Output, Proc, READY, command, free_tcp_port, run, status, unique};
 use serde_json::Value;
 
-/// mDNS off: limited to an interface that does not exist, so only etcd can tell the nodes of
-/// each other.
-
 /// Whether etcd and etcdctl are installed; says SKIPPED when not.
 fn etcd_installed() -> bool {
     let found = |bin: &str| {
