@@ -836,13 +836,13 @@ impl CheckedConfig {
             match &c.source {
                 Source::MdnsType(ty) => {
                     return Err(Failure::usage(format!(
-                        "connect {}: --discover mdns:{ty} browses mDNS, which --no-mdns turns off",
+                        "connect {}: --discover mdns:{ty} browses mDNS, which --no-mdns (mdns = false) turns off",
                         c.spec.service
                     )));
                 }
                 Source::Mesh if self.registry.is_none() => {
                     return Err(Failure::usage(format!(
-                        "connect {}: with mDNS off (--no-mdns) the mesh is found only through --registry etcd://HOST:PORT; add it, or give --backend/--discover",
+                        "connect {}: with mDNS off (--no-mdns, mdns = false) the mesh is found only through a registry: add --registry etcd://HOST:PORT ([registry] in a file), or give --backend/--discover",
                         c.spec.service
                     )));
                 }
@@ -851,7 +851,7 @@ impl CheckedConfig {
         }
         if self.http.is_some() && self.registry.is_none() {
             return Err(Failure::usage(
-                "--http finds applications in the mesh, and with mDNS off (--no-mdns) only --registry etcd://HOST:PORT can: add it",
+                "--http finds applications in the mesh, and with mDNS off (--no-mdns, mdns = false) only a registry can: add --registry etcd://HOST:PORT ([registry] in a file)",
             ));
         }
         Ok(())
