@@ -80,9 +80,8 @@ enum Side {
 }
 
 /// Largest UDP payload sent or accepted; MTU discovery stops at what the path carries (1452 on
-/// Ethernet; loopback and jumbo-frame links reach this bound). Not 8952 for jumbo frames: quinn
-/// batches up to 10 packets in one GSO send, and a batch over 64 KiB fails with EMSGSIZE, which
-/// quinn-udp drops silently (every batch of 8952-byte packets would be lost).
+/// Ethernet; loopback and jumbo-frame links reach this bound). One GSO send carries as many
+/// packets as fit 64 KiB (our quinn patch, vendor/quinn/PATCH.md: 10 of these, 44 at 1452).
 const MAX_UDP_PAYLOAD: u16 = 6500;
 
 fn transport_config(s: &TransportSettings, side: Side) -> TransportConfig {
