@@ -226,12 +226,12 @@ impl Node {
             p.remove(route);
         }
         let fullname: Option<String> = a.fullname.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match (fullname, &self.mdns) {
-            (Some(fullname), Some(mdns)) => {
-                info!(service = %route.0, instance = %fullname, "withdrawn");
-                mdns.withdraw(&fullname).await;
-            }
-            _ => info!(service = %route.0, instance = %a.record().instance_name(), "withdrawn"),
+        let instance = fullname
+            .clone()
+            .unwrap_or_else(|| a.record().instance_name());
+        info!(service = %route.0, %instance, "withdrawn");
+        if let (Some(fullname), Some(mdns)) = (fullname, &self.mdns) {
+            mdns.withdraw(&fullname).await;
         }
     }
 
