@@ -368,7 +368,7 @@ def cmd_report(results, meta, mode, setup="loopback"):
     w("| | |")
     w("|---|---|")
     for k in ("date", "kernel", "nproc", "cpu", "load", "ambassador", "discovery", "network", "loss",
-              "tools", "settings"):
+              "tcp congestion control", "tools", "settings"):
         if k in m:
             w("| %s | %s |" % (k, m[k]))
     w("")

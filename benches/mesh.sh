@@ -850,6 +850,7 @@ META="$WORK/meta.tsv"
     printf 'network\t%s\n' "two network namespaces (A $LINK_A, B $LINK_B), each with a veth at MTU 1500 on a bridge in a third namespace, sharing this machine's cores; veth offloads as the kernel sets them (TSO, GSO, UDP GSO on) except in the lossy runs"
     [ "$LOSS" -gt 0 ] && printf 'loss\t%s\n' "lossy runs: nftables in B drops $LOSS % of the packets entering B from the link (numgen random mod 100 < $LOSS); TSO/GSO off on A's veth meanwhile, so that 1500-byte packets are dropped, not offload batches"
     printf 'loss_pct\t%s\n' "$LOSS"
+    printf 'tcp congestion control\t%s\n' "the TCP paths' (direct, stunnel, haproxy): $("${IN_A[@]}" sysctl -n net.ipv4.tcp_congestion_control) in A, $("${IN_B[@]}" sysctl -n net.ipv4.tcp_congestion_control) in B (the host's net.ipv4.tcp_congestion_control, which a new namespace inherits); the ambassador pair's QUIC: CUBIC (quinn)"
   fi
   printf 'tools\t%s; %s; %s; %sredis %s; %s\n' "$(iperf3 --version 2>&1 | head -n1 | awk '{print $1" "$2}')" \
     "$(socat -V 2>/dev/null | awk '/socat version/{print "socat "$3; exit}')" \
