@@ -255,6 +255,17 @@ if [ "$LAN" = 1 ]; then
   spawn /dev/null "${IN_A[@]}" sleep infinity; NET_A=/proc/$LAST_PID/net
   spawn /dev/null "${IN_B[@]}" sleep infinity; NET_B=/proc/$LAST_PID/net
 fi
+# The ambassador pair's congestion control, from its "node up" log line (--congestion auto follows
+# the host's TCP: loss-tolerant CUBIC where that is BBR, CUBIC otherwise).
+amb_congestion() {
+  local cc
+  cc=$(grep -ho 'congestion=[a-z-]*' "$WORK"/pair*-ambassador/connect.log 2>/dev/null | head -n 1)
+  case "${cc#congestion=}" in
+    loss-tolerant) echo "loss-tolerant CUBIC (ambassador --congestion auto on a BBR host: loss under 2 % is not congestion)" ;;
+    cubic) echo "CUBIC (quinn)" ;;
+    *) echo "not recorded" ;;
+  esac
+}
 LOSS_TABLE=ambbench_loss
 loss_on() { # B drops LOSS % of what enters it from the link; A's veth sends 1500-byte packets
   "${IN_A[@]}" ethtool -K "$IF_A" tso off gso off tx-udp-segmentation off >/dev/null 2>&1
@@ -850,7 +861,7 @@ META="$WORK/meta.tsv"
     printf 'network\t%s\n' "two network namespaces (A $LINK_A, B $LINK_B), each with a veth at MTU 1500 on a bridge in a third namespace, sharing this machine's cores; veth offloads as the kernel sets them (TSO, GSO, UDP GSO on) except in the lossy runs"
     [ "$LOSS" -gt 0 ] && printf 'loss\t%s\n' "lossy runs: nftables in B drops $LOSS % of the packets entering B from the link (numgen random mod 100 < $LOSS); TSO/GSO off on A's veth meanwhile, so that 1500-byte packets are dropped, not offload batches"
     printf 'loss_pct\t%s\n' "$LOSS"
-    printf 'tcp congestion control\t%s\n' "the TCP paths' (direct, stunnel, haproxy): $("${IN_A[@]}" sysctl -n net.ipv4.tcp_congestion_control) in A, $("${IN_B[@]}" sysctl -n net.ipv4.tcp_congestion_control) in B (the host's net.ipv4.tcp_congestion_control, which a new namespace inherits); the ambassador pair's QUIC: CUBIC (quinn)"
+    printf 'tcp congestion control\t%s\n' "the TCP paths' (direct, stunnel, haproxy): $("${IN_A[@]}" sysctl -n net.ipv4.tcp_congestion_control) in A, $("${IN_B[@]}" sysctl -n net.ipv4.tcp_congestion_control) in B (the host's net.ipv4.tcp_congestion_control, which a new namespace inherits); the ambassador pair's QUIC: $(amb_congestion)"
   fi
   printf 'tools\t%s; %s; %s; %sredis %s; %s\n' "$(iperf3 --version 2>&1 | head -n1 | awk '{print $1" "$2}')" \
     "$(socat -V 2>/dev/null | awk '/socat version/{print "socat "$3; exit}')" \

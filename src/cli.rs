@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::transport::Congestion;
 use crate::weight::{WEIGHT_DEFAULT, WEIGHT_MAX, WEIGHT_MIN};
 
 /// A master-less service mesh for ad-hoc LANs: the Docker ambassador pattern over mDNS
@@ -80,6 +81,12 @@ pub struct Common {
     /// move elsewhere (QUIC keep-alive runs at a third of it) [default: 3s]
     #[arg(long, global = true, env = "AMBASSADOR_PEER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub peer_timeout: Option<Duration>,
+    /// Congestion control of the QUIC connections: loss-tolerant keeps its rate through random
+    /// loss (as BBR does) and answers loss above 2 % of packets, ECN and blackouts as CUBIC;
+    /// auto picks it where this host's TCP runs BBR (net.ipv4.tcp_congestion_control), cubic
+    /// otherwise [default: auto]
+    #[arg(long, global = true, env = "AMBASSADOR_CONGESTION", value_name = "CC")]
+    pub congestion: Option<Congestion>,
     /// On SIGTERM/SIGINT: withdraw, refuse new streams, and wait this long at most for open
     /// connections to end (a second signal stops at once) [default: 30s]
     #[arg(long, global = true, env = "AMBASSADOR_DRAIN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]

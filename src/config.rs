@@ -24,7 +24,7 @@ use crate::identity::{MeshKey, MeshKeySource, default_key_path, load_or_create_d
 use crate::inject::RedisAuth;
 use crate::names::{HostName, NodeName, ServiceName};
 use crate::spec::{AnnounceSpec, ConnectSpec};
-use crate::transport::TransportSettings;
+use crate::transport::{Congestion, TransportSettings};
 use crate::weight::{WEIGHT_DEFAULT, check_weight};
 
 /// A service to reach, with where its instances come from.
@@ -382,6 +382,8 @@ pub struct FileConfig {
     /// Peer timeout, e.g. "3s".
     #[serde(deserialize_with = "duration")]
     pub peer_timeout: Option<Duration>,
+    /// Congestion control, as `--congestion`.
+    pub congestion: Option<Congestion>,
     /// Bound on the graceful drain at stop, e.g. "30s".
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Option<Duration>,
@@ -710,7 +712,14 @@ impl CheckedConfig {
             announce: Vec::new(),
             health_interval: DEFAULT_HEALTH_INTERVAL,
             connect: Vec::new(),
-            transport: TransportSettings::with_peer_timeout(peer_timeout),
+            transport: TransportSettings {
+                congestion: common
+                    .congestion
+                    .or(file.congestion)
+                    .unwrap_or_default()
+                    .resolve(),
+                ..TransportSettings::with_peer_timeout(peer_timeout)
+            },
             drain_timeout: common
                 .drain_timeout
                 .or(file.drain_timeout)

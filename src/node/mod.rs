@@ -155,7 +155,7 @@ impl Node {
             None
         };
         let (fatal, fatal_rx) = mpsc::channel(1);
-        info!(node = %identity.node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %identity_source(&cfg), "node up");
+        info!(node = %identity.node, mesh = %identity.mesh_id, quic = %quic_addr, identity = %identity_source(&cfg), congestion = %cfg.transport.congestion, "node up");
         let metrics = Arc::new(Metrics::new());
         let mut node = Self {
             node: identity.node.clone(),

@@ -9,6 +9,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::Congestion;
 use crate::identity::{DenyList, IdentityError, NodeIdentity};
 
 /// Tunables of the QUIC transport.
@@ -24,6 +25,8 @@ pub struct TransportSettings {
     pub udp_buffer: usize,
     /// Most concurrent streams (= TCP connections) a peer may open on one connection.
     pub max_streams: u32,
+    /// The congestion controller (`--congestion`).
+    pub congestion: Congestion,
 }
 
 impl TransportSettings {
@@ -45,6 +48,7 @@ impl Default for TransportSettings {
             handshake_timeout: Duration::from_secs(5),
             udp_buffer: 4 << 20,
             max_streams: 12_288,
+            congestion: Congestion::Auto,
         }
     }
 }
@@ -106,6 +110,7 @@ fn transport_config(s: &TransportSettings, side: Side) -> TransportConfig {
     t.keep_alive_interval(Some(s.keep_alive));
     // An idle timeout is a few seconds at most: it always fits a VarInt of milliseconds.
     t.max_idle_timeout(IdleTimeout::try_from(s.idle_timeout).ok());
+    t.congestion_controller_factory(s.congestion.factory());
     t
 }
 

@@ -1,6 +1,7 @@
 //! QUIC transport: the endpoint (one UDP socket per node, serving and dialling), the pool of
 //! peer connections, the stream protocol, and the classification of peer failures.
 
+mod congestion;
 pub mod control;
 mod endpoint;
 pub mod failure;
@@ -13,6 +14,7 @@ mod load;
 pub use held::{Held, HeldConnections};
 pub use load::{BURST_STREAMS, PooledConnection, StreamTicket, Tunnel, give_back_soon};
 
+pub use congestion::Congestion;
 pub use endpoint::{EndpointError, TransportSettings, client_config, endpoint, server_config};
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};
 pub use pool::{
