@@ -26,6 +26,9 @@ pub struct NodeStatus {
     pub mesh: String,
     /// QUIC socket address.
     pub quic: String,
+    /// Congestion control of the QUIC connections (`--congestion`, resolved: never `auto`).
+    #[serde(default)]
+    pub congestion: String,
     /// Process id.
     pub pid: u32,
     /// The ambassador version.

@@ -476,7 +476,26 @@ fn status_matches_the_traffic(s: &Setup, f: &mut Findings, t: &Traffic) {
     let (code, body) = http_get(s.consumer.admin, "/status");
     f.equal("/status code", code, 200);
     let admin: Value = serde_json::from_str(&body).unwrap_or_default();
-    for k in ["node", "mesh", "quic", "pid", "version", "started_unix"] {
+    // `--congestion auto` (the default) follows the host's TCP: loss-tolerant on BBR.
+    let host_tcp = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control");
+    let expected = match host_tcp.as_deref().map(str::trim) {
+        Ok(cc) if cc.starts_with("bbr") => "loss-tolerant",
+        _ => "cubic",
+    };
+    f.equal(
+        "congestion control (auto)",
+        cons["congestion"].as_str(),
+        Some(expected),
+    );
+    for k in [
+        "node",
+        "mesh",
+        "quic",
+        "congestion",
+        "pid",
+        "version",
+        "started_unix",
+    ] {
         f.equal(
             &format!("/status {k} vs status --json"),
             &admin[k],

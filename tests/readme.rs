@@ -15,6 +15,7 @@ fn status() -> NodeStatus {
         node: "n".into(),
         mesh: "m".into(),
         quic: "10.0.0.1:1".into(),
+        congestion: "cubic".into(),
         pid: 1,
         version: "0.1.0".into(),
         started_unix: 1,

@@ -123,6 +123,10 @@ fn header(out: &mut String, st: &NodeStatus) {
             &format!("<span id=\"quic\">{}</span>", esc(&st.quic)),
         ),
         fact(
+            "congestion control",
+            &format!("<span id=\"congestion\">{}</span>", esc(&st.congestion)),
+        ),
+        fact(
             "version",
             &format!("<span id=\"version\">{}</span>", esc(&st.version)),
         ),
@@ -458,6 +462,7 @@ mod tests {
             node: "web-1".to_string(),
             mesh: "0123456789abcdef".to_string(),
             quic: "10.0.0.1:41234".to_string(),
+            congestion: "cubic".into(),
             pid: 4321,
             version: "0.1.0".to_string(),
             started_unix: NOW - 312,

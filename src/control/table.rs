@@ -374,6 +374,7 @@ mod tests {
             node: long.to_string(),
             mesh: "0123456789abcdef".to_string(),
             quic: "[2001:db8:1234:5678:9abc:def0:1234:5678]:41234".to_string(),
+            congestion: "cubic".into(),
             pid: 4_194_304,
             version: "0.1.0".to_string(),
             started_unix: NOW - 273_600,
