@@ -7,8 +7,9 @@
 //! `LossTolerant` keeps CUBIC's window growth and its response to real congestion, but only
 //! answers a loss when more than 2 % (BBRv2's threshold) of the last ~1,000 packets' bytes are
 //! lost, or on an ECN mark or persistent congestion. A queue that overflows loses a burst and
-//! is answered as CUBIC answers it; a link that drops one packet in a hundred is not. quinn's own BBR is marked experimental and loses
-//! a quarter of the lossless throughput here (benches/results-lan.md, Notes).
+//! is answered as CUBIC answers it; a link that drops one packet in a hundred is not. quinn's
+//! own BBR is marked experimental and lost a quarter of the lossless download in our LAN runs
+//! (benches/results-lan.md, Notes).
 
 use std::any::Any;
 use std::fmt;
