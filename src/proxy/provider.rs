@@ -235,6 +235,7 @@ async fn handle_connection(
         conn.close(CloseCode::Stopping.varint(), b"unreadable certificate");
         return;
     };
+    crate::transport::size_send_window(&conn);
     let peer = Arc::new(identity);
     let _listed = cfg.incoming.hold(&conn);
     info!(peer = %peer.node_label(), "peer connected");

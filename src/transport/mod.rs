@@ -15,7 +15,10 @@ pub use held::{Held, HeldConnections};
 pub use load::{BURST_STREAMS, PooledConnection, StreamTicket, Tunnel, give_back_soon};
 
 pub use congestion::Congestion;
-pub use endpoint::{EndpointError, TransportSettings, client_config, endpoint, server_config};
+pub use endpoint::{
+    EndpointError, TransportSettings, client_config, endpoint, send_window_for, server_config,
+    size_send_window,
+};
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};
 pub use pool::{
     ClaimedIdentity, PeerKey, PeerLost, PeerTarget, Pool, connection_failure, peer_identity,
