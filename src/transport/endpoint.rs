@@ -203,7 +203,7 @@ const MAX_SEND_WINDOW: u64 = 10_000_000;
 /// sealed and again when it is opened. At a 1500-byte MTU, 8 streams through one pair moved
 /// 17-34 % more and spent about a fifth less CPU per GB with 1.5 MB (benches/results-lan.md,
 /// Notes); one stream is unchanged. A path of 8 ms and more keeps the 10 MB it had.
-pub fn send_window_for(rtt: Duration) -> u64 {
+fn send_window_for(rtt: Duration) -> u64 {
     let bytes = rtt.as_secs_f64() * SIZED_FOR_RATE;
     // Float to integer casts saturate; the clamp keeps the result within the two bounds.
     (bytes as u64).clamp(MIN_SEND_WINDOW, MAX_SEND_WINDOW)

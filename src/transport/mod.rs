@@ -16,8 +16,7 @@ pub use load::{BURST_STREAMS, PooledConnection, StreamTicket, Tunnel, give_back_
 
 pub use congestion::Congestion;
 pub use endpoint::{
-    EndpointError, TransportSettings, client_config, endpoint, send_window_for, server_config,
-    size_send_window,
+    EndpointError, TransportSettings, client_config, endpoint, server_config, size_send_window,
 };
 pub use failure::{CloseCode, PeerFailure, Refutation, Unreachable};
 pub use pool::{

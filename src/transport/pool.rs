@@ -392,7 +392,6 @@ impl Pool {
             Ok(Err(e)) => return Err(PeerFailure::classify(&e, addr)),
             Err(_) => return Err(PeerFailure::Unreachable(Unreachable::HandshakeTimeout)),
         };
-        super::size_send_window(&conn);
         if let Some(claimed) = &peer.claimed {
             let got = peer_identity(&conn).map(|i| i.fingerprint);
             if got.as_ref() != Some(&claimed.fingerprint) {
@@ -406,6 +405,8 @@ impl Pool {
                 });
             }
         }
+        // Only for a connection that is kept: one refused above closes unsized.
+        super::size_send_window(&conn);
         Ok(conn)
     }
 }
