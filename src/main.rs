@@ -130,6 +130,43 @@ async fn run(common: &Common, job: Job<'_>) -> Result<(), Failure> {
     }
 }
 
+/// What clap refused: `--help` and `--version` as clap prints them; a bare `ambassador` (or a
+/// command without its subcommand) gets the help on stderr and exit 2; anything else is one
+/// line, `ambassador: ...`, and exit 2, like every other usage error.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            eprintln!("ambassador: {}", one_line(&e.render().to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's error text on one line: its `error: ` prefix, usage block and "For more information"
+/// footer dropped (one pointer to `--help` instead), the rest joined.
+fn one_line(rendered: &str) -> String {
+    let mut out = String::new();
+    let mut in_usage = false;
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") {
+            in_usage = true;
+        } else if line.is_empty() {
+            in_usage = false;
+        } else if !in_usage && !line.starts_with("For more information") {
+            if !out.is_empty() {
+                // A tip is a sentence of its own; a continuation (the possible values) is not.
+                out.push_str(if line.starts_with("tip:") { "; " } else { " " });
+            }
+            out.push_str(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    format!("{out} (try --help)")
+}
+
 /// Prints a failure and gives its exit code.
 fn failed(f: &Failure) -> ExitCode {
     eprintln!("ambassador: {f}");
@@ -159,7 +196,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     // Configuration first: a bad one is one line and exit 2, before anything is written.
     let job = match job(&cli) {
         Ok(job) => job,

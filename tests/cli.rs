@@ -128,6 +128,39 @@ fn malformed_addresses_are_one_line_with_a_correct_example() {
     );
 }
 
+/// What the argument parser refuses (a value outside a fixed set, an unknown option or
+/// subcommand, a missing value) is one line and exit 2 too, naming the bad input and the
+/// choices, with no usage block after it.
+#[test]
+fn refused_arguments_are_one_line() {
+    let home = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--log-format", "yaml", "ls"],
+            &["'yaml'", "--log-format", "text, json", "--help"],
+        ),
+        (
+            &["connect", "--congestion", "reno", "redis"],
+            &["'reno'", "--congestion", "auto, cubic, loss-tolerant"],
+        ),
+        (&["frob"], &["'frob'", "subcommand"]),
+        (&["ls", "--no-such-option"], &["--no-such-option"]),
+        (&["connect", "redis", "--peer-timeout"], &["--peer-timeout"]),
+    ];
+    for (args, mentions) in cases {
+        let mut cmd = command(home.path());
+        cmd.args(*args);
+        let out = run(cmd, LIMIT);
+        assert_usage_error(&format!("{args:?}"), &out, mentions, None);
+    }
+    // `--help` is still the help, on stdout, exit 0.
+    let mut cmd = command(home.path());
+    cmd.args(["connect", "--help"]);
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code(), 0, "connect --help: {out:?}");
+    assert!(out.stdout.contains("Usage:"), "connect --help: {out:?}");
+}
+
 #[test]
 fn a_bare_bind_ip_passes_check() {
     let home = tempfile::tempdir().unwrap();
