@@ -546,6 +546,10 @@ fn status_matches_the_traffic(s: &Setup, f: &mut Findings, t: &Traffic) {
     f.check(out.stdout.contains(&s.provider.name), || {
         format!("status table without {}:\n{}", s.provider.name, out.stdout)
     });
+    let said = format!("congestion control: {expected}");
+    f.check(out.stdout.contains(&said), || {
+        format!("status table without {said:?}:\n{}", out.stdout)
+    });
 }
 
 /// Where Debian's `chromium` package puts the browser.

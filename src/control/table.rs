@@ -31,6 +31,7 @@ pub fn render_table(all: &[NodeStatus], now_unix: u64) -> String {
 fn node_block(lines: &mut Vec<String>, st: &NodeStatus, now: u64) {
     header(lines, st);
     certificate(lines, &st.certificate);
+    lines.push(format!("  congestion control: {}", st.congestion));
     if st.draining {
         lines.push("  DRAINING: new streams are refused, announcements withdrawn".to_string());
     }
@@ -489,6 +490,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("WARNING"), "{text}");
+        assert!(text.contains("congestion control: cubic"), "{text}");
     }
 
     #[test]
