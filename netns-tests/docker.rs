@@ -1606,7 +1606,8 @@ fn stop_is_seamless(d: &Docker, name: &str, how: &[&str], results: &Path, left: 
 /// Point 4: `announce --docker` announces the three labelled Redis containers (each its own
 /// instance) and the one that follows the seed's `SERVICE_PORT` convention, never the
 /// unlabelled one; a consumer on another "host" spreads 300 connections over all three; a
-/// stopped and a killed container are dropped by the consumer within 2 s and leave `ls`, with no failed command.
+/// stopped and a killed container are dropped by the consumer within 2 s and leave `ls`, with
+/// no failed command.
 #[test]
 fn docker_containers_are_announced_and_withdrawn() {
     let Some(d) = Docker::start() else {

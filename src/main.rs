@@ -139,10 +139,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
-        _ => {
-            eprintln!("ambassador: {}", one_line(&e.render().to_string()));
-            ExitCode::from(2)
-        }
+        _ => failed(&Failure::usage(one_line(&e.render().to_string()))),
     }
 }
 
