@@ -5,6 +5,7 @@
   helpers.py peak OUT PID...     sample RSS of each PID plus its children every 100 ms until
                                  SIGTERM (bounded by 30 min), then write "PID peak_kib" lines to OUT
   helpers.py iperf JSONFILE      "bits_per_second bytes" of an iperf3 -J result (receiver side)
+  helpers.py iperfcpu JSONFILE   "client_s server_s": CPU seconds iperf3 says each end spent
   helpers.py rbench CSVFILE      "TEST rps p50 p99" lines of a redis-benchmark --csv result
   helpers.py median V...         median of the numbers given
   helpers.py report RESULTS META MODE [lan]  the markdown report (stdout); lan: the LAN mode's
@@ -98,6 +99,18 @@ def cmd_iperf(path):
         sys.exit("iperf3: " + j["error"])
     r = j["end"]["sum_received"]
     print("%.0f %d" % (r["bits_per_second"], r["bytes"]))
+
+
+def cmd_iperfcpu(path):
+    """CPU seconds of the iperf3 client and server during the test (iperf3's own figures)."""
+    import json
+
+    with open(path) as f:
+        j = json.load(f)
+    end = j["end"]
+    secs = end["sum_sent"]["seconds"]
+    cpu = end["cpu_utilization_percent"]
+    print("%.4f %.4f" % (cpu["host_total"] / 100 * secs, cpu["remote_total"] / 100 * secs))
 
 
 def cmd_rbench(path):
@@ -220,6 +233,12 @@ ROWS = [
     ("bulk_up8", "bulk 8 streams, client→target (Gbit/s)", "gbit", "hi"),
     ("bulk_down8", "bulk 8 streams, target→client (Gbit/s)", "gbit", "hi"),
     ("cpu_gb", "CPU s per GB, both proxies (bulk runs)", "f2", "lo"),
+    ("cpu_gb1", "CPU s per GB, both proxies (bulk 1 stream)", "f2", "lo"),
+    ("mcpu_gb", "CPU s per GB, whole machine: clients, proxies, targets, kernel (bulk 1 stream)", "f2", "lo"),
+    ("ecpu_gb", "of which iperf3 client and server (bulk 1 stream)", "f2", "lo"),
+    ("ocpu_gb", "of which elsewhere: softirq on other cores, kernel threads (bulk 1 stream)", "f2", "lo"),
+    ("busy_pct", "cores busy during bulk 1 stream (% of both)", "f1", "-"),
+    ("steal_pct", "CPU stolen by the hypervisor then (% of both)", "f1", "-"),
     ("get_rps_1", "GET rps, 1 client", "int", "hi"),
     ("get_p50_1", "GET p50 ms, 1 client", "ms", "lo"),
     ("get_p99_1", "GET p99 ms, 1 client", "ms", "lo"),
@@ -234,6 +253,8 @@ ROWS = [
     ("set_p99_50", "SET p99 ms, 50 clients", "ms", "lo"),
     ("cpu_req_1", "CPU µs per request, both proxies, 1 client", "f1", "lo"),
     ("cpu_req_50", "CPU µs per request, both proxies, 50 clients", "f1", "lo"),
+    ("mcpu_req_50", "CPU µs per request, whole machine: client, proxies, redis, kernel, 50 clients", "f1", "lo"),
+    ("busy_req_50", "cores busy during the 50-client runs (% of both)", "f1", "-"),
     ("conn_rate", "new connections/s (PING, 32 parallel)", "int", "hi"),
     ("conn_p50", "connect+PING+close p50 ms", "ms", "lo"),
     ("conn_errors", "failed connections in that test (– = none)", "int", "lo"),
@@ -533,6 +554,8 @@ def main():
         cmd_peak(a[1], [int(x) for x in a[2:]])
     elif c == "iperf":
         cmd_iperf(a[1])
+    elif c == "iperfcpu":
+        cmd_iperfcpu(a[1])
     elif c == "rbench":
         cmd_rbench(a[1])
     elif c == "median":

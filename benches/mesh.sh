@@ -356,6 +356,13 @@ ctx_switches() { # voluntary + involuntary context switches of all threads of th
 }
 nchildren() { cat /proc/"$1"/task/*/children 2>/dev/null | wc -w; }
 TCK=$(getconf CLK_TCK)
+machine_ticks() { # the whole machine (every namespace shares one kernel): "busy steal total" ticks
+  # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; busy is all but
+  # idle, iowait and steal (steal: time the hypervisor gave another guest)
+  local _ u n sy id io irq sirq st
+  read -r _ u n sy id io irq sirq st _ </proc/stat
+  echo "$((u + n + sy + irq + sirq)) $st $((u + n + sy + id + io + irq + sirq + st))"
+}
 
 listening() { # PORT [SIDE [IP]]: a TCP listener on it (checked in /proc, without connecting), on
   # side a (default) or b (the same on loopback), on IP or on any address
@@ -570,11 +577,18 @@ phase_redis() {
   for c in 1 50; do
     n=$N1; [ "$c" = 50 ] && n=$N50
     f="$WORK/rb-$path-$c-$REP.csv"
-    local t0=0 t1
+    local t0=0 t1 m0=() m1=()
     [ ${#PAIR_PIDS[@]} = 2 ] && t0=$(( $(cpu_ticks "${PAIR_PIDS[0]}") + $(cpu_ticks "${PAIR_PIDS[1]}") ))
+    read -r -a m0 < <(machine_ticks)
     # bounded: at worst 200 requests/s
     if ! timeout $((n / 100 + 30)) "${IN_A[@]}" redis-benchmark -h "$PAIR_HOST" -p "$port" -t set,get -n "$n" -c "$c" --csv >"$f" 2>"$f.err"; then
       fail "$path" "redis-benchmark -c $c failed: $(tail -n 2 "$f.err" | tr '\n' ' ')"; continue
+    fi
+    read -r -a m1 < <(machine_ticks)
+    if [ "$c" = 50 ] && [ "$((m1[2] - m0[2]))" -gt 0 ]; then
+      # the whole machine (redis-benchmark, proxies, redis, kernel): per request, and how busy
+      put "$path" mcpu_req_50 "$(awk -v t="$((m1[0] - m0[0]))" -v k="$TCK" -v n="$((2 * n))" 'BEGIN{printf "%.2f", t/k/n*1e6}')"
+      put "$path" busy_req_50 "$(awk -v t="$((m1[0] - m0[0]))" -v a="$((m1[2] - m0[2]))" 'BEGIN{printf "%.1f", 100*t/a}')"
     fi
     if [ ${#PAIR_PIDS[@]} = 2 ]; then
       # CPU of both proxies per request (SET + GET runs; a forking proxy's children once reaped)
@@ -620,7 +634,8 @@ phase_bulk() {
   port=$PAIR_PORT
   local two=0; [ ${#PAIR_PIDS[@]} = 2 ] && [ -z "$lossy" ] && two=1
   [ $two = 1 ] && peak_start "$path"
-  local cpu_c=0 cpu_s=0 ctx_c=0 ctx_s=0 total=0 l0=() l1=()
+  local cpu_c=0 cpu_s=0 ctx_c=0 ctx_s=0 total=0 l0=() l1=() m0=() m1=() mb=0 mst=0 mtot=0 mbytes=0
+  local one=0 pair1=0 ecpu=0 ic is
   [ -n "$lossy" ] && read -r -a l0 < <(loss_counts)
   for cfg in "${cfgs[@]}"; do
     key=${cfg%%:*}; flags=${cfg#*:}
@@ -629,16 +644,29 @@ phase_bulk() {
       c0=$(cpu_ticks "${PAIR_PIDS[0]}"); s0=$(cpu_ticks "${PAIR_PIDS[1]}")
       x0=$(ctx_switches "${PAIR_PIDS[0]}"); y0=$(ctx_switches "${PAIR_PIDS[1]}")
     fi
+    read -r -a m0 < <(machine_ticks)
     # shellcheck disable=SC2086
     timeout $((IPERF_T + 30)) "${IN_A[@]}" iperf3 -c "$PAIR_HOST" -p "$port" -t "$IPERF_T" -J $flags >"$f" 2>"$f.err"
+    read -r -a m1 < <(machine_ticks)
     if ! read -r bps bytes < <("$PY" "$H" iperf "$f" 2>>"$f.err"); then
       fail "$path" "iperf3 $key failed: $(tail -n 2 "$f.err" | tr '\n' ' ')"; sleep 1; continue
+    fi
+    one=0; [ -z "$lossy" ] && [ "${key%1}" != "$key" ] && one=1
+    if [ $one = 1 ]; then
+      # 1-stream runs: what the whole machine spent (client, proxies, target, kernel) and how
+      # busy its cores were, so that a throughput ratio can be read against the CPU it needs;
+      # iperf3's own CPU figures for its two ends
+      mb=$((mb + m1[0] - m0[0])); mst=$((mst + m1[1] - m0[1])); mtot=$((mtot + m1[2] - m0[2]))
+      mbytes=$((mbytes + bytes))
+      read -r ic is < <("$PY" "$H" iperfcpu "$f" 2>/dev/null) || { ic=0; is=0; }
+      ecpu=$(awk -v e="$ecpu" -v a="$ic" -v b="$is" 'BEGIN{printf "%.4f", e + a + b}')
     fi
     if [ $two = 1 ]; then
       # a forking proxy's children count once reaped: wait for them (bounded)
       for i in $(seq 1 30); do [ "$(nchildren "${PAIR_PIDS[0]}")$(nchildren "${PAIR_PIDS[1]}")" = 00 ] && break; sleep 0.1; done
       c1=$(cpu_ticks "${PAIR_PIDS[0]}"); s1=$(cpu_ticks "${PAIR_PIDS[1]}")
       cpu_c=$((cpu_c + c1 - c0)); cpu_s=$((cpu_s + s1 - s0))
+      [ $one = 1 ] && pair1=$((pair1 + c1 - c0 + s1 - s0))
       ctx_c=$((ctx_c + $(ctx_switches "${PAIR_PIDS[0]}") - x0)); ctx_s=$((ctx_s + $(ctx_switches "${PAIR_PIDS[1]}") - y0))
     fi
     total=$((total + bytes))
@@ -654,6 +682,18 @@ phase_bulk() {
       line+="dropped $((l1[1] - l0[1])) of $((l1[0] - l0[0])) packets"
     else
       fail "$path" "the loss rule counted no packets"
+    fi
+  fi
+  if [ "$mtot" -gt 0 ] && [ "$mbytes" -gt 0 ]; then
+    put "$path" mcpu_gb "$(awk -v t="$mb" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+    put "$path" busy_pct "$(awk -v t="$mb" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
+    put "$path" steal_pct "$(awk -v t="$mst" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
+    put "$path" ecpu_gb "$(awk -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", e/(b/1e9)}')"
+    if [ $two = 1 ]; then
+      put "$path" cpu_gb1 "$(awk -v t="$pair1" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+      put "$path" ocpu_gb "$(awk -v m="$mb" -v p="$pair1" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", ((m-p)/k-e)/(b/1e9)}')"
+    else # direct: no proxy
+      put "$path" ocpu_gb "$(awk -v m="$mb" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", (m/k-e)/(b/1e9)}')"
     fi
   fi
   if [ $two = 1 ]; then
@@ -675,7 +715,8 @@ phase_bulk() {
 }
 
 # perf profile of one proxy pair (the ambassador pair, and in LAN mode the haproxy pair too) during
-# bulk runs (1 stream each way, and for the ambassador 8 streams up) and during 1-client GETs: where
+# bulk runs (1 stream each way, and for the ambassador 8 streams up) and during GETs at 1 and 50
+# clients: where
 # the CPU goes (grouped, then the top symbols) and what each byte and each request costs in CPU,
 # syscalls and context switches.
 PROFILE="$WORK/profile.md"
@@ -734,7 +775,7 @@ phase_profile() { # PATH
   fi
   port=$PAIR_PORT
   {
-    echo "### Profile of the $path pair (perf: bulk, 3 s each way; GET at 1 client, $reqs requests)"
+    echo "### Profile of the $path pair (perf: bulk, 3 s each way; GET at 1 client, $reqs requests; at 50 clients, $((reqs * 5)))"
     echo
     echo "perf record -F 1999 (flat, no call graphs) and perf stat on each $path process while iperf3 or"
     echo "redis-benchmark runs through the pair. Shares are of that process's samples (user + kernel)."
@@ -755,6 +796,11 @@ phase_profile() { # PATH
   profile_record "$path" req1 timeout 60 "${IN_A[@]}" redis-benchmark -h "$PAIR_HOST" -p "$PAIR_PORT" -t get \
     -n "$reqs" -c 1 -q
   profile_write "$path" req1 "GET, 1 client ($reqs requests within the 4 s window)" requests "$reqs"
+  # 50 clients: what each request costs when requests share wake-ups and UDP batches
+  local reqs50=$((reqs * 5))
+  profile_record "$path" req50 timeout 60 "${IN_A[@]}" redis-benchmark -h "$PAIR_HOST" -p "$PAIR_PORT" -t get \
+    -n "$reqs50" -c 50 -q
+  profile_write "$path" req50 "GET, 50 clients ($reqs50 requests within the 4 s window)" requests "$reqs50"
   stop_pair
 }
 
