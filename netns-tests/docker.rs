@@ -250,16 +250,26 @@ fn docker_cli(host: &str, config: &Path, args: &[&str], timeout: Duration) -> Ou
 }
 
 /// Removes every container (with its volumes) and every network through the daemon at `host`;
-/// the daemon deletes their veths, bridges and mounts itself.
+/// the daemon deletes their veths, bridges and mounts itself. A loaded daemon may still be
+/// releasing a removed container's endpoint when the prune runs, which then keeps that network
+/// (seen in a full suite run: one bridge left): both steps repeat until the daemon lists
+/// neither containers nor networks of its own, for at most a minute.
 fn remove_all(host: &str, config: &Path) {
-    let ids = docker_cli(host, config, &["ps", "-aq"], 30 * SEC).stdout;
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let mut all = vec!["rm", "-f", "-v"];
-        all.extend(&ids);
-        docker_cli(host, config, &all, 60 * SEC);
-    }
-    docker_cli(host, config, &["network", "prune", "-f"], 60 * SEC);
+    let list = |args: &[&str]| -> Vec<String> {
+        let out = docker_cli(host, config, args, 30 * SEC).stdout;
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    wait_until(60 * SEC, 200 * MS, || {
+        let ids = list(&["ps", "-aq"]);
+        if !ids.is_empty() {
+            let mut all = vec!["rm", "-f", "-v"];
+            all.extend(ids.iter().map(String::as_str));
+            docker_cli(host, config, &all, 60 * SEC);
+        }
+        docker_cli(host, config, &["network", "prune", "-f"], 60 * SEC);
+        list(&["ps", "-aq"]).is_empty()
+            && list(&["network", "ls", "-q", "--filter", "type=custom"]).is_empty()
+    });
 }
 
 /// Sweeps what a daemon rooted at `dir` left once it is gone: its processes (the shims, and the
