@@ -689,12 +689,9 @@ phase_bulk() {
     put "$path" busy_pct "$(awk -v t="$mb" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
     put "$path" steal_pct "$(awk -v t="$mst" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
     put "$path" ecpu_gb "$(awk -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", e/(b/1e9)}')"
-    if [ $two = 1 ]; then
-      put "$path" cpu_gb1 "$(awk -v t="$pair1" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
-      put "$path" ocpu_gb "$(awk -v m="$mb" -v p="$pair1" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", ((m-p)/k-e)/(b/1e9)}')"
-    else # direct: no proxy
-      put "$path" ocpu_gb "$(awk -v m="$mb" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", (m/k-e)/(b/1e9)}')"
-    fi
+    [ $two = 1 ] && put "$path" cpu_gb1 "$(awk -v t="$pair1" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+    # what neither the pair (none on the direct path: pair1 stays 0) nor iperf3 spent
+    put "$path" ocpu_gb "$(awk -v m="$mb" -v p="$pair1" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", ((m-p)/k-e)/(b/1e9)}')"
   fi
   if [ $two = 1 ]; then
     peak_put "$path" rss_bulk
