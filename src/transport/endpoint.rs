@@ -111,8 +111,21 @@ fn transport_config(s: &TransportSettings, side: Side) -> TransportConfig {
     // An idle timeout is a few seconds at most: it always fits a VarInt of milliseconds.
     t.max_idle_timeout(IdleTimeout::try_from(s.idle_timeout).ok());
     t.congestion_controller_factory(s.congestion.factory());
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t
 }
+
+/// What one stream may have in flight towards us beyond what its reader has taken: 4 MB, where
+/// quinn's default is 1.25 MB. A lost packet leaves a hole that the reader cannot read past
+/// until the retransmission fills it, and everything sent after the hole counts against this
+/// window meanwhile (the send window counts only what is unacknowledged, and the packets after
+/// the hole are acknowledged). With 1 % loss at a 1500-byte MTU there are a few holes in every
+/// 1.25 MB, and a single stream stalled on them: across the LAN benchmark's link, 1.7-2.35
+/// Gbit/s with 1.25 MB, 2.4-2.8 with 4 MB, no better with 8 MB, and loss-free runs unchanged
+/// (benches/results-lan.md, levers). TCP's receive buffer, which also holds what arrived after
+/// a hole, grows to 6 MB on Linux by default. Nothing is allocated ahead: the window only lets
+/// a peer (a mesh member) send that much before the reader catches up.
+const STREAM_RECEIVE_WINDOW: u32 = 4_000_000;
 
 fn udp_socket(bind: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, EndpointError> {
     let bind_err = |source| EndpointError::Bind { addr: bind, source };
@@ -183,9 +196,10 @@ pub fn endpoint(
 
 /// The rate one connection's send window is sized for: a 10 Gbit/s link, in bytes per second.
 const SIZED_FOR_RATE: f64 = 1.25e9;
-/// The smallest send window: a little more than one stream's flow-control window (quinn's
-/// 1.25 MB, which the peer grants each stream), so that a single stream is bounded by its own
-/// window exactly as before, and 10 Gbit/s fits a 1.2 ms round trip.
+/// The smallest send window: 10 Gbit/s fits a 1.2 ms round trip. (It was sized to be a little
+/// more than quinn's 1.25 MB stream window, which bounded a loss-free single stream; the peer
+/// now grants [`STREAM_RECEIVE_WINDOW`] per stream, so this bounds it, and the stream window
+/// binds only behind a hole left by a lost packet.)
 const MIN_SEND_WINDOW: u64 = 1_500_000;
 /// The largest: quinn's default (8 of its 1.25 MB stream windows), what every connection had before.
 const MAX_SEND_WINDOW: u64 = 10_000_000;

@@ -392,3 +392,48 @@ async fn the_losing_attempt_is_closed_not_leaked() {
     assert!(conn.close_reason().is_none());
     assert!(fast_seen.try_recv().is_err(), "the winner stays open");
 }
+
+/// A stream may run 4 MB ahead of its reader (quinn's default is 1.25 MB): what arrives after a
+/// lost packet's hole waits there, and a smaller window stalls a lossy bulk transfer. Here the
+/// provider does not read at all until the consumer has written 3 MB, and every byte arrives.
+#[tokio::test]
+async fn a_stream_runs_four_megabytes_ahead_of_its_reader() {
+    const LEN: usize = 3_000_000;
+    let (_, provider, consumer) = setup();
+    let srv = server_accepting_streams(&provider);
+    let pool = pool(&consumer, &DenyList::empty());
+    let conn = pool
+        .get(&target(&provider, srv.0.local_addr().unwrap()))
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    // A deadline, not a timing: with a smaller window the write never completes.
+    tokio::time::timeout(Duration::from_secs(10), send.write_all(&data))
+        .await
+        .expect("3 MB written while the provider reads nothing")
+        .unwrap();
+    send.finish().unwrap();
+    let (_provider_side, mut recv) = srv.1.await.unwrap();
+    let got = recv.read_to_end(LEN).await.unwrap();
+    assert!(got == data, "the 3 MB arrive intact");
+}
+
+/// A provider endpoint that accepts one connection and its first stream, and hands the
+/// connection and the stream's receiving half over, unread.
+fn server_accepting_streams(
+    identity: &NodeIdentity,
+) -> (
+    quinn::Endpoint,
+    tokio::task::JoinHandle<(quinn::Connection, quinn::RecvStream)>,
+) {
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let ep = endpoint(local, identity, &DenyList::empty(), true, &settings()).unwrap();
+    let accepting = ep.clone();
+    let stream = tokio::spawn(async move {
+        let conn = accepting.accept().await.unwrap().await.unwrap();
+        let (_send, recv) = conn.accept_bi().await.unwrap();
+        (conn, recv)
+    });
+    (ep, stream)
+}
