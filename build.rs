@@ -6,7 +6,9 @@
 //! `scripts/symbol-order.txt` lists the functions a node ran under callgrind (start-up, a
 //! handshake, requests, bulk, idle; `scripts/symbol-order.sh` writes it), and the linker puts them
 //! first. A function missing from the list (renamed, new) is laid out as before, so a stale list
-//! costs resident size, never correctness.
+//! costs resident size, never correctness. The names carry hashes of the crates' versions and
+//! features: the list matches what `cargo build --release` makes (a `cargo test` build unifies the
+//! dev-dependencies' features and gets other names, so its binary is mostly not laid out).
 //!
 //! Only where the link surely goes through lld, which reads such a list: rustc 1.90 and newer
 //! link x86_64-unknown-linux-gnu with its own lld, unless a linker or link flags are configured.

@@ -4,7 +4,8 @@
 # target/release/ambassador under callgrind on loopback, sends a PING, requests at 1 and 50
 # clients and bulk both ways through them, lets them idle, and keeps every function of the
 # binary that ran. Rerun after a dependency update (the symbol names change with the crates'
-# versions), then rebuild: `scripts/symbol-order.sh && cargo build --release`.
+# versions), then rebuild: `scripts/symbol-order.sh && cargo build --release`. It builds the
+# binary it profiles with `cargo build --release` (AMBASSADOR_BIN=path profiles another).
 #
 # Needs valgrind, redis-server, redis-benchmark, redis-cli, iperf3, python3 (apt-get install
 # valgrind redis-server redis-tools iperf3). Takes about a minute. Exit status 2 on a missing tool.
@@ -15,7 +16,12 @@ OUT=$ROOT/scripts/symbol-order.txt
 for t in valgrind redis-server redis-benchmark redis-cli iperf3 python3; do
   command -v "$t" >/dev/null || { echo "symbol-order.sh: $t is missing (apt-get install valgrind redis-server redis-tools iperf3)" >&2; exit 2; }
 done
-[ -x "$AMB" ] || { echo "symbol-order.sh: no $AMB (cargo build --release first)" >&2; exit 2; }
+if [ -z "${AMBASSADOR_BIN:-}" ]; then
+  # `cargo build`, not `cargo test`: a test build unifies the dev-dependencies' features into the
+  # dependencies, which changes every crate's symbol hashes, so its names would not match.
+  (cd "$ROOT" && cargo build --release --quiet)
+fi
+[ -x "$AMB" ] || { echo "symbol-order.sh: no $AMB" >&2; exit 2; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
