@@ -356,6 +356,11 @@ ctx_switches() { # voluntary + involuntary context switches of all threads of th
 }
 nchildren() { cat /proc/"$1"/task/*/children 2>/dev/null | wc -w; }
 TCK=$(getconf CLK_TCK)
+# Ratios of counters, formatted: CPU seconds per GB from clock ticks and bytes ([FMT], default
+# %.3f), CPU µs per request from ticks and a request count, PART as a percentage of WHOLE.
+per_gb() { awk -v t="$1" -v k="$TCK" -v b="$2" -v f="${3:-%.3f}" 'BEGIN{printf f, t/k/(b/1e9)}'; }
+per_req() { awk -v t="$1" -v k="$TCK" -v n="$2" 'BEGIN{printf "%.2f", t/k/n*1e6}'; }
+pct() { awk -v t="$1" -v a="$2" 'BEGIN{printf "%.1f", 100*t/a}'; }
 machine_ticks() { # the whole machine (every namespace shares one kernel): "busy steal total" ticks
   # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; busy is all but
   # idle, iowait and steal (steal: time the hypervisor gave another guest)
@@ -587,14 +592,14 @@ phase_redis() {
     read -r -a m1 < <(machine_ticks)
     if [ "$c" = 50 ] && [ "$((m1[2] - m0[2]))" -gt 0 ]; then
       # the whole machine (redis-benchmark, proxies, redis, kernel): per request, and how busy
-      put "$path" mcpu_req_50 "$(awk -v t="$((m1[0] - m0[0]))" -v k="$TCK" -v n="$((2 * n))" 'BEGIN{printf "%.2f", t/k/n*1e6}')"
-      put "$path" busy_req_50 "$(awk -v t="$((m1[0] - m0[0]))" -v a="$((m1[2] - m0[2]))" 'BEGIN{printf "%.1f", 100*t/a}')"
+      put "$path" mcpu_req_50 "$(per_req "$((m1[0] - m0[0]))" "$((2 * n))")"
+      put "$path" busy_req_50 "$(pct "$((m1[0] - m0[0]))" "$((m1[2] - m0[2]))")"
     fi
     if [ ${#PAIR_PIDS[@]} = 2 ]; then
       # CPU of both proxies per request (SET + GET runs; a forking proxy's children once reaped)
       for i in $(seq 1 30); do [ "$(nchildren "${PAIR_PIDS[0]}")$(nchildren "${PAIR_PIDS[1]}")" = 00 ] && break; sleep 0.1; done
       t1=$(( $(cpu_ticks "${PAIR_PIDS[0]}") + $(cpu_ticks "${PAIR_PIDS[1]}") ))
-      put "$path" "cpu_req_$c" "$(awk -v t="$((t1 - t0))" -v k="$TCK" -v n="$((2 * n))" 'BEGIN{printf "%.2f", t/k/n*1e6}')"
+      put "$path" "cpu_req_$c" "$(per_req "$((t1 - t0))" "$((2 * n))")"
     fi
     while read -r t rps p50 p99; do
       t=$(echo "$t" | tr 'A-Z' 'a-z')
@@ -685,25 +690,25 @@ phase_bulk() {
     fi
   fi
   if [ "$mtot" -gt 0 ] && [ "$mbytes" -gt 0 ]; then
-    put "$path" mcpu_gb "$(awk -v t="$mb" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
-    put "$path" busy_pct "$(awk -v t="$mb" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
-    put "$path" steal_pct "$(awk -v t="$mst" -v a="$mtot" 'BEGIN{printf "%.1f", 100*t/a}')"
+    put "$path" mcpu_gb "$(per_gb "$mb" "$mbytes")"
+    put "$path" busy_pct "$(pct "$mb" "$mtot")"
+    put "$path" steal_pct "$(pct "$mst" "$mtot")"
     put "$path" ecpu_gb "$(awk -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", e/(b/1e9)}')"
-    [ $two = 1 ] && put "$path" cpu_gb1 "$(awk -v t="$pair1" -v k="$TCK" -v b="$mbytes" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+    [ $two = 1 ] && put "$path" cpu_gb1 "$(per_gb "$pair1" "$mbytes")"
     # what neither the pair (none on the direct path: pair1 stays 0) nor iperf3 spent
     put "$path" ocpu_gb "$(awk -v m="$mb" -v p="$pair1" -v k="$TCK" -v e="$ecpu" -v b="$mbytes" 'BEGIN{printf "%.3f", ((m-p)/k-e)/(b/1e9)}')"
   fi
   if [ $two = 1 ]; then
     peak_put "$path" rss_bulk
     if [ "$total" -gt 0 ]; then
-      put "$path" cpu_gb_c "$(awk -v t="$cpu_c" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
-      put "$path" cpu_gb_s "$(awk -v t="$cpu_s" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
+      put "$path" cpu_gb_c "$(per_gb "$cpu_c" "$total")"
+      put "$path" cpu_gb_s "$(per_gb "$cpu_s" "$total")"
       if [ "$path" = ambassador ]; then # others' per-connection threads/children take their counts with them
         put "$path" ctx_mb_c "$(awk -v t="$ctx_c" -v b="$total" 'BEGIN{printf "%.2f", t/(b/1e6)}')"
         put "$path" ctx_mb_s "$(awk -v t="$ctx_s" -v b="$total" 'BEGIN{printf "%.2f", t/(b/1e6)}')"
       fi
-      put "$path" cpu_gb "$(awk -v t="$((cpu_c + cpu_s))" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.3f", t/k/(b/1e9)}')"
-      line+="$(awk -v t="$((cpu_c + cpu_s))" -v k="$TCK" -v b="$total" 'BEGIN{printf "%.2f", t/k/(b/1e9)}') CPU s/GB"
+      put "$path" cpu_gb "$(per_gb "$((cpu_c + cpu_s))" "$total")"
+      line+="$(per_gb "$((cpu_c + cpu_s))" "$total" %.2f) CPU s/GB"
     fi
   fi
   say "$path: $line"

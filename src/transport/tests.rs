@@ -22,6 +22,16 @@ fn settings() -> TransportSettings {
     }
 }
 
+/// An endpoint of `identity` on a free loopback port, serving mesh members when `serve`.
+fn loopback_endpoint(
+    identity: &NodeIdentity,
+    deny: &Arc<DenyList>,
+    serve: bool,
+) -> quinn::Endpoint {
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    endpoint(local, identity, deny, serve, &settings()).unwrap()
+}
+
 /// A provider-side endpoint on loopback that accepts every handshake it can and holds the
 /// connections open.
 fn server(identity: &NodeIdentity, deny: &Arc<DenyList>) -> quinn::Endpoint {
@@ -42,8 +52,7 @@ fn serve(
     identity: &NodeIdentity,
     deny: &Arc<DenyList>,
 ) -> (quinn::Endpoint, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let ep = endpoint(local, identity, deny, true, &settings()).unwrap();
+    let ep = loopback_endpoint(identity, deny, true);
     let accepting = ep.clone();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -105,8 +114,7 @@ async fn slow_relay(to: SocketAddr, delay: Duration) -> QuicAddr {
 }
 
 fn pool(identity: &NodeIdentity, deny: &Arc<DenyList>) -> Pool {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let ep = endpoint(local, identity, deny, false, &settings()).unwrap();
+    let ep = loopback_endpoint(identity, deny, false);
     Pool::new(
         ep,
         client_config(identity, deny, &settings()).unwrap(),
@@ -427,8 +435,7 @@ fn server_accepting_streams(
     quinn::Endpoint,
     tokio::task::JoinHandle<(quinn::Connection, quinn::RecvStream)>,
 ) {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let ep = endpoint(local, identity, &DenyList::empty(), true, &settings()).unwrap();
+    let ep = loopback_endpoint(identity, &DenyList::empty(), true);
     let accepting = ep.clone();
     let stream = tokio::spawn(async move {
         let conn = accepting.accept().await.unwrap().await.unwrap();
