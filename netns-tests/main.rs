@@ -313,6 +313,109 @@ fn one_gib_each_way_byte_exact() {
     lan.signal(&source, "TERM");
 }
 
+/// A's UDP send buffer full: the tunnel pauses until the kernel has room, then goes on, and every
+/// byte arrives. The ambassador's QUIC socket watches writability only after a send found the
+/// buffer full (a UDP socket signals room after every send otherwise), so this is the path that
+/// must not stall. A token-bucket queue on A's link holds the datagrams, and their bytes count
+/// against the socket's send buffer (at most 8 MiB: the ambassador asks for 4, the kernel
+/// doubles it) until they leave it. What one connection holds unacknowledged is bounded by its
+/// send window (1.5 MB on a LAN), so A's consumer sends to eight providers on B at once, each
+/// a node of its own: 12 MB in flight, more than the buffer. The kernel's `SndbufErrors` counter
+/// in A's namespace shows that sends were refused (the queue is long enough to drop nothing).
+#[test]
+fn a_full_send_buffer_pauses_the_tunnel_without_losing_a_byte() {
+    const PROVIDERS: u16 = 8;
+    const LEN: u64 = 12 << 20;
+    let (lan, [a, b]) = lan!("a", "b");
+    if !harness::have_tools(&["tc", "socat", "head"], "full send buffer test") {
+        return;
+    }
+    let key = lan.mesh_key("mesh");
+    lan.must_run(
+        &a,
+        &[
+            "tc", "qdisc", "add", "dev", &a.ifname, "root", "tbf", "rate", "600mbit", "burst",
+            "256kb", "limit", "64mb",
+        ],
+    );
+    // Each connection is answered with the number of bytes it carried.
+    lan.spawn(
+        &b,
+        "count-b",
+        &[
+            "socat",
+            "TCP-LISTEN:7000,bind=127.0.0.1,reuseaddr,fork",
+            "SYSTEM:wc -c",
+        ],
+    );
+    assert!(
+        lan.wait_tcp_listen(&b, 7000, 10 * SEC),
+        "socat on B did not listen"
+    );
+    let services: Vec<String> = (1..=PROVIDERS).map(|i| format!("sink{i}")).collect();
+    for (i, service) in (1..=PROVIDERS).zip(&services) {
+        lan.announce(&b, &key)
+            .node(&format!("b{i}"))
+            .spec(&format!("{service}:{}=127.0.0.1:7000", 7000 + i))
+            .start();
+    }
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    lan.connect(&a, &key).specs(&names).start();
+    for i in 1..=PROVIDERS {
+        assert!(
+            lan.wait_tcp_listen(&a, 7000 + i, 20 * SEC),
+            "A's listener for sink{i} did not come up"
+        );
+    }
+
+    let sndbuf_errors = || {
+        let snmp = lan.sh(&a, 5 * SEC, "cat /proc/net/snmp").stdout;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "SndbufErrors")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .expect("SndbufErrors in A's /proc/net/snmp")
+    };
+    let before = sndbuf_errors();
+    let t0 = Instant::now();
+    let out = lan.sh(
+        &a,
+        120 * SEC,
+        &format!(
+            "for p in $(seq 7001 {}); do \
+               (head -c {LEN} /dev/zero | socat -t 60 - TCP:127.0.0.1:$p) & \
+             done; wait",
+            7000 + PROVIDERS
+        ),
+    );
+    let took = t0.elapsed();
+    let refused = sndbuf_errors() - before;
+    let qdisc = lan.sh(&a, 5 * SEC, &format!("tc -s qdisc show dev {}", a.ifname));
+    let counts: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert!(out.ok(), "the transfers did not finish: {out:?}");
+    assert_eq!(
+        counts,
+        vec![LEN.to_string().as_str(); PROVIDERS as usize],
+        "bytes received per connection (B counts them)"
+    );
+    assert!(
+        qdisc.stdout.contains("dropped 0,"),
+        "the queue on A's link dropped datagrams, which the kernel also counts as SndbufErrors: {}",
+        qdisc.stdout
+    );
+    assert!(
+        refused > 0,
+        "A's send buffer never filled (SndbufErrors unchanged), so this run did not test the pause"
+    );
+    report(&format!(
+        "FIGURE full send buffer: {} MiB through 600 Mbit/s in {took:.2?}, {refused} sends refused for want of buffer",
+        (u64::from(PROVIDERS) * LEN) >> 20
+    ));
+}
+
 /// c. A rogue host with another mesh key: its announcement is never used, and it cannot open a
 /// stream to a member.
 #[test]
