@@ -444,3 +444,45 @@ fn server_accepting_streams(
     });
     (ep, stream)
 }
+
+/// The Linux socket of the vendored quinn (`vendor/quinn/PATCH.md`, second change) takes a
+/// `recvmmsg` that fills fewer slots than it was given for a drained queue. That holds while no
+/// pending socket error can end a batch early, which on an unconnected UDP socket needs
+/// `IP_RECVERR` (`IPV6_RECVERR`): quinn-udp, which sets up the socket's options, must not set it.
+/// A quinn-udp update that starts to would fail here.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_quic_socket_queues_no_errors_that_could_cut_a_receive_batch_short() {
+    use std::os::fd::AsRawFd;
+
+    fn option(sock: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` outlive the call, and `len` is `value`'s size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+        value
+    }
+
+    let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    quinn::udp::UdpSocketState::new((&v4).into()).unwrap();
+    assert_eq!(option(&v4, libc::SOL_IP, libc::IP_RECVERR), 0, "IPv4");
+    // Dual-stack, as a bind to an IPv6 address makes it; absent where the host has no IPv6.
+    if let Ok(v6) = std::net::UdpSocket::bind("[::1]:0") {
+        quinn::udp::UdpSocketState::new((&v6).into()).unwrap();
+        assert_eq!(option(&v6, libc::SOL_IPV6, libc::IPV6_RECVERR), 0, "IPv6");
+        assert_eq!(
+            option(&v6, libc::SOL_IP, libc::IP_RECVERR),
+            0,
+            "IPv6, IPv4 part"
+        );
+    }
+}

@@ -121,7 +121,9 @@ impl AsyncUdpSocket for UdpSocket {
 /// - A `recvmmsg` that fills fewer slots than it was given has drained the queue (an unconnected
 ///   socket without `IP_RECVERR` has no pending error to stop a batch early), so its readiness
 ///   is cleared at once instead of by a second `recvmmsg` that finds the queue empty. A datagram
-///   that arrives after the call raises a new edge, which the next `epoll_wait` reports.
+///   that arrives after the call raises a new edge, which the next `epoll_wait` reports. (Were
+///   quinn-udp to set `IP_RECVERR`, an ICMP error could end a batch early with datagrams still
+///   queued; they would wait for the next datagram's edge. Check this when updating quinn-udp.)
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod linux {
     use std::{
