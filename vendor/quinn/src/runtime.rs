@@ -119,7 +119,11 @@ impl<MakeFut, Fut> UdpPollHelper<MakeFut, Fut> {
     #[cfg(any(
         feature = "runtime-async-std",
         feature = "runtime-smol",
-        feature = "runtime-tokio",
+        all(
+            feature = "runtime-tokio",
+            // ambassador's patch: tokio's socket on Linux has its own poller (runtime/tokio.rs)
+            not(any(target_os = "linux", target_os = "android"))
+        ),
     ))]
     fn new(make_fut: MakeFut) -> Self {
         Self {

@@ -127,6 +127,7 @@ impl AsyncUdpSocket for UdpSocket {
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod linux {
     use std::{
+        future::Future,
         io,
         os::fd::{AsFd, OwnedFd},
         pin::Pin,
@@ -139,7 +140,7 @@ mod linux {
 
     use tokio::io::{Interest, unix::AsyncFd};
 
-    use super::super::{AsyncUdpSocket, UdpPollHelper, UdpPoller};
+    use super::super::{AsyncUdpSocket, UdpPoller};
 
     #[derive(Debug)]
     pub(super) struct UdpSocket {
@@ -176,11 +177,8 @@ mod linux {
     impl AsyncUdpSocket for UdpSocket {
         fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
             Box::pin(WritablePoller {
-                helper: Box::pin(UdpPollHelper::new({
-                    let socket = self.clone();
-                    move || socket.clone().wait_writable()
-                })),
                 socket: self,
+                wait: None,
             })
         }
 
@@ -237,7 +235,8 @@ mod linux {
     /// otherwise waits through [`UdpSocket::wait_writable`].
     struct WritablePoller {
         socket: Arc<UdpSocket>,
-        helper: Pin<Box<dyn UdpPoller>>,
+        /// The wait under way, with its registration of the duplicate descriptor.
+        wait: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>>,
     }
 
     impl std::fmt::Debug for WritablePoller {
@@ -248,10 +247,21 @@ mod linux {
 
     impl UdpPoller for WritablePoller {
         fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-            if self.socket.writable.load(Ordering::Relaxed) {
+            let this = &mut *self;
+            if this.socket.writable.load(Ordering::Relaxed) {
+                // Another connection's wait saw the room: drop ours, whose registration would
+                // otherwise stay and be woken after every send.
+                this.wait = None;
                 return Poll::Ready(Ok(()));
             }
-            self.helper.as_mut().poll_writable(cx)
+            let wait = this
+                .wait
+                .get_or_insert_with(|| Box::pin(this.socket.clone().wait_writable()));
+            let done = wait.as_mut().poll(cx);
+            if done.is_ready() {
+                this.wait = None;
+            }
+            done
         }
     }
 }
