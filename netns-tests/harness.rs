@@ -690,6 +690,20 @@ impl Lan {
         assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
     }
 
+    /// One of the UDP counters of `host`'s network namespace (`InDatagrams`, `RcvbufErrors`,
+    /// `SndbufErrors`...: the `Udp:` lines of `/proc/net/snmp`).
+    pub fn udp_counter(&self, host: &Host, name: &str) -> u64 {
+        let snmp = self.run(host, 10 * SEC, &["cat", "/proc/net/snmp"]).stdout;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Udp {name} in /proc/net/snmp: {snmp}"))
+    }
+
     /// Occurrences of `needle` in the log of `p`.
     pub fn log_count(&self, p: &Proc, needle: &str) -> usize {
         self.log(p).matches(needle).count()

@@ -368,17 +368,7 @@ fn a_full_send_buffer_pauses_the_tunnel_without_losing_a_byte() {
         );
     }
 
-    let sndbuf_errors = || {
-        let snmp = lan.sh(&a, 5 * SEC, "cat /proc/net/snmp").stdout;
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "SndbufErrors")
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .expect("SndbufErrors in A's /proc/net/snmp")
-    };
+    let sndbuf_errors = || lan.udp_counter(&a, "SndbufErrors");
     let before = sndbuf_errors();
     let t0 = Instant::now();
     let out = lan.sh(

@@ -62,18 +62,10 @@ fn sh_out(lan: &Lan, host: &Host, script: &str) -> String {
 
 /// UDP counters of `host`'s network namespace: (InDatagrams, RcvbufErrors).
 fn udp_counters(lan: &Lan, host: &Host) -> (u64, u64) {
-    let snmp = lan.run(host, 10 * SEC, &["cat", "/proc/net/snmp"]).stdout;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-    let get = |name: &str| {
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no Udp {name} in /proc/net/snmp: {snmp}"))
-    };
-    (get("InDatagrams"), get("RcvbufErrors"))
+    (
+        lan.udp_counter(host, "InDatagrams"),
+        lan.udp_counter(host, "RcvbufErrors"),
+    )
 }
 
 /// Whether `GET who` through `port` on `host` answers `value` within `timeout`.
