@@ -690,18 +690,20 @@ impl Lan {
         assert!(out.ok(), "`{}` on {}: {out:?}", args.join(" "), host.name);
     }
 
-    /// One of the UDP counters of `host`'s network namespace (`InDatagrams`, `RcvbufErrors`,
-    /// `SndbufErrors`...: the `Udp:` lines of `/proc/net/snmp`).
-    pub fn udp_counter(&self, host: &Host, name: &str) -> u64 {
+    /// UDP counters of `host`'s network namespace (`InDatagrams`, `RcvbufErrors`,
+    /// `SndbufErrors`...: the `Udp:` lines of `/proc/net/snmp`), all from one reading.
+    pub fn udp_counters<const N: usize>(&self, host: &Host, names: [&str; N]) -> [u64; N] {
         let snmp = self.run(host, 10 * SEC, &["cat", "/proc/net/snmp"]).stdout;
         let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no Udp {name} in /proc/net/snmp: {snmp}"))
+        let (header, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+        names.map(|name| {
+            header
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(|| panic!("no Udp {name} in /proc/net/snmp: {snmp}"))
+        })
     }
 
     /// Occurrences of `needle` in the log of `p`.

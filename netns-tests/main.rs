@@ -368,7 +368,7 @@ fn a_full_send_buffer_pauses_the_tunnel_without_losing_a_byte() {
         );
     }
 
-    let sndbuf_errors = || lan.udp_counter(&a, "SndbufErrors");
+    let sndbuf_errors = || lan.udp_counters(&a, ["SndbufErrors"])[0];
     let before = sndbuf_errors();
     let t0 = Instant::now();
     let out = lan.sh(

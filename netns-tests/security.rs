@@ -60,14 +60,6 @@ fn sh_out(lan: &Lan, host: &Host, script: &str) -> String {
     lan.sh(host, 20 * SEC, script).stdout.trim().to_string()
 }
 
-/// UDP counters of `host`'s network namespace: (InDatagrams, RcvbufErrors).
-fn udp_counters(lan: &Lan, host: &Host) -> (u64, u64) {
-    (
-        lan.udp_counter(host, "InDatagrams"),
-        lan.udp_counter(host, "RcvbufErrors"),
-    )
-}
-
 /// Whether `GET who` through `port` on `host` answers `value` within `timeout`.
 fn wait_who(lan: &Lan, host: &Host, port: u16, value: &str, timeout: Duration) -> bool {
     who_within(lan, host, port, value, timeout).is_some()
@@ -1243,7 +1235,7 @@ fn garbage_datagrams_and_other_mesh_cost_only_themselves() {
     hundred_legit(&lan, &a, "before the garbage");
 
     let rss_before = rss_kib(provider.pid);
-    let (in_before, drop_before) = udp_counters(&lan, &b);
+    let [in_before, drop_before] = lan.udp_counters(&b, ["InDatagrams", "RcvbufErrors"]);
     let garbage = garbage_file(&lan, 20_000);
     let target = format!("UDP-SENDTO:{}:7443", b.ip);
     let stop = lan.path("garbage.stop");
@@ -1273,7 +1265,7 @@ fn garbage_datagrams_and_other_mesh_cost_only_themselves() {
     );
     let after = hundred_legit(&lan, &a, "after the garbage");
     let rss_after = rss_kib(provider.pid);
-    let (in_after, drop_after) = udp_counters(&lan, &b);
+    let [in_after, drop_after] = lan.udp_counters(&b, ["InDatagrams", "RcvbufErrors"]);
     let rounds: u64 = lan
         .log(&sender)
         .trim()
