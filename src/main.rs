@@ -207,7 +207,9 @@ fn main() -> ExitCode {
         _ => cli.common.log_format.unwrap_or_default(),
     };
     init_logging(format, cli.common.verbose);
-    // One crypto provider for the whole process (ring); an error means one is already set.
+    // ring for the whole process, as the default of libraries that take it; the mesh's TLS
+    // configurations use ring with their own suite order (identity::provider). An error means
+    // one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match runtime() {
         Ok(rt) => rt,

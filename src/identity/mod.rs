@@ -52,8 +52,8 @@ pub enum IdentityError {
     Quic(String),
 }
 
-/// The crypto provider used everywhere (ring: one provider, installed explicitly), with
-/// AES-128-GCM offered first. The handshake's own strength is 128 bits (X25519, Ed25519), so
+/// The crypto provider of every mesh TLS configuration (ring, as the process default that
+/// `main` installs for libraries; here with AES-128-GCM offered first). The handshake's own strength is 128 bits (X25519, Ed25519), so
 /// AES-256-GCM, which rustls offers first, adds none and costs ~8 % more per packet to seal and
 /// open (on Zen 4, 1,416-byte packets: 254 against 276 ns to seal, 299 against 325 to open;
 /// benches/results-lan.md). Go's TLS and BoringSSL offer it first for the same reason. A
