@@ -52,12 +52,13 @@ pub enum IdentityError {
     Quic(String),
 }
 
-/// The crypto provider of every mesh TLS configuration (ring, as the process default that
-/// `main` installs for libraries; here with AES-128-GCM offered first). The handshake's own strength is 128 bits (X25519, Ed25519), so
-/// AES-256-GCM, which rustls offers first, adds none and costs ~8 % more per packet to seal and
-/// open (on Zen 4, 1,416-byte packets: 254 against 276 ns to seal, 299 against 325 to open;
-/// benches/results-lan.md). Go's TLS and BoringSSL offer it first for the same reason. A
-/// server follows the client's order, so members of an older version still connect.
+/// The crypto provider of every mesh TLS configuration: ring, as the process default that
+/// `main` installs for libraries, but with AES-128-GCM offered first. The handshake's own
+/// strength is 128 bits (X25519, Ed25519), so AES-256-GCM, which rustls offers first, adds none
+/// and costs ~8 % more per packet to seal and open (on Zen 4, 1,416-byte packets: 254 against
+/// 276 ns to seal, 299 against 325 to open; benches/results-lan.md). Go's TLS and BoringSSL
+/// offer it first for the same reason. A server follows the client's order, so members of an
+/// older version still connect.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
@@ -243,10 +244,11 @@ impl NodeIdentity {
         &self,
         deny: Arc<DenyList>,
     ) -> Result<rustls::ServerConfig, IdentityError> {
+        let provider = provider();
         let inner =
-            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone()).build()?;
         let verifier = Arc::new(verify::ClientVerifier { inner, deny });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(
