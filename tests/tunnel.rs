@@ -284,3 +284,77 @@ fn many_concurrent_connections_and_a_stalled_one() {
     assert_eq!(handshakes, 1, "provider log:\n{}", t.provider.log());
     assert!(t.consumer.try_wait().is_none(), "consumer died");
 }
+
+#[test]
+fn parallel_downloads_share_the_tunnel_evenly() {
+    // Eight clients download at once through one tunnel (one QUIC connection): each gets a
+    // fair share, none is starved by the others.
+    const N: usize = 8;
+    const MEASURED: u64 = 256 << 20;
+    let target = Target::start(|mut s| {
+        if !has_request(&s) {
+            return;
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        Gen(3).fill(&mut buf);
+        while s.write_all(&buf).is_ok() {}
+    });
+    let t = Tunnel::new(target);
+    let counts: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..N).map(|_| Default::default()).collect());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(N));
+    let readers: Vec<_> = (0..N)
+        .map(|i| {
+            let (addr, counts, done, barrier) =
+                (t.addr, counts.clone(), done.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = client(addr);
+                // Every download starts once all the connections are open.
+                barrier.wait();
+                c.write_all(b"GET").expect("request");
+                let mut buf = vec![0u8; 256 * 1024];
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counts[i].fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let snapshot = || -> Vec<u64> {
+        counts
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    };
+    let total = |v: &[u64]| v.iter().sum::<u64>();
+    // Past the start (every connection's first window), then the measured stretch.
+    let until = |bytes: u64| {
+        common::redis::poll(Duration::from_secs(60), || {
+            let now = snapshot();
+            (total(&now) >= bytes).then_some(now)
+        })
+        .expect("the downloads stalled")
+    };
+    let start = until(32 << 20);
+    let end = until(total(&start) + MEASURED);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(t);
+    for r in readers {
+        let _ = r.join();
+    }
+    let shares: Vec<u64> = end.iter().zip(&start).map(|(e, s)| e - s).collect();
+    let (min, max) = (
+        *shares.iter().min().expect("N > 0"),
+        *shares.iter().max().expect("N > 0"),
+    );
+    assert!(
+        min * 4 >= max,
+        "bytes per download over {} MiB: {shares:?} (the least served got under a quarter of the most)",
+        MEASURED >> 20
+    );
+}

@@ -15,13 +15,19 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
-/// Largest chunk read from TCP in one go.
-const CHUNK: usize = 64 * 1024;
+/// Largest chunk read from TCP in one go. A bulk sender keeps the socket full, so each read
+/// takes a whole chunk: at 256 KiB, a quarter of the reads (and of the window updates each
+/// read sends the TCP peer) that 64 KiB took, and quinn's send buffer walks fewer segments.
+const CHUNK: usize = 256 * 1024;
 /// Reads shorter than this are copied into an exact-size buffer, so a small message does not
 /// pin a whole chunk while quinn waits for its acknowledgement.
 const SMALL: usize = 4 * 1024;
-/// Most QUIC chunks written to TCP in one vectored call.
-const BATCH: usize = 32;
+/// QUIC chunks taken by the read that waits for data (one QUIC frame each, ~1.4 KB at a
+/// 1500-byte MTU); part of every connection's state, so kept small.
+const FIRST: usize = 32;
+/// Most QUIC chunks written to TCP in one vectored call (~360 KB of full frames): when the first
+/// read fills all its slots, what else quinn has ready joins the same write.
+const BATCH: usize = 256;
 
 /// How a splice ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +140,7 @@ thread_local! {
     /// The read buffer of this thread's next TCP read. A read that stays small (a request, a
     /// reply) is copied out and leaves the buffer for the next read; a large one takes it to
     /// quinn, and the next read makes a new one. Request/response traffic so allocates no
-    /// 64 KiB chunk per read (jemalloc's thread cache stops at 32 KiB, above which each
+    /// chunk per read (jemalloc's thread cache stops at 32 KiB, above which each
     /// allocation and free goes through its extent maps), and an idle connection holds none.
     static SPARE: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
@@ -211,48 +217,92 @@ async fn quic_to_tcp(
     count: &mut u64,
     meter: &Counter,
 ) -> Result<(), ResetCause> {
-    // Take every chunk quinn has ready (one QUIC frame each, ~1.2 KB) and write them with one
-    // vectored call: one syscall and one TCP segment train per batch instead of per frame.
-    let mut chunks: [Bytes; BATCH] = std::array::from_fn(|_| Bytes::new());
+    let mut first: [Bytes; FIRST] = std::array::from_fn(|_| Bytes::new());
     loop {
-        let n = match recv
-            .read_chunks(&mut chunks)
+        let Some(n) = recv
+            .read_chunks(&mut first)
             .await
             .map_err(ResetCause::of_read)?
-        {
-            Some(n) => n,
-            None => {
-                return w
-                    .shutdown()
-                    .await
-                    .map_err(|e| ResetCause::TcpWrite(e.kind()));
-            }
+        else {
+            return w
+                .shutdown()
+                .await
+                .map_err(|e| ResetCause::TcpWrite(e.kind()));
         };
-        let batch = &mut chunks[..n];
-        let bytes = batch.iter().map(|c| c.len() as u64).sum::<u64>();
-        *count += bytes;
-        meter.inc_by(bytes);
-        write_all_vectored(w, batch).await?;
+        if n < FIRST {
+            // Fewer chunks than slots: quinn had no more (a request, a reply, a slow sender).
+            account(&first[..n], count, meter);
+            write_all_vectored(w, &mut first[..n]).await?;
+            continue;
+        }
+        // A full first read: the stream is likely busy, and one write of everything ready
+        // costs one syscall and one wake-up of the reader instead of one per 32 chunks.
+        let mut batch = BATCHES.with_borrow_mut(std::mem::take);
+        batch.clear();
+        batch.extend(first.iter_mut().map(std::mem::take));
+        let finished = take_ready(recv, &mut batch)?;
+        account(&batch, count, meter);
+        let written = write_all_vectored(w, &mut batch).await;
+        batch.clear();
+        BATCHES.with_borrow_mut(|spare| *spare = batch);
+        written?;
+        if finished {
+            return w
+                .shutdown()
+                .await
+                .map_err(|e| ResetCause::TcpWrite(e.kind()));
+        }
     }
+}
+
+thread_local! {
+    /// This thread's spare vector for a large batch of chunks (emptied after each use), so a
+    /// busy stream allocates none per batch and an idle connection holds none.
+    static BATCHES: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
+}
+
+fn account(chunks: &[Bytes], count: &mut u64, meter: &Counter) {
+    let bytes = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+    *count += bytes;
+    meter.inc_by(bytes);
+}
+
+/// Appends to `batch` (up to [`BATCH`] chunks) what `recv` has ready now, without waiting;
+/// true when the stream finished.
+fn take_ready(recv: &mut RecvStream, batch: &mut Vec<Bytes>) -> Result<bool, ResetCause> {
+    use std::future::Future;
+    let start = batch.len();
+    batch.resize(BATCH.max(start), Bytes::new());
+    // Polled once with a waker that does nothing: quinn stores it in place of this task's if
+    // nothing is ready, and this task's next `read_chunks` (the loop's, always awaited before
+    // the task sleeps) looks again and stores its own.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let ready = std::pin::pin!(recv.read_chunks(&mut batch[start..])).poll(&mut cx);
+    let (n, finished) = match ready {
+        std::task::Poll::Ready(Ok(Some(n))) => (n, false),
+        std::task::Poll::Ready(Ok(None)) => (0, true),
+        std::task::Poll::Ready(Err(e)) => return Err(ResetCause::of_read(e)),
+        std::task::Poll::Pending => (0, false),
+    };
+    batch.truncate(start + n);
+    Ok(finished)
 }
 
 /// Writes every chunk of `batch` (emptying them), with vectored writes.
 async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Result<(), ResetCause> {
     let mut first = 0;
     while first < batch.len() {
-        // A fixed array on the stack: no allocation per batch on the copy loop.
-        let mut slices = [std::io::IoSlice::new(&[]); BATCH];
-        let pending = &batch[first..];
-        for (slot, chunk) in slices.iter_mut().zip(pending) {
-            *slot = std::io::IoSlice::new(chunk);
-        }
-        let mut written = w
-            .write_vectored(&slices[..pending.len().min(BATCH)])
-            .await
-            .map_err(|e| ResetCause::TcpWrite(e.kind()))?;
-        if written == 0 {
-            return Err(ResetCause::TcpWrite(std::io::ErrorKind::WriteZero));
-        }
+        let mut written = match try_write_vectored(w, &batch[first..]) {
+            Ok(0) => return Err(ResetCause::TcpWrite(std::io::ErrorKind::WriteZero)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                w.writable()
+                    .await
+                    .map_err(|e| ResetCause::TcpWrite(e.kind()))?;
+                continue;
+            }
+            Err(e) => return Err(ResetCause::TcpWrite(e.kind())),
+        };
         while written > 0 && first < batch.len() {
             let len = batch[first].len();
             if written >= len {
@@ -266,6 +316,17 @@ async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Resu
         }
     }
     Ok(())
+}
+
+/// One vectored write of the first [`BATCH`] chunks of `pending`, its slices built on the
+/// stack of this call (not kept in the connection's state across a wait).
+fn try_write_vectored(w: &OwnedWriteHalf, pending: &[Bytes]) -> std::io::Result<usize> {
+    let mut slices = [std::io::IoSlice::new(&[]); BATCH];
+    let n = pending.len().min(BATCH);
+    for (slot, chunk) in slices.iter_mut().zip(&pending[..n]) {
+        *slot = std::io::IoSlice::new(chunk);
+    }
+    w.try_write_vectored(&slices[..n])
 }
 
 fn reset_tcp(stream: &TcpStream) {
@@ -374,7 +435,11 @@ mod tests {
 
         // A large read takes the chunk along (no copy) and the next read makes a new one.
         let big = vec![7u8; 3 * CHUNK];
-        far.write_all(&big).await.expect("write");
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            far.write_all(&sent).await.expect("write");
+            far
+        });
         let mut got = Vec::new();
         let mut first = true;
         while got.len() < big.len() {
@@ -388,7 +453,7 @@ mod tests {
             got.extend_from_slice(&chunk);
         }
         assert_eq!(got, big);
-        drop(far);
+        drop(writer.await.expect("writer"));
         assert!(matches!(read(&r).await, Read::Eof));
     }
 }

@@ -284,6 +284,8 @@ impl<'a> SendStream<'a> {
         };
         self.state.data_sent += written.bytes as u64;
         self.state.buffered_data += written.bytes as u64;
+        self.state.writes += 1;
+        stream.last_write = self.state.writes;
         trace!(stream = %self.id, "wrote {} bytes", written.bytes);
         if !was_pending {
             self.state.pending.push_pending(self.id, stream.priority);

@@ -13,6 +13,9 @@ pub(super) struct Send {
     pub(super) fin_pending: bool,
     /// Whether this stream is in the `connection_blocked` list of `Streams`
     pub(super) connection_blocked: bool,
+    /// When this stream last took room in the connection's send window (a count of the writes
+    /// on the connection): the streams blocked on that window are woken least recent first
+    pub(super) last_write: u64,
     /// Value of `max_data` for which a `STREAM_DATA_BLOCKED` frame was most recently queued
     ///
     /// A new frame is only queued once the peer has raised the limit.
@@ -30,6 +33,7 @@ impl Send {
             priority: 0,
             fin_pending: false,
             connection_blocked: false,
+            last_write: 0,
             data_blocked_limit: None,
             stop_reason: None,
         })

@@ -108,6 +108,8 @@ pub struct StreamsState {
     ///
     /// Streams are only added to this list when a write fails.
     pub(super) connection_blocked: Vec<StreamId>,
+    /// Writes that took room in the connection's send window so far (see `Send::last_write`)
+    pub(super) writes: u64,
     /// Connection-level flow control budget dictated by the peer
     pub(super) max_data: u64,
     /// The initial receive window
@@ -172,6 +174,7 @@ impl StreamsState {
             pending: PendingStreamsQueue::new(),
             events: VecDeque::new(),
             connection_blocked: Vec::new(),
+            writes: 0,
             max_data: 0,
             receive_window: receive_window.into(),
             local_max_data: receive_window.into(),
@@ -852,8 +855,20 @@ impl StreamsState {
             return Some(StreamEvent::Opened { dir });
         }
 
-        if self.write_limit() > 0 {
-            while let Some(id) = self.connection_blocked.pop() {
+        if self.write_limit() > 0 && !self.connection_blocked.is_empty() {
+            // Every blocked stream is told at once, and the first of them to run takes the room
+            // there is; the others block again. Told least recently written first, the streams
+            // take turns. (Upstream pops the list from its end, newest first, and two streams that
+            // block in alternating order then take all the room while the others starve.)
+            let send = &self.send;
+            let last_write = |id: &StreamId| {
+                send.get(id)
+                    .and_then(|s| s.as_ref())
+                    .map_or(0, |s| s.last_write)
+            };
+            self.connection_blocked
+                .sort_unstable_by_key(|id| (last_write(id), *id));
+            for id in self.connection_blocked.drain(..) {
                 let stream = match self.send.get_mut(&id).and_then(|s| s.as_mut()) {
                     None => continue,
                     Some(s) => s,
@@ -865,7 +880,7 @@ impl StreamsState {
                 // If it's no longer sensible to write to a stream (even to detect an error) then don't
                 // report it.
                 if stream.is_writable() && stream.max_data > stream.offset() {
-                    return Some(StreamEvent::Writable { id });
+                    self.events.push_back(StreamEvent::Writable { id });
                 }
             }
         }
