@@ -5,10 +5,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
+use common::redis::poll;
 use common::{Target, Tunnel, client, has_request, read_to_end};
 use sha2::{Digest, Sha256};
 
@@ -300,9 +302,8 @@ fn parallel_downloads_share_the_tunnel_evenly() {
         while s.write_all(&buf).is_ok() {}
     });
     let t = Tunnel::new(target);
-    let counts: Arc<Vec<std::sync::atomic::AtomicU64>> =
-        Arc::new((0..N).map(|_| Default::default()).collect());
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..N).map(|_| Default::default()).collect());
+    let done = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(N));
     let readers: Vec<_> = (0..N)
         .map(|i| {
@@ -314,27 +315,22 @@ fn parallel_downloads_share_the_tunnel_evenly() {
                 barrier.wait();
                 c.write_all(b"GET").expect("request");
                 let mut buf = vec![0u8; 256 * 1024];
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                while !done.load(Ordering::Relaxed) {
                     match c.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            counts[i].fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            counts[i].fetch_add(n as u64, Ordering::Relaxed);
                         }
                     }
                 }
             })
         })
         .collect();
-    let snapshot = || -> Vec<u64> {
-        counts
-            .iter()
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-            .collect()
-    };
+    let snapshot = || -> Vec<u64> { counts.iter().map(|c| c.load(Ordering::Relaxed)).collect() };
     let total = |v: &[u64]| v.iter().sum::<u64>();
     // Past the start (every connection's first window), then the measured stretch.
     let until = |bytes: u64| {
-        common::redis::poll(Duration::from_secs(60), || {
+        poll(Duration::from_secs(60), || {
             let now = snapshot();
             (total(&now) >= bytes).then_some(now)
         })
@@ -342,7 +338,7 @@ fn parallel_downloads_share_the_tunnel_evenly() {
     };
     let start = until(32 << 20);
     let end = until(total(&start) + MEASURED);
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
     drop(t);
     for r in readers {
         let _ = r.join();

@@ -218,17 +218,12 @@ async fn quic_to_tcp(
     meter: &Counter,
 ) -> Result<(), ResetCause> {
     let mut first: [Bytes; FIRST] = std::array::from_fn(|_| Bytes::new());
-    loop {
-        let Some(n) = recv
-            .read_chunks(&mut first)
-            .await
-            .map_err(ResetCause::of_read)?
-        else {
-            return w
-                .shutdown()
-                .await
-                .map_err(|e| ResetCause::TcpWrite(e.kind()));
-        };
+    // Runs until the stream finishes, then half-closes TCP.
+    while let Some(n) = recv
+        .read_chunks(&mut first)
+        .await
+        .map_err(ResetCause::of_read)?
+    {
         if n < FIRST {
             // Fewer chunks than slots: quinn had no more (a request, a reply, a slow sender).
             account(&first[..n], count, meter);
@@ -238,7 +233,6 @@ async fn quic_to_tcp(
         // A full first read: the stream is likely busy, and one write of everything ready
         // costs one syscall and one wake-up of the reader instead of one per 32 chunks.
         let mut batch = BATCHES.with_borrow_mut(std::mem::take);
-        batch.clear();
         batch.extend(first.iter_mut().map(std::mem::take));
         let finished = take_ready(recv, &mut batch)?;
         account(&batch, count, meter);
@@ -247,12 +241,12 @@ async fn quic_to_tcp(
         BATCHES.with_borrow_mut(|spare| *spare = batch);
         written?;
         if finished {
-            return w
-                .shutdown()
-                .await
-                .map_err(|e| ResetCause::TcpWrite(e.kind()));
+            break;
         }
     }
+    w.shutdown()
+        .await
+        .map_err(|e| ResetCause::TcpWrite(e.kind()))
 }
 
 thread_local! {
@@ -271,8 +265,8 @@ fn account(chunks: &[Bytes], count: &mut u64, meter: &Counter) {
 /// true when the stream finished.
 fn take_ready(recv: &mut RecvStream, batch: &mut Vec<Bytes>) -> Result<bool, ResetCause> {
     use std::future::Future;
-    let start = batch.len();
-    batch.resize(BATCH.max(start), Bytes::new());
+    let start = batch.len(); // FIRST, below BATCH
+    batch.resize(BATCH, Bytes::new());
     // Polled once with a waker that does nothing: quinn stores it in place of this task's if
     // nothing is ready, and this task's next `read_chunks` (the loop's, always awaited before
     // the task sleeps) looks again and stores its own.
@@ -319,10 +313,22 @@ async fn write_all_vectored(w: &mut OwnedWriteHalf, batch: &mut [Bytes]) -> Resu
 }
 
 /// One vectored write of the first [`BATCH`] chunks of `pending`, its slices built on the
-/// stack of this call (not kept in the connection's state across a wait).
+/// stack of this call (not kept in the connection's state across a wait), in an array no larger
+/// than the batch needs (a request's reply fills a [`FIRST`]-slot one).
 fn try_write_vectored(w: &OwnedWriteHalf, pending: &[Bytes]) -> std::io::Result<usize> {
-    let mut slices = [std::io::IoSlice::new(&[]); BATCH];
-    let n = pending.len().min(BATCH);
+    if pending.len() <= FIRST {
+        try_write_slices::<FIRST>(w, pending)
+    } else {
+        try_write_slices::<BATCH>(w, pending)
+    }
+}
+
+fn try_write_slices<const N: usize>(
+    w: &OwnedWriteHalf,
+    pending: &[Bytes],
+) -> std::io::Result<usize> {
+    let mut slices = [std::io::IoSlice::new(&[]); N];
+    let n = pending.len().min(N);
     for (slot, chunk) in slices.iter_mut().zip(&pending[..n]) {
         *slot = std::io::IoSlice::new(chunk);
     }
