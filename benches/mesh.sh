@@ -22,6 +22,8 @@
 #   --repeat N         rounds over all paths (default 3; quick 1): each figure is the median of
 #                      N runs, taken in interleaved rounds with a fresh proxy pair each time
 #   --hold N           idle connections to hold through the ambassador pair (default 10000; quick 500)
+#   --bulk-only        bulk runs only (and the lossy ones in LAN mode): no redis, connection-rate or
+#                      held-connection measurements; for many rounds of the CPU-per-GB figure
 #   --paths "a b"      subset of: direct socat stunnel ambassador (default: all four); LAN mode:
 #                      of direct socat stunnel haproxy ambassador (default: all but socat)
 #
@@ -79,6 +81,7 @@ SEL_PATHS=""
 LAN=0
 LOSS=1
 OUT_SET=0
+BULK_ONLY=0
 
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -94,6 +97,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=${2:?--repeat needs a number}; shift ;;
     --hold) HOLD=${2:?--hold needs a number}; shift ;;
     --paths) SEL_PATHS=${2:?--paths needs a list}; shift ;;
+    --bulk-only) BULK_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "mesh.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -876,7 +880,7 @@ for REP in $(seq 1 "$REPEAT"); do
   k=$(( (REP - 1) % ${#ORDER[@]} ))
   ROUND=("${ORDER[@]:$k}" "${ORDER[@]:0:$k}")
   [ "$REPEAT" -gt 1 ] && say "round $REP of $REPEAT: ${ROUND[*]}"
-  for p in "${ROUND[@]}"; do phase_redis "$p"; done
+  [ "$BULK_ONLY" = 1 ] || for p in "${ROUND[@]}"; do phase_redis "$p"; done
   for p in "${ROUND[@]}"; do phase_bulk "$p"; done
   if [ "$LAN" = 1 ] && [ "$LOSS" -gt 0 ]; then
     if loss_on >"$WORK/loss.log" 2>&1; then
@@ -893,7 +897,7 @@ if [ "$PERF" = 1 ]; then
   case " $SEL_PATHS " in *" ambassador "*) phase_profile ambassador ;; esac
   case " $SEL_PATHS " in *" haproxy "*) phase_profile haproxy ;; esac
 fi
-case " $SEL_PATHS " in *" ambassador "*) [ "$HOLD" -gt 0 ] && phase_hold ;; esac
+case " $SEL_PATHS " in *" ambassador "*) [ "$HOLD" -gt 0 ] && [ "$BULK_ONLY" = 0 ] && phase_hold ;; esac
 
 # ------------------------------------------------------------------ report
 META="$WORK/meta.tsv"
@@ -916,8 +920,12 @@ META="$WORK/meta.tsv"
     "$("$STUNNEL" -version 2>&1 | awk '/^stunnel/{print $1" "$2; exit}')" \
     "$([ "$LAN" = 1 ] && haproxy -v 2>/dev/null | awk '/version/{printf "haproxy %s; ", $3; exit}')" \
     "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')" "$(openssl version | awk '{print $1" "$2}')"
-  printf 'settings\tiperf3 -t %s; redis-benchmark -t set,get -n %s (1 client) / -n %s (50 clients); connection rate %s s x 32 threads; %s idle connections; median of %s\n' \
-    "$IPERF_T" "$N1" "$N50" "$CONN_T" "$HOLD" "$REPEAT"
+  if [ "$BULK_ONLY" = 1 ]; then
+    printf 'settings\tiperf3 -t %s; bulk runs only (--bulk-only); median of %s\n' "$IPERF_T" "$REPEAT"
+  else
+    printf 'settings\tiperf3 -t %s; redis-benchmark -t set,get -n %s (1 client) / -n %s (50 clients); connection rate %s s x 32 threads; %s idle connections; median of %s\n' \
+      "$IPERF_T" "$N1" "$N50" "$CONN_T" "$HOLD" "$REPEAT"
+  fi
 } >"$META"
 REPORT="$WORK/report.md"
 "$PY" "$H" report "$RES" "$META" "$([ $QUICK = 1 ] && echo quick || echo full)" "$([ "$LAN" = 1 ] && echo lan || echo loopback)" >"$REPORT" || { echo "mesh.sh: report failed" >&2; exit 1; }

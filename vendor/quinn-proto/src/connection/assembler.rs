@@ -1,6 +1,6 @@
 use std::{
     cmp::{Ordering, max},
-    collections::{BinaryHeap, binary_heap::PeekMut},
+    collections::{BinaryHeap, VecDeque, binary_heap::PeekMut},
     mem,
 };
 
@@ -12,7 +12,12 @@ use crate::range_set::RangeSet;
 #[derive(Debug, Default)]
 pub(super) struct Assembler {
     state: State,
+    /// Chunks that did not arrive in order, and in unordered mode every chunk; earliest first
     data: BinaryHeap<Buffer>,
+    /// Ordered mode only: chunks that arrived in order, each starting where the one before it
+    /// ends, the first at the read offset when it came (ambassador's patch: a stream received in
+    /// order skips the heap, whose every pop sifts through all the buffered chunks)
+    run: VecDeque<Buffer>,
     /// Total number of buffered bytes, including duplicates in ordered mode.
     buffered: usize,
     /// Estimated number of allocated bytes, will never be less than `buffered`.
@@ -32,9 +37,31 @@ impl Assembler {
     /// Reset to the initial state
     pub(super) fn reinit(&mut self) {
         let old_data = mem::take(&mut self.data);
+        let old_run = mem::take(&mut self.run);
         *self = Self::default();
         self.data = old_data;
         self.data.clear();
+        self.run = old_run;
+        self.run.clear();
+    }
+
+    /// Moves the in-order run into the heap, for the paths that see every chunk at once
+    fn merge_run(&mut self) {
+        self.data.extend(self.run.drain(..));
+    }
+
+    /// Number of chunks buffered
+    fn chunks(&self) -> usize {
+        self.data.len() + self.run.len()
+    }
+
+    /// Whether a chunk at `offset` continues the in-order run (or, with nothing buffered, starts
+    /// one at the read offset)
+    fn extends_run(&self, offset: u64) -> bool {
+        match self.run.back() {
+            Some(last) => offset == last.offset + last.bytes.len() as u64,
+            None => self.data.is_empty() && offset == self.bytes_read,
+        }
     }
 
     pub(super) fn ensure_ordering(&mut self, ordered: bool) -> Result<(), IllegalOrderedRead> {
@@ -42,6 +69,7 @@ impl Assembler {
             return Err(IllegalOrderedRead);
         } else if !ordered && self.state.is_ordered() {
             // Enter unordered mode
+            self.merge_run();
             if !self.data.is_empty() {
                 // Get rid of possible duplicates
                 self.defragment();
@@ -59,42 +87,39 @@ impl Assembler {
     /// Get the the next chunk
     pub(super) fn read(&mut self, max_length: usize, ordered: bool) -> Option<Chunk> {
         loop {
-            let mut chunk = self.data.peek_mut()?;
-
-            if ordered {
-                if chunk.offset > self.bytes_read {
-                    // Next chunk is after current read index
-                    return None;
-                } else if (chunk.offset + chunk.bytes.len() as u64) <= self.bytes_read {
-                    // Next chunk is useless as the read index is beyond its end
-                    self.buffered -= chunk.bytes.len();
-                    self.allocated -= chunk.allocation_size;
-                    PeekMut::pop(chunk);
-                    continue;
+            // The earliest chunk (the longer of two at one offset, as the heap orders them) is
+            // at the front of the run or the top of the heap; the run is empty in unordered mode
+            let from_run = match (self.run.front(), self.data.peek()) {
+                (Some(run), Some(heap)) => run >= heap,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            let mut tally = Tally {
+                bytes_read: &mut self.bytes_read,
+                buffered: &mut self.buffered,
+                allocated: &mut self.allocated,
+            };
+            let step = if from_run {
+                let chunk = self.run.front_mut()?;
+                let step = tally.take(chunk, max_length, ordered);
+                if let Step::Consumed(_) | Step::Discarded = step {
+                    self.run.pop_front();
                 }
-
-                // Determine `start` and `len` of the slice of useful data in chunk
-                let start = (self.bytes_read - chunk.offset) as usize;
-                if start > 0 {
-                    chunk.bytes.advance(start);
-                    chunk.offset += start as u64;
-                    self.buffered -= start;
-                }
-            }
-
-            return Some(if max_length < chunk.bytes.len() {
-                self.bytes_read += max_length as u64;
-                let offset = chunk.offset;
-                chunk.offset += max_length as u64;
-                self.buffered -= max_length;
-                Chunk::new(offset, chunk.bytes.split_to(max_length))
+                step
             } else {
-                self.bytes_read += chunk.bytes.len() as u64;
-                self.buffered -= chunk.bytes.len();
-                self.allocated -= chunk.allocation_size;
-                let chunk = PeekMut::pop(chunk);
-                Chunk::new(chunk.offset, chunk.bytes)
-            });
+                let mut chunk = self.data.peek_mut()?;
+                let step = tally.take(&mut chunk, max_length, ordered);
+                if let Step::Consumed(_) | Step::Discarded = step {
+                    PeekMut::pop(chunk);
+                }
+                step
+            };
+            match step {
+                Step::Discarded => continue,
+                Step::Ahead => return None,
+                Step::Split(chunk) | Step::Consumed(chunk) => return Some(chunk),
+            }
         }
     }
 
@@ -103,6 +128,7 @@ impl Assembler {
     /// This makes sure we're not unnecessarily holding on to many larger allocations.
     /// We merge contiguous chunks in the process of doing so.
     fn defragment(&mut self) {
+        self.merge_run();
         // Chunks smaller than min_chunk_size are merged regardless of fragmentation
         let min_chunk_size = max(self.buffered.div_ceil(MAX_CHUNKS), MIN_RETAINED_CHUNK_SIZE);
         let new = BinaryHeap::with_capacity(self.data.len());
@@ -195,7 +221,11 @@ impl Assembler {
             let buffer = Buffer::new(offset, bytes, allocation_size);
             self.buffered += buffer.bytes.len();
             self.allocated += buffer.allocation_size;
-            self.data.push(buffer);
+            if self.state.is_ordered() && self.extends_run(offset) {
+                self.run.push_back(buffer);
+            } else {
+                self.data.push(buffer);
+            }
         }
         // `self.buffered` also counts duplicate bytes, therefore we use
         // `self.end - self.bytes_read` as an upper bound of buffered unique
@@ -212,10 +242,10 @@ impl Assembler {
         // balance between defragmentation overhead and over-allocation.
         let threshold = 32768.max(buffered * 3 / 2);
         // Small gapped frames hold over-allocation below the threshold, so bound the count too.
-        if over_allocation > threshold || self.data.len() > COMPACT_THRESHOLD {
+        if over_allocation > threshold || self.chunks() > COMPACT_THRESHOLD {
             self.defragment();
             // ngtcp2 uses a threshold of 4000 -- try to be a little more conservative?
-            if self.data.len() > MAX_CHUNKS {
+            if self.chunks() > MAX_CHUNKS {
                 return Err(TooManyChunks);
             }
         }
@@ -231,9 +261,68 @@ impl Assembler {
     /// Discard all buffered data
     pub(super) fn clear(&mut self) {
         self.data.clear();
+        self.run.clear();
         self.buffered = 0;
         self.allocated = 0;
     }
+}
+
+/// The counters a read updates, borrowed apart from the chunk containers
+struct Tally<'a> {
+    bytes_read: &'a mut u64,
+    buffered: &'a mut usize,
+    allocated: &'a mut usize,
+}
+
+impl Tally<'_> {
+    /// What a read takes from `chunk`, the earliest buffered, updating the counters: the caller
+    /// removes the chunk when the step says so
+    fn take(&mut self, chunk: &mut Buffer, max_length: usize, ordered: bool) -> Step {
+        if ordered {
+            if chunk.offset > *self.bytes_read {
+                // Next chunk is after current read index
+                return Step::Ahead;
+            } else if (chunk.offset + chunk.bytes.len() as u64) <= *self.bytes_read {
+                // Next chunk is useless as the read index is beyond its end
+                *self.buffered -= chunk.bytes.len();
+                *self.allocated -= chunk.allocation_size;
+                return Step::Discarded;
+            }
+
+            // Determine `start` and `len` of the slice of useful data in chunk
+            let start = (*self.bytes_read - chunk.offset) as usize;
+            if start > 0 {
+                chunk.bytes.advance(start);
+                chunk.offset += start as u64;
+                *self.buffered -= start;
+            }
+        }
+
+        if max_length < chunk.bytes.len() {
+            *self.bytes_read += max_length as u64;
+            let offset = chunk.offset;
+            chunk.offset += max_length as u64;
+            *self.buffered -= max_length;
+            Step::Split(Chunk::new(offset, chunk.bytes.split_to(max_length)))
+        } else {
+            *self.bytes_read += chunk.bytes.len() as u64;
+            *self.buffered -= chunk.bytes.len();
+            *self.allocated -= chunk.allocation_size;
+            Step::Consumed(Chunk::new(chunk.offset, mem::take(&mut chunk.bytes)))
+        }
+    }
+}
+
+/// What [`Assembler::read`] takes from the earliest buffered chunk
+enum Step {
+    /// It lies beyond the read offset: nothing to read yet (ordered reads)
+    Ahead,
+    /// Already read: dropped, and the next one looked at
+    Discarded,
+    /// Its first part, the chunk keeping the rest
+    Split(Chunk),
+    /// All of it, the chunk now empty and dropped
+    Consumed(Chunk),
 }
 
 /// A chunk of data from the receive stream
@@ -658,16 +747,16 @@ mod test {
     fn ordered_eager_discard() {
         let mut x = Assembler::new();
         x.insert(0, Bytes::from_static(b"abc"), 3).unwrap();
-        assert_eq!(x.data.len(), 1);
+        assert_eq!(x.chunks(), 1);
         assert_eq!(
             x.read(usize::MAX, true),
             Some(Chunk::new(0, Bytes::from_static(b"abc")))
         );
         x.insert(0, Bytes::from_static(b"ab"), 2).unwrap();
-        assert_eq!(x.data.len(), 0);
+        assert_eq!(x.chunks(), 0);
         x.insert(2, Bytes::from_static(b"cd"), 2).unwrap();
         assert_eq!(
-            x.data.peek(),
+            x.run.front(),
             Some(&Buffer::new(3, Bytes::from_static(b"d"), 2))
         );
     }
@@ -713,7 +802,7 @@ mod test {
         // chunks to stay within MAX_CHUNKS
         x.insert(offset, Bytes::from_static(b"x"), 1).unwrap();
         x.defragment();
-        assert!(x.data.len() <= MAX_CHUNKS);
+        assert!(x.chunks() <= MAX_CHUNKS);
     }
 
     #[test]
@@ -733,9 +822,9 @@ mod test {
         }
         assert_matches!(result, Err(TooManyChunks));
         assert!(
-            x.data.len() <= COMPACT_THRESHOLD + 1,
+            x.chunks() <= COMPACT_THRESHOLD + 1,
             "chunk count {} exceeded the bound",
-            x.data.len()
+            x.chunks()
         );
     }
 
@@ -751,9 +840,9 @@ mod test {
         for k in 0..(4 * MAX_CHUNKS as u64) {
             x.insert(top - k - 1, Bytes::from_static(b"ab"), 2).unwrap();
             assert!(
-                x.data.len() <= COMPACT_THRESHOLD + 1,
+                x.chunks() <= COMPACT_THRESHOLD + 1,
                 "chunk count {} exceeded the bound at k={k}",
-                x.data.len()
+                x.chunks()
             );
         }
     }
@@ -767,15 +856,15 @@ mod test {
         for i in 0..MAX_CHUNKS as u64 {
             x.insert(1 + i * 4, Bytes::from_static(b"abc"), 3).unwrap();
         }
-        let mut max_len = x.data.len();
+        let mut max_len = x.chunks();
         for _ in 0..(3 * MAX_CHUNKS) {
             x.insert(1, Bytes::from_static(b"abc"), 3)
                 .expect("duplicate flood must not be rejected");
-            max_len = max_len.max(x.data.len());
+            max_len = max_len.max(x.chunks());
             assert!(
-                x.data.len() <= COMPACT_THRESHOLD + 1,
+                x.chunks() <= COMPACT_THRESHOLD + 1,
                 "chunk count {} exceeded the bound",
-                x.data.len()
+                x.chunks()
             );
         }
         // Compacting on every frame would pin the count at `MAX_CHUNKS`.
@@ -783,6 +872,44 @@ mod test {
             max_len > MAX_CHUNKS,
             "buffer compacted on every frame (max observed len {max_len})"
         );
+    }
+
+    #[test]
+    fn ordered_run_and_heap_interleave() {
+        // In-order chunks go to the run, the others to the heap; reads merge the two in order,
+        // across a hole, a retransmission that fills it, duplicates and partial reads.
+        let mut x = Assembler::new();
+        x.insert(0, Bytes::from_static(b"abc"), 3).unwrap();
+        x.insert(3, Bytes::from_static(b"def"), 3).unwrap();
+        assert_eq!((x.run.len(), x.data.len()), (2, 0));
+        x.insert(9, Bytes::from_static(b"jkl"), 3).unwrap(); // after a hole
+        x.insert(12, Bytes::from_static(b"mno"), 3).unwrap();
+        x.insert(3, Bytes::from_static(b"de"), 2).unwrap(); // a duplicate
+        assert_eq!((x.run.len(), x.data.len()), (2, 3));
+        assert_eq!(next(&mut x, 2), Some(Bytes::from_static(b"ab")));
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"c")));
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"def")));
+        assert_eq!(next(&mut x, usize::MAX), None); // the hole at 6
+        x.insert(6, Bytes::from_static(b"ghi"), 3).unwrap(); // the retransmission
+        x.insert(15, Bytes::from_static(b"pqr"), 3).unwrap();
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"ghi")));
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"jkl")));
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"mno")));
+        assert_eq!(next(&mut x, usize::MAX), Some(Bytes::from_static(b"pqr")));
+        assert_eq!(next(&mut x, usize::MAX), None);
+        assert_eq!(x.chunks(), 0);
+        // With nothing buffered, in-order data starts a new run
+        x.insert(18, Bytes::from_static(b"stu"), 3).unwrap();
+        assert_eq!((x.run.len(), x.data.len()), (1, 0));
+        // Unordered reads take everything from the heap, the run included
+        x.insert(21, Bytes::from_static(b"vwx"), 3).unwrap();
+        x.ensure_ordering(false).unwrap();
+        assert_eq!(x.run.len(), 0);
+        assert_eq!(
+            next_unordered(&mut x),
+            Chunk::new(18, Bytes::from_static(b"stuvwx"))
+        );
+        assert_eq!(x.buffered, 0);
     }
 
     fn next_unordered(x: &mut Assembler) -> Chunk {
