@@ -36,13 +36,15 @@ impl Assembler {
 
     /// Reset to the initial state
     pub(super) fn reinit(&mut self) {
-        let old_data = mem::take(&mut self.data);
-        let old_run = mem::take(&mut self.run);
-        *self = Self::default();
-        self.data = old_data;
-        self.data.clear();
-        self.run = old_run;
-        self.run.clear();
+        // Keep the two containers' allocations, emptied
+        let (mut data, mut run) = (mem::take(&mut self.data), mem::take(&mut self.run));
+        data.clear();
+        run.clear();
+        *self = Self {
+            data,
+            run,
+            ..Self::default()
+        };
     }
 
     /// Moves the in-order run into the heap, for the paths that see every chunk at once
